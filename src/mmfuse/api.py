@@ -1,0 +1,168 @@
+"""The Python API: ``Model.from_config(...).fit(...)``, ``.evaluate``, ``.predict``, ``.save``.
+
+Example:
+    >>> model = mmfuse.Model.from_config("examples/sort_of_clevr.yaml")
+    >>> model.fit("data/soc/train.csv", out="runs/soc")
+    >>> model.evaluate("data/soc/test.csv", by="qtype")["outputs"]["answer"]["accuracy"]
+    >>> model.predict([{"image": "data/soc/images/test_00000.png",
+    ...                 "question": "Is the red object on the left of the image?"}])
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import load_bundle, save_bundle
+from .config import Config, load_config
+from .data.table import Table, as_table
+from .errors import DataError, MmfuseError
+from .modalities.category import label_text
+from .pipeline import EncodedTable, Pipeline
+from .training.loop import train
+from .training.metrics import evaluate_outputs
+from .training.threads import configure_threads
+
+TableLike = str | Path | list[dict] | Table
+
+
+class Model:
+    """A multimodal model: config, fitted preprocessors and weights, behind one pipeline."""
+
+    def __init__(self, config: Config, pipeline: Pipeline | None = None) -> None:
+        self.config = config
+        self.pipeline = pipeline or Pipeline.from_config(config)
+        self.history: dict = {}
+
+    @classmethod
+    def from_config(cls, source: str | Path | dict) -> Model:
+        """A new, untrained model from a YAML path or a dict (validated before any data)."""
+        return cls(load_config(source))
+
+    @property
+    def fitted(self) -> bool:
+        return self.pipeline.model is not None
+
+    def fit(self, train_data: TableLike, valid: TableLike | None = None, *,
+            out: str | Path | None = None, data_root: str | Path | None = None,
+            threads: int | None = None, progress: bool = False) -> dict:
+        """Fit preprocessors on the training split, train, and keep the best weights.
+
+        Args:
+            train_data: training table (path) or rows.
+            valid: validation table; without it ``training.valid_fraction`` of the training
+                files (rows that share a file stay on one side) is held out.
+            out: run directory: ``model/`` (best bundle, saved on each improvement),
+                ``metrics.jsonl`` and ``run.json``.
+            data_root: folder that relative paths start from (default: each table's folder).
+            threads: torch threads (default: the CPUs this process may use).
+            progress: show a progress bar.
+
+        Returns:
+            The training summary (epochs, best epoch and metrics, seconds).
+        """
+        cfg = self.config.training
+        used_threads = configure_threads(threads)
+        table = as_table(train_data, data_root)
+        held_out: list[int] = []
+        if valid is not None:
+            valid_table: Table | None = as_table(valid, data_root)
+        elif cfg.valid_fraction > 0:
+            table, valid_table, held_out = self._hold_out(table)
+        else:
+            valid_table = None
+        self.pipeline = Pipeline.from_config(self.config)
+        train_encoded = self.pipeline.fit(table)
+        valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None else None
+        run = Path(out) if out is not None else None
+        if run is not None:
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "metrics.jsonl").unlink(missing_ok=True)
+            (run / "run.json").write_text(json.dumps({
+                "train": str(Path(train_data).resolve()) if isinstance(train_data, str | Path)
+                else None,
+                "valid": str(Path(valid).resolve()) if isinstance(valid, str | Path) else None,
+                "held_out_rows": held_out, "data_root": str(data_root) if data_root else None,
+                "threads": used_threads}, indent=1))
+        summary = train(
+            self.pipeline, train_encoded, valid_encoded, cfg,
+            metrics_path=run / "metrics.jsonl" if run else None,
+            on_best=(lambda epoch: self.save(run / "model")) if run else None,
+            progress=progress,
+        )
+        if run is not None:
+            self.save(run / "model")  # the best weights, restored by train()
+        summary.update(threads=used_threads, train_rows=len(table),
+                       valid_rows=len(valid_table) if valid_table is not None else 0)
+        self.history = summary
+        return summary
+
+    def _hold_out(self, table: Table) -> tuple[Table, Table, list[int]]:
+        """Split off ``valid_fraction`` of the rows; rows that share a file stay together."""
+        fraction, seed = self.config.training.valid_fraction, self.config.training.seed
+        file_columns = [i.column for i in self.config.inputs if i.type == "image"]
+        keys = [str(row.get(file_columns[0])) if file_columns else str(i)
+                for i, row in enumerate(table.rows)]
+        unique = sorted(set(keys))
+        rng = np.random.default_rng(seed)
+        n_valid = max(1, round(fraction * len(unique)))
+        if n_valid >= len(unique):
+            raise DataError(f"{table.source}: too few rows to hold out {fraction:.0%} for "
+                            "validation; pass --valid or set training.valid_fraction: 0")
+        chosen = {unique[i] for i in rng.choice(len(unique), n_valid, replace=False)}
+        valid_rows = [i for i, k in enumerate(keys) if k in chosen]
+        train_rows = [i for i, k in enumerate(keys) if k not in chosen]
+        return table.subset(train_rows), table.subset(valid_rows), valid_rows
+
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise MmfuseError("the model is not trained yet; call fit() or Model.load() first")
+
+    def evaluate(self, data: TableLike, by: str | None = None,
+                 data_root: str | Path | None = None, batch_size: int = 256) -> dict:
+        """Metrics on a labelled table: ``{"n", "outputs", "groups"?}`` (groups when ``by``)."""
+        self._require_fitted()
+        table = as_table(data, data_root)
+        groups = [str(v) for v in table.column(by)] if by else None
+        encoded: EncodedTable = self.pipeline.encode(table)
+        logits = self.pipeline.logits(encoded, batch_size)
+        labels = {n: p.labels for n, p in self.pipeline.outputs.items()}
+        truth = {n: [label_text(v) for v in table.column(p.column)]
+                 for n, p in self.pipeline.outputs.items()}
+        return evaluate_outputs(logits, encoded.targets, labels, truth, groups)
+
+    def predict(self, rows: TableLike, data_root: str | Path | None = None) -> list[dict]:
+        """Predictions for rows keyed by input name (or column); file paths relative to cwd."""
+        self._require_fitted()
+        if isinstance(rows, list):
+            rows = [self._by_column(r) for r in rows]
+        return self.pipeline.predict(as_table(rows, data_root))
+
+    def _by_column(self, row: dict[str, Any]) -> dict[str, Any]:
+        out = dict(row)
+        for spec in self.config.inputs:
+            if spec.name in row and spec.column not in row:
+                out[spec.column] = row[spec.name]
+        return out
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the bundle (config, preprocessors, weights, manifest) atomically."""
+        self._require_fitted()
+        return save_bundle(directory, self.config.model_dump(mode="json"),
+                           self.pipeline.state(), self.pipeline.model.state_dict())
+
+    @classmethod
+    def load(cls, directory: str | Path) -> Model:
+        """Load a bundle (or the bundle inside a run directory), verifying its hashes."""
+        config_data, state, weights = load_bundle(directory)
+        config = load_config(config_data)
+        pipeline = Pipeline.from_config(config)
+        pipeline.load_state(state)
+        pipeline.model = pipeline.build_model()
+        pipeline.model.load_state_dict(weights)
+        pipeline.model.eval()
+        return cls(config, pipeline)
+

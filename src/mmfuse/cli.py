@@ -1,0 +1,229 @@
+"""The ``mmfuse`` command: train, evaluate, predict, datasets, list, demo.
+
+Every verb prints human-readable output; ``--json`` prints one JSON object instead. Errors a user
+can fix (bad config, bad table, altered bundle) print one clear message and exit with status 2,
+without a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table as RichTable
+
+from .errors import MmfuseError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Build, train, evaluate and deploy multimodal models.")
+out = Console()
+err = Console(stderr=True)
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="print one JSON object")]
+
+
+def _print_json(obj: dict) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="model config (YAML)")],
+    data: Annotated[Path, typer.Option("--data", help="training table (CSV, JSONL, Parquet)")],
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory to write")],
+    valid: Annotated[Path | None, typer.Option("--valid", help="validation table")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: CPUs allowed)")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Train a model from CONFIG on a table; writes RUN_DIR with the best bundle."""
+    from .api import Model
+
+    model = Model.from_config(config)  # validated before any data is read
+    summary = model.fit(data, valid, out=out_dir, data_root=data_root, threads=threads,
+                        progress=not as_json)
+    if as_json:
+        _print_json({"run_dir": str(out_dir), **summary})
+        return
+    best = summary["best"]
+    out.print(f"trained {summary['epochs']} epoch(s) in {summary['seconds']:.1f}s "
+              f"on {summary['train_rows']} rows with {summary['threads']} thread(s); "
+              f"best epoch {summary['best_epoch']}"
+              + (f": valid accuracy {best['valid_accuracy']:.4f}" if "valid_accuracy" in best
+                 else ""))
+    if summary["interrupted"]:
+        out.print("[yellow]interrupted: kept the best model so far[/yellow]")
+    out.print(f"model bundle: {out_dir / 'model'}")
+
+
+@app.command()
+def evaluate(
+    run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
+    data: Annotated[Path | None, typer.Option("--data", help="labelled table")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="also report per value of COLUMN")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Metrics of a trained model on a table (default: its validation data)."""
+    from .api import Model
+
+    model = Model.load(run_dir)
+    table = data if data is not None else _validation_table(run_dir)
+    result = model.evaluate(table, by=by, data_root=data_root)
+    if as_json:
+        _print_json(result)
+    else:
+        print_evaluation(result, by)
+
+
+def _validation_table(run_dir: Path):
+    from .data.table import read_table
+
+    info_path = run_dir / "run.json"
+    if not info_path.is_file():
+        raise MmfuseError(f"{run_dir} has no run.json; pass --data TABLE")
+    info = json.loads(info_path.read_text())
+    if info.get("valid"):
+        return read_table(info["valid"], info.get("data_root"))
+    if info.get("train") and info.get("held_out_rows"):
+        return read_table(info["train"], info.get("data_root")).subset(info["held_out_rows"])
+    raise MmfuseError(f"{run_dir} was trained without validation data; pass --data TABLE")
+
+
+def print_evaluation(result: dict, by: str | None) -> None:
+    """A table per output: accuracy and majority baseline overall and per group."""
+    for name, metrics in result["outputs"].items():
+        table = RichTable(title=f"{name}: {result['n']} rows")
+        table.add_column(by or "")
+        for col in ("n", "accuracy", "majority baseline", "loss"):
+            table.add_column(col, justify="right")
+        rows = [("all", result["n"], metrics)]
+        rows += [(g, v["n"], v["outputs"][name]) for g, v in result.get("groups", {}).items()]
+        for group, n, m in rows:
+            table.add_row(str(group), str(n), f"{m['accuracy']:.4f}",
+                          f"{m['majority_baseline']:.4f}", f"{m['loss']:.4f}")
+        out.print(table)
+
+
+@app.command()
+def predict(
+    run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
+    values: Annotated[list[str], typer.Option("--set", help="NAME=VALUE for each input")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Predict the outputs for one example given as --set NAME=VALUE pairs."""
+    from .api import Model
+
+    model = Model.load(run_dir)
+    row = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise MmfuseError(f"--set {item!r}: expected NAME=VALUE, e.g. --set question='...'")
+        row[name] = value
+    known = [i.name for i in model.config.inputs]
+    unknown = [n for n in row if n not in known]
+    missing = [n for n in known if n not in row]
+    if unknown or missing:
+        raise MmfuseError(f"--set names must be the model's inputs: {', '.join(known)}; "
+                          f"unknown: {unknown or 'none'}, missing: {missing or 'none'}")
+    outputs = model.predict([row])[0]
+    if as_json:
+        _print_json({"outputs": outputs})
+        return
+    for name, result in outputs.items():
+        out.print(f"[bold]{name}[/bold]: {result['prediction']}")
+        for label, p in result["probabilities"].items():
+            out.print(f"  {label:>20} {p:7.4f} {'█' * round(p * 40)}")
+
+
+@app.command()
+def datasets(
+    name: Annotated[str, typer.Argument(help="dataset name (see below)")],
+    out_dir: Annotated[Path, typer.Argument(help="folder to write")],
+    train_size: Annotated[int, typer.Option("--train", help="training images")] = 9800,
+    test_size: Annotated[int, typer.Option("--test", help="test images")] = 200,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    as_json: JsonFlag = False,
+) -> None:
+    """Generate a built-in dataset: sort-of-clevr."""
+    from .datasets import DATASETS
+
+    if name != "sort-of-clevr":
+        raise MmfuseError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    from .datasets.sort_of_clevr import generate_sort_of_clevr
+
+    try:
+        summary = generate_sort_of_clevr(out_dir, train_size, test_size, seed)
+    except ValueError as exc:
+        raise MmfuseError(str(exc)) from None
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(f"wrote {summary['train_rows']} training and {summary['test_rows']} test rows "
+                  f"({summary['train_images']} + {summary['test_images']} images) to {out_dir}")
+
+
+@app.command("list")
+def list_components(
+    kind: Annotated[str, typer.Argument(help="fusions, encoders or heads")],
+    as_json: JsonFlag = False,
+) -> None:
+    """List the registered fusions, encoders or heads."""
+    from .registry import ENCODERS, FUSIONS, HEADS
+
+    registries = {"fusions": FUSIONS, "encoders": ENCODERS, "heads": HEADS}
+    if kind not in registries:
+        raise MmfuseError(f"unknown kind {kind!r}; choose one of: {', '.join(registries)}")
+    entries = registries[kind].entries()
+    if as_json:
+        _print_json({kind: [{"name": e.name, "summary": e.summary,
+                             "options": e.options.model_json_schema().get("properties", {})}
+                            for e in entries]})
+        return
+    table = RichTable(title=kind)
+    table.add_column("name")
+    table.add_column("summary")
+    table.add_column("options")
+    for e in entries:
+        table.add_row(e.name, e.summary, ", ".join(e.options.model_fields))
+    out.print(table)
+
+
+@app.command()
+def demo(
+    data_dir: Annotated[Path, typer.Option(help="where the dataset is (generated if missing)")]
+    = Path("data/sort-of-clevr"),
+    out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/demo"),
+    config: Annotated[Path | None, typer.Option(help="config to train")] = None,
+) -> None:
+    """Generate Sort-of-CLEVR if missing, train the example config, print test accuracy."""
+    from .demo import run_demo
+
+    run_demo(data_dir, out_dir, config, out)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one clear message and exit code 2."""
+    import click
+    from rich.text import Text
+
+    try:
+        app(standalone_mode=False)
+    except MmfuseError as exc:
+        err.print(Text("error: ", style="bold red") + Text(str(exc)))
+        sys.exit(2)
+    except (KeyboardInterrupt, click.exceptions.Abort):
+        err.print("interrupted")
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:  # usage errors: their own message and code
+        exc.show()
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

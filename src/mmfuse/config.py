@@ -1,0 +1,210 @@
+"""Pydantic models of the YAML config file; unknown keys and bad values are errors.
+
+A config is validated completely before any data is read. Every error names the path of the bad
+key, the bad value and what is allowed, e.g. ``training.epochz: unknown key (did you mean
+'epochs'?); allowed keys: ...``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator, model_validator
+
+from .config_base import StrictModel, did_you_mean
+from .errors import ConfigError
+from .registry import ENCODERS, FUSIONS, HEADS, Registry
+
+DEFAULT_ENCODERS = {"image": "cnn", "text": "gru"}
+
+
+def resolve_component(registry: Registry, spec: Any, default_type: str | None = None) -> dict:
+    """Validate ``{type: NAME, **options}`` against the registered option model of NAME.
+
+    Returns the fully resolved dict (every option with its default) so that ``config.json`` in a
+    bundle records exactly what was built.
+    """
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if spec is None:
+        spec = {}
+    if not isinstance(spec, dict):
+        raise ValueError(f"expected a mapping with a 'type' key, got {spec!r}")
+    spec = dict(spec)
+    name = spec.pop("type", default_type)
+    if name is None:
+        raise ValueError(f"missing 'type'; choose one of: {', '.join(registry.names())}")
+    if name not in registry.names():
+        raise ValueError(
+            f"unknown {registry.kind} type {name!r}{did_you_mean(str(name), registry.names())}; "
+            f"choose one of: {', '.join(registry.names())}"
+        )
+    options_model = registry.get(name).options
+    try:
+        options = options_model.model_validate(spec)
+    except ValidationError as exc:
+        raise ValueError(f"{registry.kind} {name!r}: " + "; ".join(_format_errors(exc))) from None
+    return {"type": name, **options.model_dump()}
+
+
+class ImageOptions(StrictModel):
+    """Image preprocessing: decode, convert to RGB, resize, optional centre crop, normalise."""
+
+    size: int | tuple[int, int] = Field(64, description="resize to SIZE or (HEIGHT, WIDTH)")
+    crop: int | tuple[int, int] | None = Field(None, description="centre crop after resizing")
+    normalize: bool = Field(True, description="subtract mean / divide std of the training split")
+    flip_horizontal: float = Field(0.0, ge=0, le=1, description="augmentation: flip probability")
+    pad_crop: int = Field(0, ge=0, description="augmentation: pad by N px, random crop back")
+
+
+class TextOptions(StrictModel):
+    """Text preprocessing: a tokenizer fitted on the training split."""
+
+    tokenizer: Literal["word", "pretrained"] | None = Field(
+        None, description="'word' (fitted on training text) or the pretrained encoder's own"
+    )
+    lowercase: bool = True
+    max_length: int = Field(32, gt=0)
+    min_frequency: int = Field(1, ge=1)
+    max_vocab: int | None = Field(None, gt=2)
+
+
+MODALITY_OPTIONS: dict[str, type[StrictModel]] = {"image": ImageOptions, "text": TextOptions}
+
+
+class InputConfig(StrictModel):
+    """One model input: a table column, its modality, preprocessing and encoder."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: Literal["image", "text"]
+    column: str | None = None
+    preprocess: dict[str, Any] = Field(default_factory=dict)
+    encoder: Any = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> InputConfig:
+        if self.column is None:
+            self.column = self.name
+        try:
+            options = MODALITY_OPTIONS[self.type].model_validate(self.preprocess)
+        except ValidationError as exc:
+            raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
+        self.encoder = resolve_component(ENCODERS, self.encoder, DEFAULT_ENCODERS[self.type])
+        builder = ENCODERS.get(self.encoder["type"]).builder
+        if builder.modality != self.type:
+            raise ValueError(
+                f"encoder {self.encoder['type']!r} takes {builder.modality} inputs, not {self.type}"
+            )
+        if self.type == "text":
+            needed = getattr(builder, "tokenizer", "word")
+            if options.tokenizer not in (None, needed):
+                raise ValueError(f"preprocess.tokenizer: encoder {self.encoder['type']!r} needs "
+                                 f"tokenizer {needed!r}, not {options.tokenizer!r}")
+            options.tokenizer = needed
+        self.preprocess = options.model_dump()
+        return self
+
+
+class OutputConfig(StrictModel):
+    """One model output: a table column to predict and its head."""
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    type: Literal["category"]
+    column: str | None = None
+    head: dict[str, Any] = Field(default_factory=dict)
+    loss_weight: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _resolve(self) -> OutputConfig:
+        if self.column is None:
+            self.column = self.name
+        self.head = resolve_component(HEADS, {"type": self.type, **self.head})
+        return self
+
+
+class TrainingConfig(StrictModel):
+    """Optimisation settings; every one has a default."""
+
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int | None = Field(None, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr_schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup_epochs: float = Field(0.0, ge=0)
+    grad_clip: float | None = Field(1.0, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    valid_fraction: float = Field(0.1, ge=0, lt=1)
+    early_stopping_patience: int | None = Field(5, ge=1)
+    group_rows_by_file: bool | None = Field(
+        None, description="keep rows that share a file in one batch; None = when files repeat"
+    )
+    max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    seed: int = 0
+
+
+class Config(StrictModel):
+    """A whole model: inputs -> encoders -> fusion -> heads, plus training settings."""
+
+    inputs: list[InputConfig] = Field(min_length=1)
+    fusion: Any = None
+    outputs: list[OutputConfig] = Field(min_length=1)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+    @field_validator("fusion", mode="after")
+    @classmethod
+    def _resolve_fusion(cls, value: Any) -> dict:
+        return resolve_component(FUSIONS, value, "concat")
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Config:
+        names = [i.name for i in self.inputs] + [o.name for o in self.outputs]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"input and output names must be unique; repeated: {dupes}")
+        return self
+
+
+def _format_errors(exc: ValidationError) -> list[str]:
+    lines = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if err["type"] == "unknown_key":
+            loc.append(err["ctx"]["key"])
+            lines.append(f"{'.'.join(loc)}: {err['msg']}")
+            continue
+        msg = err["msg"].removeprefix("Value error, ")
+        where = ".".join(loc) or "(top level)"
+        shown = err.get("input")
+        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
+        lines.append(f"{where}: {msg}{value}")
+    return lines
+
+
+def load_config(source: str | Path | dict) -> Config:
+    """Load and validate a config from a YAML/JSON file path or a dict.
+
+    Raises:
+        ConfigError: the file is missing or unparsable, or a key or value is invalid; the message
+            lists every problem with its key path.
+    """
+    if isinstance(source, dict):
+        data, origin = source, "config"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found; pass the path of a YAML file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        origin = str(path)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin}: expected a mapping with 'inputs' and 'outputs' at the top")
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(_format_errors(exc))) from None

@@ -1,0 +1,43 @@
+"""The strict base of every config section and component option model.
+
+Kept apart from config.py so that component modules can import it without a cycle.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic_core import PydanticCustomError
+
+
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """A ``" (did you mean 'x'?)"`` hint, or an empty string when nothing is close."""
+    close = difflib.get_close_matches(word, choices, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys raise an error that lists the allowed ones."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = list(cls.model_fields)
+            for key in data:
+                if key not in allowed:
+                    raise PydanticCustomError(
+                        "unknown_key",
+                        "unknown key{hint}; allowed keys: {allowed}",
+                        {"key": str(key), "hint": did_you_mean(str(key), allowed),
+                         "allowed": ", ".join(allowed)},
+                    )
+        return data
+
+
+Options = StrictModel
+"""Options of a registered encoder, fusion or head."""

@@ -1,0 +1,1 @@
+"""Tables of examples, file paths, the preprocessing cache, encoded datasets and batching."""

@@ -1,0 +1,53 @@
+"""The on-disk preprocessing cache.
+
+Decoded, resized images (and later audio features, video frames) are stored as ``.npy`` arrays
+keyed by a hash of the preprocessing settings and of every file's path, size and modification
+time, so a second run on the same data with the same settings skips decoding, and any change to
+a file or a setting makes a new entry. Entries are written atomically (temp file + rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+
+def cache_dir() -> Path:
+    """``$MMFUSE_CACHE_DIR``, else ``$XDG_CACHE_HOME/mmfuse``, else ``~/.cache/mmfuse``."""
+    if os.environ.get("MMFUSE_CACHE_DIR"):
+        return Path(os.environ["MMFUSE_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mmfuse"
+
+
+def cache_key(kind: str, settings: dict, files: list[Path]) -> str:
+    """A hash of the settings and of each file's resolved path, size and mtime."""
+    digest = hashlib.sha256(json.dumps([kind, settings], sort_keys=True).encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
+    return f"{kind}-{digest.hexdigest()[:32]}"
+
+
+def cached_array(key: str, build: Callable[[], np.ndarray], enabled: bool = True) -> np.ndarray:
+    """Load the array stored under ``key``, or build, store and return it."""
+    if not enabled:
+        return build()
+    path = cache_dir() / f"{key}.npy"
+    if path.is_file():
+        try:
+            return np.load(path, mmap_mode="r")
+        except (ValueError, OSError):
+            path.unlink(missing_ok=True)  # a truncated entry from a crashed writer: rebuild it
+    array = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+    return array

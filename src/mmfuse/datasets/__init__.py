@@ -1,0 +1,5 @@
+"""Built-in dataset generators, by the name ``mmfuse datasets NAME`` takes."""
+
+from __future__ import annotations
+
+DATASETS = {"sort-of-clevr": "Sort-of-CLEVR (Santoro et al. 2017): 75x75 images, 20 questions each"}

@@ -1,0 +1,77 @@
+"""``cnn``: a configurable stack of conv -> batch norm -> ReLU blocks for images.
+
+The last feature map becomes a grid of spatial tokens; each token carries its normalised (x, y)
+position as two extra channels, as in the relation-network paper (Santoro et al. 2017), so a
+fusion can reason about where things are. The pooled vector is a linear projection of the
+flattened grid (``pool: flatten``, which keeps position) or the mean/max over cells.
+
+Shapes: pixels ``[B, 3, H, W]`` -> tokens ``[B, h*w, C+2]``, pooled ``[B, dim]``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..config_base import Options
+from ..registry import ENCODERS
+from .base import Features, all_present
+
+
+class CNNOptions(Options):
+    channels: list[int] = Field([32, 64, 64, 64], min_length=1)
+    kernel_size: int = Field(3, ge=1)
+    stride: int = Field(2, ge=1)
+    pool: Literal["flatten", "mean", "max"] = "flatten"
+    dim: int = Field(256, ge=1, description="width of the pooled vector")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@ENCODERS.register("cnn", CNNOptions)
+class CNNEncoder(nn.Module):
+    """Conv + batch-norm stack; spatial tokens with 2-D positions and a pooled vector."""
+
+    modality = "image"
+
+    def __init__(self, options: CNNOptions, spec: dict) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = spec["channels"]
+        for out_ch in options.channels:
+            layers += [
+                nn.Conv2d(in_ch, out_ch, options.kernel_size, options.stride,
+                          options.kernel_size // 2, bias=False),
+                nn.BatchNorm2d(out_ch),
+                nn.ReLU(inplace=True),
+            ]
+            in_ch = out_ch
+        self.body = nn.Sequential(*layers)
+        with torch.no_grad():
+            h, w = self.body(torch.zeros(2, spec["channels"], *spec["size"])).shape[-2:]
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
+        self.register_buffer("coords", torch.stack([xs, ys], -1).reshape(1, h * w, 2))
+        self.token_dim = in_ch + 2
+        self.num_tokens = h * w
+        self.pool = options.pool
+        pool_in = self.token_dim * h * w if options.pool == "flatten" else self.token_dim
+        self.project = nn.Sequential(
+            nn.Linear(pool_in, options.dim), nn.ReLU(inplace=True), nn.Dropout(options.dropout)
+        )
+        self.pooled_dim = options.dim
+
+    def forward(self, pixels: torch.Tensor) -> Features:
+        grid = self.body(pixels)
+        cells = grid.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        tokens = torch.cat([cells, self.coords.expand(cells.shape[0], -1, -1)], dim=-1)
+        if self.pool == "flatten":
+            summary = tokens.flatten(1)
+        elif self.pool == "mean":
+            summary = tokens.mean(1)
+        else:
+            summary = tokens.amax(1)
+        mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        present = all_present(tokens.shape[0], tokens.device)
+        return Features(tokens, mask, self.project(summary), present)

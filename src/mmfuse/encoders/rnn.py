@@ -1,0 +1,72 @@
+"""``gru`` and ``lstm``: token embedding followed by an (optionally bidirectional) RNN.
+
+Padding is packed away (``pack_padded_sequence``), so padded positions never change the final
+state. Tokens are the per-step states, the pooled vector is the final hidden state (both
+directions concatenated when bidirectional).
+
+Shapes: ids ``[B, L]``, mask ``[B, L]`` -> tokens ``[B, L, H*dirs]``, pooled ``[B, H*dirs]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from ..config_base import Options
+from ..registry import ENCODERS
+from .base import Features, all_present
+
+
+class RNNOptions(Options):
+    embedding_dim: int = Field(64, ge=1)
+    hidden_size: int = Field(128, ge=1)
+    num_layers: int = Field(1, ge=1)
+    bidirectional: bool = False
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+class RNNEncoder(nn.Module):
+    """Embedding + GRU/LSTM over a padded token batch."""
+
+    modality = "text"
+    cell: type[nn.Module] = nn.GRU
+
+    def __init__(self, options: RNNOptions, spec: dict) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(spec["vocab_size"], options.embedding_dim,
+                                  padding_idx=spec["pad_id"])
+        self.rnn = self.cell(
+            options.embedding_dim, options.hidden_size, num_layers=options.num_layers,
+            batch_first=True, bidirectional=options.bidirectional,
+            dropout=options.dropout if options.num_layers > 1 else 0.0,
+        )
+        self.dropout = nn.Dropout(options.dropout)
+        dirs = 2 if options.bidirectional else 1
+        self.token_dim = self.pooled_dim = options.hidden_size * dirs
+        self.dirs = dirs
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Features:
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(self.dropout(self.embed(ids)), lengths, batch_first=True,
+                                      enforce_sorted=False)
+        out, state = self.rnn(packed)
+        hidden = state[0] if isinstance(state, tuple) else state  # LSTM gives (h, c)
+        tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        pooled = torch.cat(list(hidden[-self.dirs:]), dim=-1)
+        return Features(tokens, mask, pooled, all_present(ids.shape[0], ids.device))
+
+
+@ENCODERS.register("gru", RNNOptions)
+class GRUEncoder(RNNEncoder):
+    """Embedding + GRU (Cho et al. 2014); token states and the final hidden state."""
+
+    cell = nn.GRU
+
+
+@ENCODERS.register("lstm", RNNOptions)
+class LSTMEncoder(RNNEncoder):
+    """Embedding + LSTM (Hochreiter & Schmidhuber 1997); token states and the final state."""
+
+    cell = nn.LSTM

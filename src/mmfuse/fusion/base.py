@@ -1,0 +1,34 @@
+"""Shared pieces of the fusion modules."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
+    """Linear -> ReLU -> Dropout blocks; returns the module and its output width."""
+    layers: list[nn.Module] = []
+    for width in hidden:
+        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
+        in_dim = width
+    return nn.Sequential(*layers), in_dim
+
+
+class PooledProjection(nn.Module):
+    """Projects each input's pooled vector to one common width ``dim`` (Linear + activation)."""
+
+    def __init__(self, input_dims: dict[str, dict], dim: int, activation: str = "tanh") -> None:
+        super().__init__()
+        act = {"tanh": nn.Tanh, "relu": nn.ReLU, "none": nn.Identity}[activation]
+        self.proj = nn.ModuleDict(
+            {name: nn.Sequential(nn.Linear(d["pooled_dim"], dim), act())
+             for name, d in input_dims.items()}
+        )
+
+    def forward(self, features: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """Returns ``{name: (projected [B, dim], present [B, 1] float)}``."""
+        return {
+            name: (proj(features[name].pooled), features[name].present.unsqueeze(-1).float())
+            for name, proj in self.proj.items()
+        }

@@ -1,0 +1,3 @@
+"""Heads: turn the fused vector into one output each."""
+
+from . import category  # noqa: F401  (registration)

@@ -1,0 +1,27 @@
+"""Preprocessing per modality: raw table values -> cached arrays -> batch tensors."""
+
+from __future__ import annotations
+
+from ..config import InputConfig, OutputConfig
+from .base import Column, Preprocessor
+
+
+def build_input_preprocessor(config: InputConfig) -> Preprocessor:
+    """The preprocessor for one input, by its modality."""
+    if config.type == "image":
+        from .image import ImagePreprocessor
+
+        return ImagePreprocessor(config)
+    from .text import TextPreprocessor
+
+    return TextPreprocessor(config)
+
+
+def build_output_preprocessor(config: OutputConfig) -> Preprocessor:
+    """The preprocessor (label encoder) for one output."""
+    from .category import CategoryPreprocessor
+
+    return CategoryPreprocessor(config)
+
+
+__all__ = ["Column", "Preprocessor", "build_input_preprocessor", "build_output_preprocessor"]

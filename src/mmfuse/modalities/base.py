@@ -1,0 +1,91 @@
+"""What every preprocessor does, and the encoded form of one table column.
+
+A column is stored as its *unique* values (``items``) plus, per row, the index of its value
+(``index``). Rows that share a file or a sentence share an item; a batch gathers the unique items
+of its rows, the encoder runs once per item, and the features are expanded back to rows with
+``index``. That is why the 20 questions of one Sort-of-CLEVR image cost one image encoding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..data.table import Table
+
+
+@dataclass
+class Column:
+    """One encoded column: unique items and each row's item index."""
+
+    items: Any  # np.ndarray [U, ...] or a tuple of arrays
+    index: np.ndarray  # [N] int64
+    is_file: bool = False  # items are decoded files (batches may group rows by them)
+
+    @property
+    def sharing(self) -> float:
+        """Rows per unique item (1.0 when no two rows share a value)."""
+        return len(self.index) / max(1, len(np.unique(self.index)))
+
+
+class Preprocessor:
+    """Turns raw values of one column into tensors; learns its state from the training split."""
+
+    name: str
+    column: str
+    is_file: bool = False
+
+    def fit(self, table: Table) -> None:
+        """Learn vocabulary or labels from the training split (default: nothing to learn)."""
+
+    def fit_encode(self, table: Table) -> Column:
+        """Fit on the training split and return its encoded column."""
+        self.fit(table)
+        return self.encode(table)
+
+    def encode(self, table: Table) -> Column:
+        """Encode the column of ``table`` (decode files, tokenize text) into a Column."""
+        raise NotImplementedError
+
+    def tensors(self, items: Any, train: bool, generator: torch.Generator) -> dict:
+        """Turn a selection of unique items into the encoder's keyword arguments."""
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        """Learned state as plain JSON-able data."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        """Restore what :meth:`state` returned."""
+
+    def spec(self) -> dict:
+        """What the encoder needs to know to build itself (sizes, vocabulary size)."""
+        return {}
+
+    def batch(self, column: Column, rows: np.ndarray, train: bool,
+              generator: torch.Generator) -> dict:
+        """Tensors for ``rows``: the unique items once, plus ``index`` mapping rows to them."""
+        unique, inverse = np.unique(column.index[rows], return_inverse=True)
+        items = select(column.items, unique)
+        out = self.tensors(items, train, generator)
+        out["index"] = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+        return out
+
+
+def select(items: Any, indices: np.ndarray) -> Any:
+    """Index an items array, or each array of a tuple of them."""
+    if isinstance(items, tuple):
+        return tuple(np.asarray(part[indices]) for part in items)
+    return np.asarray(items[indices])
+
+
+def unique_values(values: list[Any]) -> tuple[list[Any], np.ndarray]:
+    """Unique values in first-seen order and each row's index into them."""
+    position: dict[Any, int] = {}
+    index = np.empty(len(values), dtype=np.int64)
+    for row, value in enumerate(values):
+        index[row] = position.setdefault(value, len(position))
+    return list(position), index

@@ -1,0 +1,50 @@
+"""Category targets: the label set is learned from the training split, sorted."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from ..config import OutputConfig
+from ..data.table import Table
+from ..errors import DataError
+from ..heads.category import IGNORE_INDEX
+from .base import Column, Preprocessor
+
+
+def label_text(value: object) -> str:
+    """A label as text: ``3`` in JSON and ``"3"`` in CSV are the same label."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
+class CategoryPreprocessor(Preprocessor):
+    """Label strings <-> class indices; labels unseen in training map to IGNORE_INDEX."""
+
+    def __init__(self, config: OutputConfig) -> None:
+        self.name, self.column = config.name, config.column
+        self.labels: list[str] = []
+        self.counts: dict[str, int] = {}
+
+    def fit(self, table: Table) -> None:
+        values = [label_text(v) for v in table.column(self.column) if v is not None]
+        if not values:
+            raise DataError(f"{table.source}: column {self.column!r} has no labels to learn from")
+        self.counts = dict(Counter(values))
+        self.labels = sorted(self.counts)
+
+    def encode(self, table: Table) -> Column:
+        lookup = {label: i for i, label in enumerate(self.labels)}
+        values = table.column(self.column)
+        index = np.array(
+            [IGNORE_INDEX if v is None else lookup.get(label_text(v), IGNORE_INDEX)
+             for v in values], dtype=np.int64)
+        return Column(None, index)
+
+    def state(self) -> dict:
+        return {"labels": self.labels, "counts": self.counts}
+
+    def load_state(self, state: dict) -> None:
+        self.labels, self.counts = list(state["labels"]), dict(state["counts"])

@@ -1,0 +1,53 @@
+"""MultimodalModel: one encoder per input -> one fusion -> one head per output."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .config import Config
+from .registry import ENCODERS, FUSIONS, HEADS
+
+
+def _build(registry, spec: dict, *args):
+    entry = registry.get(spec["type"])
+    options = entry.options.model_validate({k: v for k, v in spec.items() if k != "type"})
+    return entry.builder(options, *args)
+
+
+class MultimodalModel(nn.Module):
+    """Encoders, fusion and heads built from a resolved config and the fitted preprocessors.
+
+    Args:
+        config: the validated config.
+        input_specs: per input, what its preprocessor says the encoder needs (sizes, vocab).
+        output_labels: per output, the label list learned from the training split.
+    """
+
+    def __init__(self, config: Config, input_specs: dict[str, dict],
+                 output_labels: dict[str, list[str]]) -> None:
+        super().__init__()
+        self.encoders = nn.ModuleDict(
+            {i.name: _build(ENCODERS, i.encoder, input_specs[i.name]) for i in config.inputs}
+        )
+        dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim}
+                for name, enc in self.encoders.items()}
+        self.fusion = _build(FUSIONS, config.fusion, dims)
+        self.heads = nn.ModuleDict(
+            {o.name: _build(HEADS, o.head, self.fusion.out_dim, output_labels[o.name])
+             for o in config.outputs}
+        )
+
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Logits per output for a batch.
+
+        Each input's tensors hold its *unique* items plus ``index`` [B] mapping rows to them, so
+        an image shared by many rows of the batch is encoded once.
+        """
+        features = {}
+        for name, encoder in self.encoders.items():
+            tensors = dict(inputs[name])
+            index = tensors.pop("index")
+            features[name] = encoder(**tensors).select(index)
+        fused = self.fusion(features)
+        return {name: head(fused) for name, head in self.heads.items()}

@@ -1,0 +1,158 @@
+"""The training loop: setup -> (train epoch -> validate -> keep best) x epochs -> restore best.
+
+Reads top to bottom. Batches come straight from the encoded in-memory columns (no worker
+processes to oversubscribe the CPUs). Ctrl-C ends training after the current batch and keeps
+the best weights so far; ``on_best`` is called whenever validation improves, so a bundle on disk
+always holds the best model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainingConfig
+from ..data.sampler import grouped_batches, shuffled_batches
+from ..pipeline import EncodedTable, Pipeline
+from .metrics import RunningMean, accuracy
+from .progress import EpochProgress
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
+    """AdamW (default), Adam or SGD with momentum over the trainable parameters."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9,
+                               weight_decay=cfg.weight_decay)
+    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant/cosine/one-cycle."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return max(0.0, 1.0 - progress)  # "onecycle": warm-up then linear decay to zero
+
+
+def batch_loss(pipeline: Pipeline, logits: dict, targets: dict, smoothing: float) -> torch.Tensor:
+    """The weighted sum of every head's loss."""
+    weights = {o.name: o.loss_weight for o in pipeline.config.outputs}
+    return sum(weights[name] * pipeline.model.heads[name].loss(out, targets[name], smoothing)
+               for name, out in logits.items())
+
+
+@torch.no_grad()
+def validation_metrics(pipeline: Pipeline, data: EncodedTable, cfg: TrainingConfig) -> dict:
+    """Mean loss and accuracy (averaged over outputs) on the validation table."""
+    logits = pipeline.logits(data, cfg.eval_batch_size or max(256, cfg.batch_size))
+    targets = {n: torch.from_numpy(t) for n, t in data.targets.items()}
+    loss = batch_loss(pipeline, logits, targets, 0.0).item()
+    accs = [accuracy(logits[n].argmax(-1), targets[n]) for n in logits]
+    return {"loss": loss, "accuracy": float(np.mean(accs))}
+
+
+def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable | None,
+          cfg: TrainingConfig, metrics_path: Path | None = None,
+          on_best: Callable[[int], None] | None = None, progress: bool = False) -> dict:
+    """Train ``pipeline.model`` in place and leave it holding the best weights.
+
+    Returns:
+        A summary: epochs run, best epoch, best validation metrics, seconds, whether stopped early
+        or interrupted.
+    """
+    # --- setup
+    model = pipeline.model
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    optimizer = make_optimizer(model, cfg)
+    group = train_data.group_key() if cfg.group_rows_by_file is not False else None
+    steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
+    total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_schedule))
+    best = {"loss": math.inf, "epoch": 0, "state": None, "metrics": {}}
+    epochs_run, stalled, interrupted, started = 0, 0, False, time.perf_counter()
+    bar = EpochProgress(enabled=progress)
+
+    # --- train
+    try:
+        for epoch in range(1, cfg.epochs + 1):
+            model.train()
+            running = RunningMean()
+            batches = (grouped_batches(group, cfg.batch_size, rng) if group is not None
+                       else shuffled_batches(len(train_data), cfg.batch_size, rng))
+            bar.start(epoch, cfg.epochs, len(batches))
+            for rows in batches:
+                inputs, targets = pipeline.batch(train_data, rows, True, generator)
+                logits = model(inputs)
+                loss = batch_loss(pipeline, logits, targets, cfg.label_smoothing)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                accs = [accuracy(out.argmax(-1), targets[n]) for n, out in logits.items()]
+                running.update(len(rows), loss=loss.item(), accuracy=float(np.mean(accs)))
+                bar.advance(running.means(), running.examples_per_second())
+            epochs_run = epoch
+
+            # --- evaluate
+            record = {"epoch": epoch, **{f"train_{k}": v for k, v in running.means().items()},
+                      "examples_per_second": running.examples_per_second(),
+                      "learning_rate": optimizer.param_groups[0]["lr"],
+                      "seconds": time.perf_counter() - started}
+            valid = validation_metrics(pipeline, valid_data, cfg) if valid_data else None
+            if valid:
+                record.update({f"valid_{k}": v for k, v in valid.items()})
+            bar.finish(record)
+            _append_jsonl(metrics_path, record)
+
+            # --- keep the best
+            score = valid["loss"] if valid else -epoch  # without validation, the last is best
+            if score < best["loss"]:
+                best.update(loss=score, epoch=epoch, metrics=record,
+                            state=copy.deepcopy(model.state_dict()))
+                stalled = 0
+                if on_best:
+                    on_best(epoch)
+            else:
+                stalled += 1
+            if cfg.early_stopping_patience and stalled >= cfg.early_stopping_patience:
+                break
+            if cfg.max_minutes and time.perf_counter() - started > 60 * cfg.max_minutes:
+                break
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+
+    # --- restore the best
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    return {"epochs": epochs_run, "best_epoch": best["epoch"], "best": best["metrics"],
+            "seconds": round(time.perf_counter() - started, 2), "interrupted": interrupted,
+            "stopped_early": epochs_run < cfg.epochs and not interrupted}
+
+
+def _append_jsonl(path: Path | None, record: dict) -> None:
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v
+                            for k, v in record.items()}) + "\n")
