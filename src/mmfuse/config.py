@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
 
 from .config_base import StrictModel, did_you_mean
 from .errors import ConfigError
@@ -52,11 +52,23 @@ def resolve_component(registry: Registry, spec: Any, default_type: str | None = 
 class ImageOptions(StrictModel):
     """Image preprocessing: decode, convert to RGB, resize, optional centre crop, normalise."""
 
-    size: int | tuple[int, int] = Field(64, description="resize to SIZE or (HEIGHT, WIDTH)")
-    crop: int | tuple[int, int] | None = Field(None, description="centre crop after resizing")
+    size: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        64, description="resize to SIZE or (HEIGHT, WIDTH)")
+    crop: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="centre crop after resizing")
     normalize: bool = Field(True, description="subtract mean / divide std of the training split")
     flip_horizontal: float = Field(0.0, ge=0, le=1, description="augmentation: flip probability")
     pad_crop: int = Field(0, ge=0, description="augmentation: pad by N px, random crop back")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> ImageOptions:
+        if self.crop is not None:
+            size = (self.size, self.size) if isinstance(self.size, int) else self.size
+            crop = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
+            if crop[0] > size[0] or crop[1] > size[1]:
+                raise ValueError(f"crop {self.crop} is larger than size {self.size}; "
+                                 "use a crop no larger than the resized image")
+        return self
 
 
 class TextOptions(StrictModel):

@@ -17,6 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from ..config_base import Options
+from ..errors import ConfigError
 from ..registry import ENCODERS
 from .base import Features, all_present
 
@@ -51,6 +52,11 @@ class CNNEncoder(nn.Module):
         self.body = nn.Sequential(*layers)
         with torch.no_grad():
             h, w = self.body(torch.zeros(2, spec["channels"], *spec["size"])).shape[-2:]
+        if h * w == 1:
+            raise ConfigError(
+                f"cnn: a {spec['size'][0]}x{spec['size'][1]} image shrinks to a 1x1 map after "
+                f"{len(options.channels)} stride-{options.stride} layers, which batch norm cannot "
+                "train on; use a larger image size, fewer channels entries or a smaller stride")
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys], -1).reshape(1, h * w, 2))
         self.token_dim = in_ch + 2

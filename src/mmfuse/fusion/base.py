@@ -27,8 +27,8 @@ class PooledProjection(nn.Module):
         )
 
     def forward(self, features: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        """Returns ``{name: (projected [B, dim], present [B, 1] float)}``."""
+        """Returns ``{name: (projected [B, dim], present [B, 1] bool)}``."""
         return {
-            name: (proj(features[name].pooled), features[name].present.unsqueeze(-1).float())
+            name: (proj(features[name].pooled), features[name].present.unsqueeze(-1))
             for name, proj in self.proj.items()
         }

@@ -34,6 +34,7 @@ class ConcatFusion(nn.Module):
         self.mlp, self.out_dim = mlp(width, options.hidden, options.dropout)
 
     def forward(self, features: dict) -> torch.Tensor:
-        present = [features[n].present.unsqueeze(-1).float() for n in self.names]
-        vectors = [features[n].pooled * p for n, p in zip(self.names, present, strict=True)]
-        return self.mlp(torch.cat(vectors + present, dim=-1))
+        present = [features[n].present.unsqueeze(-1) for n in self.names]
+        vectors = [torch.where(p, features[n].pooled, 0.0)
+                   for n, p in zip(self.names, present, strict=True)]
+        return self.mlp(torch.cat(vectors + [p.float() for p in present], dim=-1))

@@ -50,7 +50,7 @@ class SumFusion(ElementwiseFusion):
     """Element-wise sum of the inputs projected to one width."""
 
     def combine(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
-        return sum(x * present for x, present in parts)
+        return sum(torch.where(present, x, 0.0) for x, present in parts)
 
 
 @FUSIONS.register("product", ElementwiseOptions)
@@ -60,5 +60,5 @@ class ProductFusion(ElementwiseFusion):
     def combine(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         out = torch.ones_like(parts[0][0])
         for x, present in parts:
-            out = out * (x * present + (1 - present))  # a missing input multiplies by one
+            out = out * torch.where(present, x, 1.0)  # a missing input multiplies by one
         return out

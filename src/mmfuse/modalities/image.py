@@ -38,6 +38,11 @@ def load_image(path: Path, options: ImageOptions) -> np.ndarray:
     """
     with Image.open(path) as img:
         img = ImageOps.exif_transpose(img)
+        if img.mode.startswith("I;16") or img.mode == "I":
+            # convert("RGB") would clip 16-bit values at 255 instead of scaling them
+            wide = np.asarray(img, dtype=np.float64)
+            scale = 65535.0 if wide.max(initial=0) > 255 else 255.0
+            img = Image.fromarray(np.round(wide / scale * 255).astype(np.uint8), "L")
         if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -77,7 +82,8 @@ class ImagePreprocessor(Preprocessor):
                 raise DataError(f"{table.source}, row {row + 1}: column {self.column!r} is empty; "
                                 "every row needs an image file")
         unique, index = unique_values([str(v) for v in values])
-        first_row = {value: int(np.argmax(index == i)) for i, value in enumerate(unique)}
+        first_rows = np.unique(index, return_index=True)[1]
+        first_row = {value: int(first_rows[i]) for i, value in enumerate(unique)}
         paths = [resolve_file(v, table, first_row[v], self.column) for v in unique]
         missing = [(first_row[v], v) for v, p in zip(unique, paths, strict=True) if not p.is_file()]
         if missing:

@@ -37,7 +37,9 @@ def pretrained_tokenizer():
 
     from ..encoders.minilm import minilm_path
 
-    return Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
+    tokenizer.no_padding()  # the shipped file pads to 128; batches pad to their longest text
+    return tokenizer
 
 
 class TextPreprocessor(Preprocessor):
@@ -78,12 +80,13 @@ class TextPreprocessor(Preprocessor):
         """Token ids ``[U, L]`` (padded with the pad id) and lengths ``[U]``."""
         if self.tokenizer is None:
             raise RuntimeError("the text preprocessor must be fitted or loaded before use")
+        # truncation inside the tokenizer keeps special tokens such as a final [SEP]
+        self.tokenizer.enable_truncation(self.options.max_length)
         encodings = self.tokenizer.encode_batch(texts)
-        max_len = self.options.max_length
-        lengths = np.array([max(1, min(len(e.ids), max_len)) for e in encodings], dtype=np.int64)
+        lengths = np.array([max(1, len(e.ids)) for e in encodings], dtype=np.int64)
         ids = np.full((len(texts), int(lengths.max(initial=1))), self.pad_id, dtype=np.int64)
         for i, enc in enumerate(encodings):
-            row = enc.ids[:max_len] or [self.unk_id]
+            row = enc.ids or [self.unk_id]
             ids[i, : len(row)] = row
         return ids, lengths
 

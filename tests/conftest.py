@@ -1,0 +1,93 @@
+"""Shared fixtures: a small image-question table that is not a built-in dataset."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+COLOURS = {"red": (220, 30, 30), "green": (30, 180, 30), "blue": (30, 30, 220)}
+SHAPES = ("circle", "square", "triangle")
+QUESTIONS = {
+    "en": {"colour": "What colour is the shape?", "shape": "Which shape is in the picture?"},
+    "zh": {"colour": "图形是什么颜色？", "shape": "图片里是什么形状？"},
+}
+
+
+def draw_shape(colour: str, shape: str, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    """One coloured shape at a random place on a light grey background."""
+    img = Image.new("RGB", (size, size), (235, 235, 235))
+    draw = ImageDraw.Draw(img)
+    r = int(rng.integers(6, 9))
+    cx, cy = (int(v) for v in rng.integers(r, size - r, 2))
+    box = (cx - r, cy - r, cx + r, cy + r)
+    if shape == "circle":
+        draw.ellipse(box, fill=COLOURS[colour])
+    elif shape == "square":
+        draw.rectangle(box, fill=COLOURS[colour])
+    else:
+        draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=COLOURS[colour])
+    return img
+
+
+def make_shapes_qa(folder: Path, n_images: int, lang: str = "en", seed: int = 0,
+                   name: str = "train.csv") -> Path:
+    """Write ``n_images`` PNGs and a CSV (image, question, answer, qtype), two questions each."""
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_images):
+        colour = list(COLOURS)[int(rng.integers(3))]
+        shape = SHAPES[int(rng.integers(3))]
+        path = f"img/{name.split('.')[0]}_{i:04d}.png"
+        draw_shape(colour, shape, rng).save(folder / path)
+        for qtype, answer in (("colour", colour), ("shape", shape)):
+            rows.append({"image": path, "question": QUESTIONS[lang][qtype], "answer": answer,
+                         "qtype": qtype})
+    table = folder / name
+    with table.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "question", "answer", "qtype"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return table
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own preprocessing cache, so no test sees another's entries."""
+    monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+MINIMAL = {
+    "inputs": [
+        {"name": "image", "type": "image", "preprocess": {"size": 32},
+         "encoder": {"type": "cnn", "channels": [16, 16, 16], "dim": 64}},
+        {"name": "question", "type": "text",
+         "encoder": {"type": "gru", "embedding_dim": 16, "hidden_size": 32}},
+    ],
+    "fusion": {"type": "concat", "hidden": [64]},
+    "outputs": [{"name": "answer", "type": "category"}],
+    "training": {"epochs": 8, "batch_size": 32, "learning_rate": 0.003},
+}
+
+
+@pytest.fixture
+def minimal_config() -> dict:
+    """A small config in ARCHITECTURE.md's minimal form, sized for fast tests."""
+    import copy
+
+    return copy.deepcopy(MINIMAL)
+
+
+@pytest.fixture(scope="session")
+def shapes_qa(tmp_path_factory) -> dict[str, Path]:
+    """English and Chinese image-question tables (train and test) in one folder each."""
+    out = {}
+    for lang in ("en", "zh"):
+        folder = tmp_path_factory.mktemp(f"shapes_{lang}")
+        out[f"{lang}_train"] = make_shapes_qa(folder, 150, lang, seed=1, name="train.csv")
+        out[f"{lang}_test"] = make_shapes_qa(folder, 40, lang, seed=2, name="test.csv")
+    return out

@@ -1,0 +1,189 @@
+"""Smoke tests over every registered fusion, plus known-number checks (mmfuse.fusion)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mmfuse.encoders import Features
+from mmfuse.registry import FUSIONS
+
+BATCH = 4
+POOLED = {"image": 5, "question": 3, "audio": 4}
+TOKENS = 2
+
+
+def input_dims(count: int) -> dict[str, dict]:
+    names = list(POOLED)[:count]
+    return {n: {"token_dim": 6, "pooled_dim": POOLED[n]} for n in names}
+
+
+def build(name: str, dims: dict[str, dict], **options) -> nn.Module:
+    entry = FUSIONS.get(name)
+    return entry.builder(entry.options.model_validate(options), dims)
+
+
+def features(dims: dict[str, dict], seed: int = 0) -> dict[str, Features]:
+    """Random Features whose pooled tensors are leaves that require gradients."""
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, d in dims.items():
+        pooled = torch.randn(BATCH, d["pooled_dim"], generator=generator).requires_grad_()
+        tokens = torch.randn(BATCH, TOKENS, d["token_dim"], generator=generator)
+        mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
+        out[name] = Features(tokens, mask, pooled, torch.ones(BATCH, dtype=torch.bool))
+    return out
+
+
+def test_every_fusion_is_registered():
+    assert {"concat", "sum", "product"} <= set(FUSIONS.names())
+    for entry in FUSIONS.entries():
+        assert entry.summary, f"{entry.name} has no docstring summary"
+
+
+CASES = [(name, count) for name in FUSIONS.names() for count in (2, 3)]
+IDS = [f"{name}-{count}in" for name, count in CASES]
+
+
+@pytest.mark.parametrize(("name", "count"), CASES, ids=IDS)
+def test_output_shape(name, count):
+    torch.manual_seed(0)
+    dims = input_dims(count)
+    fusion = build(name, dims)
+    out = fusion(features(dims))
+    assert isinstance(fusion.out_dim, int) and fusion.out_dim > 0
+    assert out.shape == (BATCH, fusion.out_dim)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("name", "count"), CASES, ids=IDS)
+def test_gradients_reach_every_input(name, count):
+    torch.manual_seed(0)
+    dims = input_dims(count)
+    fusion = build(name, dims)
+    feats = features(dims)
+    fusion(feats).square().sum().backward()
+    for input_name, f in feats.items():
+        assert f.pooled.grad is not None, f"no gradient reaches {input_name}"
+        assert f.pooled.grad.abs().sum() > 0, f"zero gradient for {input_name}"
+    for param_name, param in fusion.named_parameters():
+        assert param.grad is not None, f"no gradient for {param_name}"
+
+
+@pytest.mark.parametrize(("name", "count"), CASES, ids=IDS)
+def test_missing_input_is_ignored_for_its_row(name, count):
+    torch.manual_seed(0)
+    dims = input_dims(count)
+    fusion = build(name, dims).eval()
+    feats = features(dims)
+    missing, row = "question", 1
+    feats[missing].present[row] = False
+
+    out = fusion(feats)
+    assert torch.isfinite(out).all()
+    out[row].sum().backward()
+    assert feats[missing].pooled.grad[row].abs().sum() == 0
+
+    changed = features(dims)
+    changed[missing].present[row] = False
+    with torch.no_grad():
+        changed[missing].pooled[row] = torch.full((dims[missing]["pooled_dim"],), 1e6)
+        changed[missing].pooled[0] += 1.0  # row 0 has the input: there it must matter
+        again = fusion(changed)
+    torch.testing.assert_close(again[row], out[row].detach())
+    assert not torch.allclose(again[0], out[0].detach())
+
+
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_row_with_every_input_missing_is_finite(name):
+    dims = input_dims(2)
+    fusion = build(name, dims).eval()
+    feats = features(dims)
+    for f in feats.values():
+        f.present[0] = False
+    assert torch.isfinite(fusion(feats)).all()
+
+
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_rows_are_independent(name):
+    dims = input_dims(3)
+    fusion = build(name, dims).eval()
+    feats = features(dims)
+    with torch.no_grad():
+        together = fusion(feats)
+        alone = fusion({n: Features(f.tokens[2:3], f.mask[2:3], f.pooled[2:3], f.present[2:3])
+                        for n, f in feats.items()})
+    torch.testing.assert_close(together[2:3], alone)
+
+
+# --- known numbers -------------------------------------------------------------------------------
+
+
+def fixed_elementwise(name: str, activation: str) -> nn.Module:
+    """A 2-input sum/product fusion of width 2 whose projections are set by hand."""
+    dims = {"a": {"token_dim": 1, "pooled_dim": 2}, "b": {"token_dim": 1, "pooled_dim": 2}}
+    fusion = build(name, dims, dim=2, activation=activation)
+    with torch.no_grad():
+        proj_a = fusion.project.proj["a"][0]
+        proj_b = fusion.project.proj["b"][0]
+        proj_a.weight.copy_(torch.eye(2))
+        proj_a.bias.zero_()
+        proj_b.weight.copy_(2 * torch.eye(2))
+        proj_b.bias.copy_(torch.tensor([1.0, -1.0]))
+    return fusion
+
+
+def two_inputs(present_b: list[bool]) -> dict[str, Features]:
+    a = torch.tensor([[1.0, 2.0], [0.5, -0.5]])
+    b = torch.tensor([[3.0, -1.0], [100.0, 100.0]])
+    ones = torch.ones(2, dtype=torch.bool)
+
+    def feats(x: torch.Tensor, present: torch.Tensor) -> Features:
+        return Features(x.unsqueeze(1), torch.ones(2, 1, dtype=torch.bool), x, present)
+
+    return {"a": feats(a, ones), "b": feats(b, torch.tensor(present_b))}
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        # a = [1, 2], W_b b + c = 2 * [3, -1] + [1, -1] = [7, -3]
+        ("sum", [[8.0, -1.0], [0.5, -0.5]]),
+        ("product", [[7.0, -6.0], [0.5, -0.5]]),
+    ],
+)
+def test_elementwise_known_numbers(name, expected):
+    fusion = fixed_elementwise(name, activation="none")
+    out = fusion(two_inputs(present_b=[True, False]))  # row 2: b missing
+    torch.testing.assert_close(out, torch.tensor(expected))
+
+
+@pytest.mark.parametrize(
+    ("name", "combine"),
+    [("sum", torch.add), ("product", torch.mul)],
+)
+def test_elementwise_tanh_known_numbers(name, combine):
+    fusion = fixed_elementwise(name, activation="tanh")
+    out = fusion(two_inputs(present_b=[True, True]))
+    a = torch.tensor([[1.0, 2.0], [0.5, -0.5]])
+    b = torch.tensor([[7.0, -3.0], [201.0, 199.0]])
+    torch.testing.assert_close(out, combine(torch.tanh(a), torch.tanh(b)))
+
+
+def test_concat_without_mlp_concatenates_vectors_and_presence_flags():
+    dims = {"a": {"token_dim": 1, "pooled_dim": 2}, "b": {"token_dim": 1, "pooled_dim": 2}}
+    fusion = build("concat", dims, hidden=[])
+    assert fusion.out_dim == 2 + 2 + 2
+    out = fusion(two_inputs(present_b=[True, False]))
+    torch.testing.assert_close(out, torch.tensor([
+        [1.0, 2.0, 3.0, -1.0, 1.0, 1.0],
+        [0.5, -0.5, 0.0, 0.0, 1.0, 0.0],  # b is missing: zeroed, flag 0
+    ]))
+
+
+def test_out_dim_follows_options():
+    dims = input_dims(2)
+    assert build("concat", dims, hidden=[16, 7]).out_dim == 7
+    assert build("sum", dims, dim=9).out_dim == 9
+    assert build("product", dims, dim=9, hidden=[5]).out_dim == 5

@@ -1,0 +1,131 @@
+"""The training loop and the Python API on a small non-built-in image-question table."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import mmfuse
+from mmfuse.encoders.cnn import CNNEncoder
+
+
+def small(config: dict, **training) -> dict:
+    config["training"].update({"epochs": 2, **training})
+    return config
+
+
+def test_same_seed_gives_same_metrics(shapes_qa, minimal_config, tmp_path):
+    runs = []
+    for name in ("a", "b"):
+        model = mmfuse.Model.from_config(small(minimal_config))
+        model.fit(shapes_qa["en_train"], out=tmp_path / name, threads=1)
+        runs.append((tmp_path / name / "metrics.jsonl").read_text().splitlines())
+    strip = [[{k: v for k, v in json.loads(line).items()
+               if k not in ("seconds", "examples_per_second")} for line in r] for r in runs]
+    assert strip[0] == strip[1] and len(strip[0]) == 2
+
+
+def test_fit_evaluate_predict_save_load_round_trip(shapes_qa, minimal_config, tmp_path):
+    model = mmfuse.Model.from_config(minimal_config)
+    summary = model.fit(shapes_qa["en_train"], threads=1)
+    assert summary["best_epoch"] >= 1 and summary["train_rows"] + summary["valid_rows"] == 300
+    result = model.evaluate(shapes_qa["en_test"], by="qtype")
+    answer = result["outputs"]["answer"]
+    assert answer["accuracy"] > answer["majority_baseline"] + 0.2
+    rows = [{"image": str(shapes_qa["en_test"].parent / "img" / f"test_{i:04d}.png"),
+             "question": "What colour is the shape?"} for i in range(5)]
+    before = model.predict(rows)
+    model.save(tmp_path / "bundle")
+    loaded = mmfuse.Model.load(tmp_path / "bundle")
+    assert loaded.predict(rows) == before
+    assert loaded.evaluate(shapes_qa["en_test"]) == model.evaluate(shapes_qa["en_test"])
+
+
+def test_jsonl_and_parquet_tables_train_like_csv(shapes_qa, minimal_config, tmp_path):
+    import csv
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    source = shapes_qa["en_train"]
+    rows = list(csv.DictReader(source.open(encoding="utf-8")))
+    jsonl = source.parent / "copy.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in rows))
+    parquet = source.parent / "copy.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), parquet)
+    results = []
+    for table in (source, jsonl, parquet):
+        model = mmfuse.Model.from_config(small(minimal_config, epochs=1))
+        results.append(model.fit(table, threads=1)["best"]["valid_loss"])
+    assert results[0] == pytest.approx(results[1]) == pytest.approx(results[2])
+
+
+def test_ctrl_c_keeps_the_best_model_so_far(shapes_qa, minimal_config, tmp_path, monkeypatch):
+    from mmfuse.training import loop
+
+    real = loop.validation_metrics
+    calls = {"n": 0}
+
+    def interrupt_on_third(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "validation_metrics", interrupt_on_third)
+    model = mmfuse.Model.from_config(small(minimal_config, epochs=5))
+    summary = model.fit(shapes_qa["en_train"], out=tmp_path / "run", threads=1)
+    assert summary["interrupted"] and summary["best_epoch"] in (1, 2)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2
+    reloaded = mmfuse.Model.load(tmp_path / "run")
+    assert reloaded.evaluate(shapes_qa["en_test"]) == model.evaluate(shapes_qa["en_test"])
+
+
+def test_early_stopping_stops_after_patience(shapes_qa, minimal_config, monkeypatch):
+    from mmfuse.training import loop
+
+    losses = iter([1.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1])
+    monkeypatch.setattr(loop, "validation_metrics",
+                        lambda *a, **k: {"loss": next(losses), "accuracy": 0.5})
+    model = mmfuse.Model.from_config(
+        small(minimal_config, epochs=8, early_stopping_patience=2))
+    summary = model.fit(shapes_qa["en_train"], threads=1)
+    assert summary["epochs"] == 4 and summary["best_epoch"] == 2 and summary["stopped_early"]
+
+
+def test_rows_sharing_an_image_are_encoded_once_per_batch(shapes_qa, minimal_config,
+                                                         monkeypatch):
+    encoded = []
+    real_forward = CNNEncoder.forward
+
+    def counting_forward(self, pixels):
+        encoded.append(len(pixels))
+        return real_forward(self, pixels)
+
+    monkeypatch.setattr(CNNEncoder, "forward", counting_forward)
+    config = small(minimal_config, epochs=1, valid_fraction=0.0)
+    model = mmfuse.Model.from_config(config)
+    model.fit(shapes_qa["en_train"], threads=1)
+    # 150 images, 2 questions each, grouped batches of 32 rows: each image is encoded once,
+    # except an image whose two rows straddle a batch boundary (at most one per batch).
+    batches = int(np.ceil(300 / 32))
+    assert 150 <= sum(encoded) <= 150 + batches
+    assert len(encoded) == batches
+
+
+def test_grouping_can_be_switched_off(shapes_qa, minimal_config, monkeypatch):
+    encoded = []
+    real_forward = CNNEncoder.forward
+    monkeypatch.setattr(CNNEncoder, "forward",
+                        lambda self, pixels: encoded.append(len(pixels)) or
+                        real_forward(self, pixels))
+    config = small(minimal_config, epochs=1, valid_fraction=0.0, group_rows_by_file=False)
+    mmfuse.Model.from_config(config).fit(shapes_qa["en_train"], threads=1)
+    assert sum(encoded) > 200  # shuffled rows rarely meet their twin in the same batch
+
+
+def test_predict_before_fit_is_a_clear_error(minimal_config):
+    with pytest.raises(mmfuse.MmfuseError, match="not trained"):
+        mmfuse.Model.from_config(minimal_config).predict([{"image": "x", "question": "y"}])
