@@ -61,16 +61,18 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+TRAIN_IMAGES = 300
+
 MINIMAL = {
     "inputs": [
         {"name": "image", "type": "image", "preprocess": {"size": 32},
-         "encoder": {"type": "cnn", "channels": [16, 16, 16], "dim": 64}},
+         "encoder": {"type": "cnn", "channels": [16, 16, 16], "pool": "mean", "dim": 64}},
         {"name": "question", "type": "text",
          "encoder": {"type": "gru", "embedding_dim": 16, "hidden_size": 32}},
     ],
     "fusion": {"type": "concat", "hidden": [64]},
     "outputs": [{"name": "answer", "type": "category"}],
-    "training": {"epochs": 8, "batch_size": 32, "learning_rate": 0.003},
+    "training": {"epochs": 15, "batch_size": 32, "learning_rate": 0.003},
 }
 
 
@@ -88,6 +90,6 @@ def shapes_qa(tmp_path_factory) -> dict[str, Path]:
     out = {}
     for lang in ("en", "zh"):
         folder = tmp_path_factory.mktemp(f"shapes_{lang}")
-        out[f"{lang}_train"] = make_shapes_qa(folder, 150, lang, seed=1, name="train.csv")
+        out[f"{lang}_train"] = make_shapes_qa(folder, TRAIN_IMAGES, lang, seed=1, name="train.csv")
         out[f"{lang}_test"] = make_shapes_qa(folder, 40, lang, seed=2, name="test.csv")
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .bundle import load_bundle, save_bundle
 from .config import Config, load_config
@@ -75,6 +76,7 @@ class Model:
         else:
             valid_table = None
         self.pipeline = Pipeline.from_config(self.config)
+        torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
         train_encoded = self.pipeline.fit(table)
         valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None else None
         run = Path(out) if out is not None else None

@@ -37,7 +37,8 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", help="run directory to write")],
     valid: Annotated[Path | None, typer.Option("--valid", help="validation table")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: CPUs allowed)")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch threads (default: usable CPUs)")]
+    = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a model from CONFIG on a table; writes RUN_DIR with the best bundle."""

@@ -61,7 +61,7 @@ class Pipeline:
         return cls(config, inputs, outputs)
 
     def fit(self, table: Table) -> EncodedTable:
-        """Fit every preprocessor on the training table, build the model, return the table encoded."""
+        """Fit the preprocessors on the training table, build the model, encode the table."""
         columns = {}
         for name, prep in self.inputs.items():
             columns[name] = prep.fit_encode(table)
