@@ -10,13 +10,15 @@ from mmfuse.encoders import Features
 from mmfuse.registry import FUSIONS
 
 BATCH = 4
-POOLED = {"image": 5, "question": 3, "audio": 4}
-TOKENS = 2
+POOLED = {"image": 5, "question": 3, "hint": 4}
+MODALITY = {"image": "image", "question": "text", "hint": "text"}
+TOKENS = 3
 
 
 def input_dims(count: int) -> dict[str, dict]:
     names = list(POOLED)[:count]
-    return {n: {"token_dim": 6, "pooled_dim": POOLED[n]} for n in names}
+    return {n: {"token_dim": 6, "pooled_dim": POOLED[n], "modality": MODALITY[n],
+                "film_channels": [4, 4] if n == "image" else None} for n in names}
 
 
 def build(name: str, dims: dict[str, dict], **options) -> nn.Module:
@@ -25,15 +27,24 @@ def build(name: str, dims: dict[str, dict], **options) -> nn.Module:
 
 
 def features(dims: dict[str, dict], seed: int = 0) -> dict[str, Features]:
-    """Random Features whose pooled tensors are leaves that require gradients."""
+    """Random Features whose tokens and pooled vectors are leaves that require gradients.
+
+    Text inputs have their last token padded in odd rows.
+    """
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, d in dims.items():
         pooled = torch.randn(BATCH, d["pooled_dim"], generator=generator).requires_grad_()
-        tokens = torch.randn(BATCH, TOKENS, d["token_dim"], generator=generator)
+        tokens = torch.randn(BATCH, TOKENS, d["token_dim"], generator=generator).requires_grad_()
         mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
+        if d["modality"] == "text":
+            mask[1::2, -1] = False
         out[name] = Features(tokens, mask, pooled, torch.ones(BATCH, dtype=torch.bool))
     return out
+
+
+def input_grad(f: Features) -> float:
+    return sum(float(t.grad.abs().sum()) for t in (f.tokens, f.pooled) if t.grad is not None)
 
 
 def test_every_fusion_is_registered():
@@ -64,11 +75,29 @@ def test_gradients_reach_every_input(name, count):
     fusion = build(name, dims)
     feats = features(dims)
     fusion(feats).square().sum().backward()
+    serial_source = getattr(fusion, "serial", (None, None))[1]
     for input_name, f in feats.items():
-        assert f.pooled.grad is not None, f"no gradient reaches {input_name}"
-        assert f.pooled.grad.abs().sum() > 0, f"zero gradient for {input_name}"
+        if input_name == serial_source:
+            continue  # reaches the target encoder instead: see test_fusion_in_a_model
+        assert input_grad(f) > 0, f"no gradient reaches {input_name}"
     for param_name, param in fusion.named_parameters():
+        if serial_source is not None and param_name.startswith("generator"):
+            continue
         assert param.grad is not None, f"no gradient for {param_name}"
+
+
+@pytest.mark.parametrize(("name", "count"), CASES, ids=IDS)
+def test_padded_tokens_do_not_change_the_output(name, count):
+    torch.manual_seed(0)
+    dims = input_dims(count)
+    fusion = build(name, dims).eval()
+    feats = features(dims)
+    with torch.no_grad():
+        before = fusion(feats)
+        for f in feats.values():
+            f.tokens[~f.mask] = 1e4
+        after = fusion(feats)
+    torch.testing.assert_close(after, before)
 
 
 @pytest.mark.parametrize(("name", "count"), CASES, ids=IDS)
@@ -76,23 +105,23 @@ def test_missing_input_is_ignored_for_its_row(name, count):
     torch.manual_seed(0)
     dims = input_dims(count)
     fusion = build(name, dims).eval()
-    feats = features(dims)
     missing, row = "question", 1
+    feats = features(dims)
     feats[missing].present[row] = False
-
     out = fusion(feats)
     assert torch.isfinite(out).all()
-    out[row].sum().backward()
-    assert feats[missing].pooled.grad[row].abs().sum() == 0
 
     changed = features(dims)
     changed[missing].present[row] = False
     with torch.no_grad():
-        changed[missing].pooled[row] = torch.full((dims[missing]["pooled_dim"],), 1e6)
+        changed[missing].pooled[row] = 1e3
+        changed[missing].tokens[row] = 1e3
         changed[missing].pooled[0] += 1.0  # row 0 has the input: there it must matter
+        changed[missing].tokens[0] += 1.0
         again = fusion(changed)
     torch.testing.assert_close(again[row], out[row].detach())
-    assert not torch.allclose(again[0], out[0].detach())
+    if getattr(fusion, "serial", (None, None))[1] != missing:
+        assert not torch.allclose(again[0], out[0].detach())
 
 
 @pytest.mark.parametrize("name", FUSIONS.names())
@@ -115,6 +144,42 @@ def test_rows_are_independent(name):
         alone = fusion({n: Features(f.tokens[2:3], f.mask[2:3], f.pooled[2:3], f.present[2:3])
                         for n, f in feats.items()})
     torch.testing.assert_close(together[2:3], alone)
+
+
+@pytest.mark.parametrize("name", FUSIONS.names())
+def test_fusion_in_a_model_trains_every_encoder(name):
+    """Through MultimodalModel (serial fusions such as FiLM drive the encoders themselves)."""
+    from mmfuse.config import load_config
+    from mmfuse.model import MultimodalModel
+
+    torch.manual_seed(0)
+    config = load_config({
+        "inputs": [
+            {"name": "image", "type": "image",
+             "encoder": {"type": "cnn", "channels": [4, 4], "dim": 8}},
+            {"name": "question", "type": "text",
+             "encoder": {"type": "gru", "embedding_dim": 4, "hidden_size": 6}},
+        ],
+        "fusion": {"type": name},
+        "outputs": [{"name": "answer", "type": "category"}],
+    })
+    model = MultimodalModel(config, {"image": {"channels": 3, "size": (16, 16)},
+                                     "question": {"vocab_size": 9, "pad_id": 0}},
+                            {"answer": ["a", "b", "c"]})
+    ids = torch.tensor([[3, 4, 5], [6, 7, 0]])
+    inputs = {
+        "image": {"pixels": torch.randn(2, 3, 16, 16), "index": torch.tensor([0, 0, 1])},
+        "question": {"ids": ids, "mask": ids != 0, "index": torch.tensor([0, 1, 1])},
+    }
+    logits = model(inputs)["answer"]
+    assert logits.shape == (3, 3)
+    logits.square().sum().backward()
+    for input_name, encoder in model.encoders.items():  # token fusions skip pooled heads
+        assert any(p.grad is not None and p.grad.abs().sum() > 0
+                   for p in encoder.parameters()), f"{name}: nothing trains {input_name}"
+    for part in (model.fusion, model.heads):
+        for param_name, param in part.named_parameters():
+            assert param.grad is not None, f"{name}: no gradient for {param_name}"
 
 
 # --- known numbers -------------------------------------------------------------------------------

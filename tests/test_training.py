@@ -131,3 +131,17 @@ def test_grouping_can_be_switched_off(shapes_qa, minimal_config, monkeypatch):
 def test_predict_before_fit_is_a_clear_error(minimal_config):
     with pytest.raises(mmfuse.MmfuseError, match="not trained"):
         mmfuse.Model.from_config(minimal_config).predict([{"image": "x", "question": "y"}])
+
+
+def test_pretrained_minilm_question_encoder_trains_end_to_end(shapes_qa, minimal_config,
+                                                             tmp_path):
+    minimal_config["inputs"][1]["encoder"] = {"type": "minilm"}
+    model = mmfuse.Model.from_config(small(minimal_config, epochs=6))
+    model.fit(shapes_qa["zh_train"], out=tmp_path / "run", threads=1)
+    assert model.pipeline.inputs["question"].kind == "pretrained"
+    result = model.evaluate(shapes_qa["zh_test"], by="qtype")
+    for group in result["groups"].values():
+        answer = group["outputs"]["answer"]
+        assert answer["accuracy"] > answer["majority_baseline"] + 0.2
+    reloaded = mmfuse.Model.load(tmp_path / "run")
+    assert reloaded.evaluate(shapes_qa["zh_test"]) == model.evaluate(shapes_qa["zh_test"])

@@ -30,7 +30,9 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict(
             {i.name: _build(ENCODERS, i.encoder, input_specs[i.name]) for i in config.inputs}
         )
-        dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim}
+        dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim,
+                       "modality": enc.modality,
+                       "film_channels": getattr(enc, "film_channels", None)}
                 for name, enc in self.encoders.items()}
         self.fusion = _build(FUSIONS, config.fusion, dims)
         self.heads = nn.ModuleDict(
@@ -42,12 +44,20 @@ class MultimodalModel(nn.Module):
         """Logits per output for a batch.
 
         Each input's tensors hold its *unique* items plus ``index`` [B] mapping rows to them, so
-        an image shared by many rows of the batch is encoded once.
+        an image shared by many rows of the batch is encoded once. A serial fusion (FiLM) names a
+        ``(target, source)`` pair: the target is encoded per row, modulated by the source.
         """
+        target, source = getattr(self.fusion, "serial", (None, None))
         features = {}
         for name, encoder in self.encoders.items():
-            tensors = dict(inputs[name])
-            index = tensors.pop("index")
-            features[name] = encoder(**tensors).select(index)
+            if name != target:
+                tensors = dict(inputs[name])
+                index = tensors.pop("index")
+                features[name] = encoder(**tensors).select(index)
+        if target is not None:
+            tensors = {k: v[inputs[target]["index"]] for k, v in inputs[target].items()
+                       if k != "index"}
+            film = self.fusion.modulation(features[source])
+            features[target] = self.encoders[target](**tensors, film=film)
         fused = self.fusion(features)
         return {name: head(fused) for name, head in self.heads.items()}

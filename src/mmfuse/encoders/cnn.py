@@ -1,5 +1,7 @@
 """``cnn``: a configurable stack of conv -> batch norm -> ReLU blocks for images.
 
+A ``film`` fusion can modulate each block after batch norm (see ``fusion/film.py``).
+
 The last feature map becomes a grid of spatial tokens; each token carries its normalised (x, y)
 position as two extra channels, as in the relation-network paper (Santoro et al. 2017), so a
 fusion can reason about where things are. The pooled vector is a linear projection of the
@@ -39,19 +41,19 @@ class CNNEncoder(nn.Module):
 
     def __init__(self, options: CNNOptions, spec: dict) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        blocks: list[nn.Module] = []
         in_ch = spec["channels"]
         for out_ch in options.channels:
-            layers += [
+            blocks.append(nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, options.kernel_size, options.stride,
                           options.kernel_size // 2, bias=False),
                 nn.BatchNorm2d(out_ch),
-                nn.ReLU(inplace=True),
-            ]
+            ))
             in_ch = out_ch
-        self.body = nn.Sequential(*layers)
+        self.body = nn.ModuleList(blocks)
+        self.film_channels = list(options.channels)  # what a FiLM fusion may modulate
         with torch.no_grad():
-            h, w = self.body(torch.zeros(2, spec["channels"], *spec["size"])).shape[-2:]
+            h, w = self._grid(torch.zeros(2, spec["channels"], *spec["size"]), None).shape[-2:]
         if h * w == 1:
             raise ConfigError(
                 f"cnn: a {spec['size'][0]}x{spec['size'][1]} image shrinks to a 1x1 map after "
@@ -68,8 +70,19 @@ class CNNEncoder(nn.Module):
         )
         self.pooled_dim = options.dim
 
-    def forward(self, pixels: torch.Tensor) -> Features:
-        grid = self.body(pixels)
+    def _grid(self, pixels: torch.Tensor, film: list | None) -> torch.Tensor:
+        x = pixels
+        for i, block in enumerate(self.body):
+            x = block(x)
+            if film is not None:  # FiLM (Perez et al. 2018): per-row scale and shift per channel
+                gamma, beta = film[i]
+                x = x * (1 + gamma[:, :, None, None]) + beta[:, :, None, None]
+            x = torch.relu(x)
+        return x
+
+    def forward(self, pixels: torch.Tensor, film: list | None = None) -> Features:
+        """Encode images; ``film`` optionally holds one ``(gamma, beta)`` ``[B, C]`` per block."""
+        grid = self._grid(pixels, film)
         cells = grid.flatten(2).transpose(1, 2)  # [B, h*w, C]
         tokens = torch.cat([cells, self.coords.expand(cells.shape[0], -1, -1)], dim=-1)
         if self.pool == "flatten":

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 
 def mlp(in_dim: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
     """Linear -> ReLU -> Dropout blocks; returns the module and its output width."""
@@ -13,6 +15,22 @@ def mlp(in_dim: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, 
         layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True), nn.Dropout(dropout)]
         in_dim = width
     return nn.Sequential(*layers), in_dim
+
+
+def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
+    """The input that conditions the others: ``query`` if given, else the first text input,
+    else the last input.
+
+    Raises:
+        ConfigError: ``query`` names no input.
+    """
+    if query is not None:
+        if query not in input_dims:
+            raise ConfigError(f"fusion option query={query!r} names no input; the inputs are: "
+                              f"{', '.join(input_dims)}")
+        return query
+    texts = [name for name, d in input_dims.items() if d.get("modality") == "text"]
+    return texts[0] if texts else list(input_dims)[-1]
 
 
 class PooledProjection(nn.Module):

@@ -1,0 +1,75 @@
+"""``film``: serial interaction — one input modulates the encoder of another (FiLM).
+
+Perez et al. 2018, "FiLM: Visual Reasoning with a General Conditioning Layer". The query input
+(e.g. the question) produces, for every block ``l`` of the target's encoder (e.g. the image
+CNN), a per-channel scale and shift: ``x_l <- (1 + gamma_l(q)) * BN(conv(x_l)) + beta_l(q)``
+(``1 + gamma`` so that an untrained generator starts at the identity). The target is therefore
+encoded once per *row*, not once per shared file: the question changes how the image is seen.
+The fused vector is ``MLP([pooled target; pooled query])``.
+
+The model runs the other encoders first, asks :meth:`FiLMFusion.modulation` for the
+``(gamma, beta)`` pairs, then runs the target encoder with them (see ``model.py``).
+
+Shapes: query pooled ``[B, Q]`` -> ``(gamma, beta)`` ``[B, C_l]`` per block;
+``{name: Features}`` -> ``[B, hidden[-1]]``.
+"""
+
+from __future__ import annotations
+
+import torch
+from pydantic import Field
+from torch import nn
+
+from ..config_base import Options
+from ..errors import ConfigError
+from ..registry import FUSIONS
+from .base import mlp, pick_query
+
+
+class FiLMOptions(Options):
+    target: str | None = Field(None, description="input whose encoder is modulated (default: "
+                               "the first input whose encoder supports FiLM, e.g. cnn)")
+    query: str | None = Field(None, description="conditioning input (default: first text input)")
+    hidden: list[int] = Field([256], description="MLP widths after joining the inputs")
+    dropout: float = Field(0.0, ge=0, lt=1)
+
+
+@FUSIONS.register("film", FiLMOptions)
+class FiLMFusion(nn.Module):
+    """FiLM: the query input scales and shifts the channels of the target encoder's blocks."""
+
+    def __init__(self, options: FiLMOptions, input_dims: dict[str, dict]) -> None:
+        super().__init__()
+        self.query = pick_query(input_dims, options.query)
+        capable = [n for n, d in input_dims.items() if d.get("film_channels") and n != self.query]
+        target = options.target or (capable[0] if capable else None)
+        if target not in capable:
+            raise ConfigError(
+                f"fusion 'film' needs a target input whose encoder supports FiLM (cnn); "
+                f"got target={target!r}, capable inputs: {capable or 'none'}")
+        self.target = target
+        self.serial = (target, self.query)  # read by MultimodalModel: encode query first
+        self.others = [n for n in input_dims if n != target]
+        self.channels = list(input_dims[target]["film_channels"])
+        self.generator = nn.Linear(input_dims[self.query]["pooled_dim"], 2 * sum(self.channels))
+        nn.init.zeros_(self.generator.weight)  # start as the identity modulation
+        nn.init.zeros_(self.generator.bias)
+        width = input_dims[target]["pooled_dim"] + sum(
+            input_dims[n]["pooled_dim"] for n in self.others)
+        self.mlp, self.out_dim = mlp(width, options.hidden, options.dropout)
+
+    def modulation(self, query) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per target block, ``(gamma, beta)`` of shape ``[B, C]`` (zeros where q is missing)."""
+        params = self.generator(query.pooled)
+        params = torch.where(query.present.unsqueeze(-1), params, 0.0)
+        out, start = [], 0
+        for c in self.channels:
+            out.append((params[:, start:start + c], params[:, start + c:start + 2 * c]))
+            start += 2 * c
+        return out
+
+    def forward(self, features: dict) -> torch.Tensor:
+        parts = [features[self.target].pooled] + [
+            torch.where(features[n].present.unsqueeze(-1), features[n].pooled, 0.0)
+            for n in self.others]
+        return self.mlp(torch.cat(parts, dim=-1))
