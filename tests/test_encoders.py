@@ -233,3 +233,20 @@ def test_cnn_trains_on_a_single_small_image_or_refuses_to_build():
         return  # refusing a size the layer stack cannot handle is a fix too
     features = encoder.train()(pixels=torch.randn(1, 3, 16, 16))
     assert features.pooled.shape == (1, encoder.pooled_dim)
+
+
+@pytest.mark.parametrize("pool", ["last", "mean", "max"])
+def test_rnn_pooling_ignores_padding_and_follows_real_steps(pool):
+    from mmfuse.encoders.rnn import GRUEncoder, RNNOptions
+
+    torch.manual_seed(0)
+    encoder = GRUEncoder(RNNOptions(pool=pool, hidden_size=8), {"vocab_size": 20, "pad_id": 0})
+    ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
+    mask = ids != 0
+    out = encoder(ids, mask)
+    padded = ids.clone()
+    padded[0, 3:] = 11  # change only padded positions
+    torch.testing.assert_close(encoder(padded, mask).pooled, out.pooled)
+    real = out.tokens[0, :3]
+    expected = {"last": real[-1], "mean": real.mean(0), "max": real.amax(0)}[pool]
+    torch.testing.assert_close(out.pooled[0], expected)

@@ -1,13 +1,16 @@
 """``gru`` and ``lstm``: token embedding followed by an (optionally bidirectional) RNN.
 
 Padding is packed away (``pack_padded_sequence``), so padded positions never change the final
-state. Tokens are the per-step states, the pooled vector is the final hidden state (both
-directions concatenated when bidirectional).
+state. Tokens are the per-step states; the pooled vector is the final hidden state (both
+directions concatenated when bidirectional), or the mean or max of the real steps' states
+(``pool: max`` picks out key words such as a colour wherever they stand).
 
 Shapes: ids ``[B, L]``, mask ``[B, L]`` -> tokens ``[B, L, H*dirs]``, pooled ``[B, H*dirs]``.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import torch
 from pydantic import Field
@@ -25,6 +28,8 @@ class RNNOptions(Options):
     num_layers: int = Field(1, ge=1)
     bidirectional: bool = False
     dropout: float = Field(0.0, ge=0, lt=1)
+    pool: Literal["last", "mean", "max"] = Field(
+        "last", description="pooled vector: the final state, or the mean / max over real steps")
 
 
 class RNNEncoder(nn.Module):
@@ -46,6 +51,7 @@ class RNNEncoder(nn.Module):
         dirs = 2 if options.bidirectional else 1
         self.token_dim = self.pooled_dim = options.hidden_size * dirs
         self.dirs = dirs
+        self.pool = options.pool
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Features:
         lengths = mask.sum(1).clamp(min=1).cpu()
@@ -54,7 +60,13 @@ class RNNEncoder(nn.Module):
         out, state = self.rnn(packed)
         hidden = state[0] if isinstance(state, tuple) else state  # LSTM gives (h, c)
         tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
-        pooled = torch.cat(list(hidden[-self.dirs:]), dim=-1)
+        if self.pool == "last":
+            pooled = torch.cat(list(hidden[-self.dirs:]), dim=-1)
+        elif self.pool == "mean":
+            weights = mask.unsqueeze(-1).to(tokens.dtype)
+            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        else:
+            pooled = tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
         return Features(tokens, mask, pooled, all_present(ids.shape[0], ids.device))
 
 

@@ -67,9 +67,9 @@ class RelationFusion(nn.Module):
         self.g_rest, g_out = mlp(width, options.hidden_g[1:], 0.0)
         self.f, self.out_dim = mlp(g_out, options.hidden_f, options.dropout)
         self.anchored = options.pairs == "anchored"
-        if self.anchored:
-            self.anchor_score = nn.Sequential(nn.Linear(obj + cond, width), nn.ReLU(),
-                                              nn.Linear(width, 1))
+        if self.anchored:  # bilinear (dot-product) scores learn "which object is X" quickly
+            self.anchor_key = nn.Linear(obj, width)
+            self.anchor_query = nn.Linear(cond, width)
         self.mean = options.pool == "mean"
 
     def forward(self, features: dict) -> torch.Tensor:
@@ -91,9 +91,9 @@ class RelationFusion(nn.Module):
 
     def anchor(self, objects: torch.Tensor, mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
         """The soft anchor object ``[B, 1, O]``: attention over objects driven by the query."""
-        scores = self.anchor_score(
-            torch.cat([objects, q[:, None, :].expand(-1, objects.shape[1], -1)], -1))
-        scores = scores.squeeze(-1).masked_fill(~mask, float("-inf"))
+        keys = self.anchor_key(objects)  # [B, N, H]
+        scores = (keys @ self.anchor_query(q).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
+        scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.nan_to_num(scores.softmax(-1))  # all-masked rows give zeros, not NaN
         self.last_attention = weights.detach()
         return (weights.unsqueeze(-1) * objects).sum(1, keepdim=True)
