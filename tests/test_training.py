@@ -145,3 +145,19 @@ def test_pretrained_minilm_question_encoder_trains_end_to_end(shapes_qa, minimal
         assert answer["accuracy"] > answer["majority_baseline"] + 0.2
     reloaded = mmfuse.Model.load(tmp_path / "run")
     assert reloaded.evaluate(shapes_qa["zh_test"]) == model.evaluate(shapes_qa["zh_test"])
+
+
+def test_max_minutes_stops_within_an_epoch(shapes_qa, minimal_config, monkeypatch):
+    from mmfuse.training import loop
+
+    clock = {"t": 0.0}
+
+    def fake_clock():
+        clock["t"] += 1.0  # every reading advances one second
+        return clock["t"]
+
+    monkeypatch.setattr(loop.time, "perf_counter", fake_clock)
+    model = mmfuse.Model.from_config(small(minimal_config, epochs=5, max_minutes=0.2))
+    summary = model.fit(shapes_qa["en_train"], threads=1)
+    # 12 s of budget at one second per reading: stops during the first epoch, keeps its weights
+    assert summary["epochs"] == 1 and summary["best_epoch"] == 1

@@ -87,6 +87,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
         optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_schedule))
     best = {"loss": math.inf, "epoch": 0, "state": None, "metrics": {}}
     epochs_run, stalled, interrupted, started = 0, 0, False, time.perf_counter()
+    deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     bar = EpochProgress(enabled=progress)
 
     # --- train
@@ -110,6 +111,8 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                 accs = [accuracy(out.argmax(-1), targets[n]) for n, out in logits.items()]
                 running.update(len(rows), loss=loss.item(), accuracy=float(np.mean(accs)))
                 bar.advance(running.means(), running.examples_per_second())
+                if time.perf_counter() > deadline:
+                    break  # out of time: validate what this epoch learned, then stop
             epochs_run = epoch
 
             # --- evaluate
@@ -135,7 +138,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                 stalled += 1
             if cfg.early_stopping_patience and stalled >= cfg.early_stopping_patience:
                 break
-            if cfg.max_minutes and time.perf_counter() - started > 60 * cfg.max_minutes:
+            if time.perf_counter() > deadline:
                 break
     except KeyboardInterrupt:
         interrupted = True
