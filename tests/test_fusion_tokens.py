@@ -116,12 +116,12 @@ def test_attention_concentrates_on_the_token_the_query_selects():
     fusion = build("attention", dims=dims, dim=3, attention_dim=3, hops=1, hidden=[])
     glimpse = fusion.hops[0]["image"]
     with torch.no_grad():
-        for linear in (fusion.start, fusion.values["image"], glimpse.memory, glimpse.state):
+        for linear in (fusion.start, fusion.slots.values["image"], glimpse.memory, glimpse.state):
             linear.weight.copy_(torch.eye(3))
             if linear.bias is not None:
                 linear.bias.zero_()
-        fusion.summaries["image"].weight.zero_()
-        fusion.summaries["image"].bias.zero_()
+        fusion.slots.summaries["image"].weight.zero_()
+        fusion.slots.summaries["image"].bias.zero_()
         glimpse.score.weight.fill_(10.0)
     query = -8.0 * (1 - torch.eye(3))  # row k selects token k
     image = Features(4.0 * torch.eye(3).expand(3, 3, 3), torch.ones(3, 3, dtype=torch.bool),

@@ -26,7 +26,7 @@ from ..config_base import Options
 from ..encoders.base import Features
 from ..errors import ConfigError
 from ..registry import FUSIONS
-from .base import mlp, pick_query
+from .base import SlotProjection, mlp, pick_query
 
 
 class AttentionOptions(Options):
@@ -70,10 +70,7 @@ class AttentionFusion(nn.Module):
                               "to attend over; use fusion 'concat' for a single input")
         dim = options.dim
         self.start = nn.Linear(input_dims[self.query]["pooled_dim"], dim)
-        self.summaries = nn.ModuleDict(
-            {n: nn.Linear(input_dims[n]["pooled_dim"], dim) for n in self.context})
-        self.values = nn.ModuleDict(
-            {n: nn.Linear(input_dims[n]["token_dim"], dim) for n in self.context})
+        self.slots = SlotProjection({n: input_dims[n] for n in self.context}, dim)
         self.hops = nn.ModuleList(
             nn.ModuleDict({n: Glimpse(dim, options.attention_dim) for n in self.context})
             for _ in range(options.hops)
@@ -88,12 +85,10 @@ class AttentionFusion(nn.Module):
         Padded tokens and missing rows are zeroed before projection, so their values cannot leak.
         The summary slot always counts as real, so a softmax never sees a row without any slot.
         """
-        present = features.present.unsqueeze(-1)
-        real = features.mask & present
-        summary = self.summaries[name](torch.where(present, features.pooled, 0.0))
-        tokens = self.values[name](torch.where(real.unsqueeze(-1), features.tokens, 0.0))
-        slots = torch.cat([summary.unsqueeze(1), tokens], dim=1)
-        return slots, torch.cat([torch.ones_like(present), real], dim=1)
+        slots, real = self.slots(name, features)
+        real = real.clone()
+        real[:, 0] = True  # the (zeroed) summary of a missing input is still a valid key
+        return slots, real
 
     def forward(self, features: dict[str, Features]) -> torch.Tensor:
         query = features[self.query]

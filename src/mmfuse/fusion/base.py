@@ -33,6 +33,29 @@ def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
     return texts[0] if texts else list(input_dims)[-1]
 
 
+class SlotProjection(nn.Module):
+    """Each input as a sequence of slots of one width: ``[W_s pooled; W_v token_1; ...]``.
+
+    The pooled summary comes first (like a whole-image region). Padded tokens and missing rows
+    are zeroed before projection, so their values cannot leak into the output.
+    """
+
+    def __init__(self, input_dims: dict[str, dict], dim: int) -> None:
+        super().__init__()
+        self.summaries = nn.ModuleDict(
+            {n: nn.Linear(d["pooled_dim"], dim) for n, d in input_dims.items()})
+        self.values = nn.ModuleDict(
+            {n: nn.Linear(d["token_dim"], dim) for n, d in input_dims.items()})
+
+    def forward(self, name: str, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots ``[B, 1 + N, dim]`` and which are real ``[B, 1 + N]`` (summary: if present)."""
+        present = features.present.unsqueeze(-1)
+        real = torch.cat([present, features.mask & present], dim=1)
+        summary = self.summaries[name](torch.where(present, features.pooled, 0.0))
+        tokens = self.values[name](torch.where(real[:, 1:].unsqueeze(-1), features.tokens, 0.0))
+        return torch.cat([summary.unsqueeze(1), tokens], dim=1), real
+
+
 class PooledProjection(nn.Module):
     """Projects each input's pooled vector to one common width ``dim`` (Linear + activation)."""
 

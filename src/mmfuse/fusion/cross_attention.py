@@ -26,7 +26,7 @@ from torch import nn
 from ..config_base import Options
 from ..encoders.base import Features
 from ..registry import FUSIONS
-from .base import mlp
+from .base import SlotProjection, mlp
 
 
 class CrossAttentionOptions(Options):
@@ -74,10 +74,7 @@ class CrossAttentionFusion(nn.Module):
         super().__init__()
         self.names = list(input_dims)
         dim = options.dim
-        self.summaries = nn.ModuleDict(
-            {n: nn.Linear(d["pooled_dim"], dim) for n, d in input_dims.items()})
-        self.values = nn.ModuleDict(
-            {n: nn.Linear(d["token_dim"], dim) for n, d in input_dims.items()})
+        self.slots = SlotProjection(input_dims, dim)
         self.layers = nn.ModuleList(
             nn.ModuleDict({n: CrossLayer(dim, options.heads, options.dropout) for n in self.names})
             for _ in range(options.layers)
@@ -90,11 +87,7 @@ class CrossAttentionFusion(nn.Module):
 
         Padded tokens and missing rows are zeroed before projection, so their values cannot leak.
         """
-        present = features.present.unsqueeze(-1)
-        real = torch.cat([present, features.mask & present], dim=1)
-        summary = self.summaries[name](torch.where(present, features.pooled, 0.0))
-        tokens = self.values[name](torch.where(real[:, 1:].unsqueeze(-1), features.tokens, 0.0))
-        return torch.cat([summary.unsqueeze(1), tokens], dim=1), real
+        return self.slots(name, features)
 
     def forward(self, features: dict[str, Features]) -> torch.Tensor:
         streams, real = {}, {}

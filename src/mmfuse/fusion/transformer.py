@@ -26,7 +26,7 @@ from ..config_base import Options
 from ..encoders.base import Features
 from ..errors import ConfigError
 from ..registry import FUSIONS
-from .base import mlp
+from .base import SlotProjection, mlp
 
 
 class TransformerOptions(Options):
@@ -53,10 +53,7 @@ class TransformerFusion(nn.Module):
         self.names = list(input_dims)
         self.max_tokens = options.max_tokens
         dim = options.dim
-        self.summaries = nn.ModuleDict(
-            {n: nn.Linear(d["pooled_dim"], dim) for n, d in input_dims.items()})
-        self.values = nn.ModuleDict(
-            {n: nn.Linear(d["token_dim"], dim) for n, d in input_dims.items()})
+        self.slots = SlotProjection(input_dims, dim)
         self.cls = nn.Parameter(0.02 * torch.randn(1, 1, dim))
         self.modality = nn.Parameter(0.02 * torch.randn(len(self.names), 1, dim))
         # Position 0 of every input is its summary slot, then up to max_tokens tokens.
@@ -80,11 +77,7 @@ class TransformerFusion(nn.Module):
             raise ConfigError(
                 f"fusion 'transformer': input {name!r} has {count} tokens but the fusion option "
                 f"max_tokens is {self.max_tokens}; set max_tokens to at least {count}")
-        present = features.present.unsqueeze(-1)
-        real = torch.cat([present, features.mask & present], dim=1)
-        summary = self.summaries[name](torch.where(present, features.pooled, 0.0))
-        tokens = self.values[name](torch.where(real[:, 1:].unsqueeze(-1), features.tokens, 0.0))
-        return torch.cat([summary.unsqueeze(1), tokens], dim=1), real
+        return self.slots(name, features)
 
     def forward(self, features: dict[str, Features]) -> torch.Tensor:
         first = features[self.names[0]].pooled
