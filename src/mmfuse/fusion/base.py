@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import torch
+from pydantic import Field, model_validator
 from torch import nn
 
+from ..config_base import Options
 from ..errors import ConfigError
 
 
@@ -31,6 +33,19 @@ def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
         return query
     texts = [name for name, d in input_dims.items() if d.get("modality") == "text"]
     return texts[0] if texts else list(input_dims)[-1]
+
+
+class MultiHeadOptions(Options):
+    """Width and head count of a multi-head attention fusion; the heads must divide the width."""
+
+    dim: int = Field(128, ge=1, description="width every token is projected to")
+    heads: int = Field(4, ge=1, description="attention heads; must divide dim")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> MultiHeadOptions:
+        if self.dim % self.heads:
+            raise ValueError(f"heads={self.heads} must divide dim={self.dim}")
+        return self
 
 
 class SlotProjection(nn.Module):

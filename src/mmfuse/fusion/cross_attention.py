@@ -20,27 +20,18 @@ Shapes: ``{name: Features}`` with tokens ``[B, N_i, D_i]`` and pooled ``[B, P_i]
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from ..config_base import Options
 from ..encoders.base import Features
 from ..registry import FUSIONS
-from .base import SlotProjection, mlp
+from .base import MultiHeadOptions, SlotProjection, mlp
 
 
-class CrossAttentionOptions(Options):
-    dim: int = Field(128, ge=1, description="width every input's tokens are projected to")
+class CrossAttentionOptions(MultiHeadOptions):
     layers: int = Field(1, ge=1, description="cross-attention layers")
-    heads: int = Field(4, ge=1, description="attention heads; must divide dim")
     hidden: list[int] = Field([256], description="MLP widths after pooling")
     dropout: float = Field(0.1, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> CrossAttentionOptions:
-        if self.dim % self.heads:
-            raise ValueError(f"heads={self.heads} must divide dim={self.dim}")
-        return self
 
 
 class CrossLayer(nn.Module):

@@ -19,29 +19,20 @@ Shapes: ``{name: Features}`` with tokens ``[B, N_i, D_i]`` (``N_i <= max_tokens`
 from __future__ import annotations
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import nn
 
-from ..config_base import Options
 from ..encoders.base import Features
 from ..errors import ConfigError
 from ..registry import FUSIONS
-from .base import SlotProjection, mlp
+from .base import MultiHeadOptions, SlotProjection, mlp
 
 
-class TransformerOptions(Options):
-    dim: int = Field(128, ge=1, description="width of every token in the encoder")
+class TransformerOptions(MultiHeadOptions):
     layers: int = Field(2, ge=1, description="transformer encoder layers")
-    heads: int = Field(4, ge=1, description="attention heads; must divide dim")
     max_tokens: int = Field(64, ge=1, description="most tokens one input may have (positions)")
     hidden: list[int] = Field(default_factory=list, description="MLP widths after the CLS state")
     dropout: float = Field(0.1, ge=0, lt=1)
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> TransformerOptions:
-        if self.dim % self.heads:
-            raise ValueError(f"heads={self.heads} must divide dim={self.dim}")
-        return self
 
 
 @FUSIONS.register("transformer", TransformerOptions)
