@@ -250,3 +250,36 @@ def test_rnn_pooling_ignores_padding_and_follows_real_steps(pool):
     real = out.tokens[0, :3]
     expected = {"last": real[-1], "mean": real.mean(0), "max": real.amax(0)}[pool]
     torch.testing.assert_close(out.pooled[0], expected)
+
+
+# --- bow ------------------------------------------------------------------------------------------
+
+
+def test_bow_ignores_word_order_and_padding():
+    encoder = build("bow", norm="none").eval()
+    batch = text_batch()
+    ids = batch["ids"].clone()
+    ids[0, :5] = ids[0, :5].flip(0)  # reorder the real words of row 0
+    ids[1, 2:] = 7  # change what stands in row 1's padding
+    with torch.no_grad():
+        before = encoder(**batch).pooled
+        after = encoder(ids, batch["mask"]).pooled
+    torch.testing.assert_close(after, before)
+
+
+@pytest.mark.parametrize("pool", ["mean", "sum", "max"])
+def test_bow_empty_text_gives_a_finite_vector(pool):
+    encoder = build("bow", pool=pool, norm="none").eval()
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    mask[0, :2] = True
+    assert torch.isfinite(encoder(ids, mask).pooled).all()
+
+
+def test_bow_batch_norm_trains_on_a_batch_of_one_text():
+    encoder = build("bow", norm="batch").train()
+    batch = text_batch()
+    out = encoder(batch["ids"][:1], batch["mask"][:1]).pooled
+    assert torch.isfinite(out).all()
+    many = encoder(**batch).pooled  # batch statistics: every feature has mean 0 over the batch
+    torch.testing.assert_close(many.mean(0), torch.zeros(many.shape[1]), atol=1e-5, rtol=0)

@@ -21,9 +21,21 @@ def input_dims(count: int) -> dict[str, dict]:
                 "film_channels": [4, 4] if n == "image" else None} for n in names}
 
 
+# Option sets beyond the defaults that the smoke tests also run, under their own test ids.
+VARIANTS = {
+    "relation[anchored,geometry,all-pools]": ("relation", {
+        "pairs": "anchored", "relative_position": True,
+        "pool": ["sum", "mean", "max", "attention"]}),
+    "relation[all-pairs,geometry,attention]": ("relation", {
+        "relative_position": True, "pool": ["attention"]}),
+}
+NAMES = FUSIONS.names() + list(VARIANTS)
+
+
 def build(name: str, dims: dict[str, dict], **options) -> nn.Module:
+    name, preset = VARIANTS.get(name, (name, {}))
     entry = FUSIONS.get(name)
-    return entry.builder(entry.options.model_validate(options), dims)
+    return entry.builder(entry.options.model_validate({**preset, **options}), dims)
 
 
 def features(dims: dict[str, dict], seed: int = 0) -> dict[str, Features]:
@@ -53,7 +65,7 @@ def test_every_fusion_is_registered():
         assert entry.summary, f"{entry.name} has no docstring summary"
 
 
-CASES = [(name, count) for name in FUSIONS.names() for count in (2, 3)]
+CASES = [(name, count) for name in NAMES for count in (2, 3)]
 IDS = [f"{name}-{count}in" for name, count in CASES]
 
 
@@ -124,7 +136,7 @@ def test_missing_input_is_ignored_for_its_row(name, count):
         assert not torch.allclose(again[0], out[0].detach())
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_row_with_every_input_missing_is_finite(name):
     dims = input_dims(2)
     fusion = build(name, dims).eval()
@@ -134,7 +146,7 @@ def test_row_with_every_input_missing_is_finite(name):
     assert torch.isfinite(fusion(feats)).all()
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_rows_are_independent(name):
     dims = input_dims(3)
     fusion = build(name, dims).eval()
@@ -146,13 +158,14 @@ def test_rows_are_independent(name):
     torch.testing.assert_close(together[2:3], alone)
 
 
-@pytest.mark.parametrize("name", FUSIONS.names())
+@pytest.mark.parametrize("name", NAMES)
 def test_fusion_in_a_model_trains_every_encoder(name):
     """Through MultimodalModel (serial fusions such as FiLM drive the encoders themselves)."""
     from mmfuse.config import load_config
     from mmfuse.model import MultimodalModel
 
     torch.manual_seed(0)
+    fusion_type, preset = VARIANTS.get(name, (name, {}))
     config = load_config({
         "inputs": [
             {"name": "image", "type": "image",
@@ -160,7 +173,7 @@ def test_fusion_in_a_model_trains_every_encoder(name):
             {"name": "question", "type": "text",
              "encoder": {"type": "gru", "embedding_dim": 4, "hidden_size": 6}},
         ],
-        "fusion": {"type": name},
+        "fusion": {"type": fusion_type, **preset},
         "outputs": [{"name": "answer", "type": "category"}],
     })
     model = MultimodalModel(config, {"image": {"channels": 3, "size": (16, 16)},

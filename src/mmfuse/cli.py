@@ -200,12 +200,15 @@ def demo(
     data_dir: Annotated[Path, typer.Option(help="where the dataset is (generated if missing)")]
     = Path("data/sort-of-clevr"),
     out_dir: Annotated[Path, typer.Option("--out", help="run directory")] = Path("runs/demo"),
-    config: Annotated[Path | None, typer.Option(help="config to train")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="config to train (default: examples/sort_of_clevr_best.yaml)")] = None,
+    minutes: Annotated[float | None, typer.Option(
+        help="training time budget; replaces the config's training.max_minutes")] = 10.0,
 ) -> None:
-    """Generate Sort-of-CLEVR if missing, train the example config, print test accuracy."""
+    """Generate Sort-of-CLEVR if missing, train the best example config, print test accuracy."""
     from .demo import run_demo
 
-    run_demo(data_dir, out_dir, config, out)
+    run_demo(data_dir, out_dir, config, out, minutes)
 
 
 def main() -> None:

@@ -13,7 +13,19 @@ input are left out of the sum.
 
 ``pairs: anchored`` is a cheaper variant for questions about one object ("the object closest to
 the red one"): an attention over the objects, driven by ``q``, picks a soft anchor
-``a = sum_i p_i o_i``, and only the N pairs ``(a, o_j)`` go through ``g``, not N^2.
+``a = sum_i p_i o_i``, and only the N pairs ``(a, o_j)`` go through ``g``, not N^2. ``f`` then
+also sees ``a`` and ``q`` themselves, so questions about the anchor alone need no pair at all.
+
+``relative_position: true`` adds the geometry of each pair to the first layer of ``g``:
+``W_r [dx, dy, |d|]`` with ``d = pos_j - pos_i``, read from the last two channels of the
+object tokens (the ``cnn`` encoder puts each cell's (x, y) there). "Closest" and "furthest" then
+become a threshold on one learned feature instead of a distance the MLP must build from
+coordinates (relative geometry features as in Hu et al. 2018, "Relation Networks for Object
+Detection").
+
+``pool`` lists how g's outputs are aggregated over pairs; several are concatenated. ``sum``
+(the paper) and ``mean`` count, ``max`` detects, and ``attention`` (``softmax_j(w . g_j)``
+weights) selects one pair, as "the shape of the closest object" needs.
 
 Shapes: context tokens ``[B, N, D]``, query pooled ``[B, Q]`` -> ``[B, hidden_f[-1]]``.
 """
@@ -23,7 +35,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 
 from ..config_base import Options
@@ -42,7 +54,15 @@ class RelationOptions(Options):
     hidden_g: list[int] = Field([256, 256, 256, 256], min_length=1)
     hidden_f: list[int] = Field([256, 256], min_length=1)
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout in f")
-    pool: Literal["sum", "mean"] = Field("sum", description="how g's outputs are aggregated")
+    relative_position: bool = Field(False, description="add [dx, dy, distance] of each pair, "
+                                    "from the tokens' last two channels, to g's first layer")
+    pool: list[Literal["sum", "mean", "max", "attention"]] = Field(
+        ["sum"], min_length=1, description="aggregations of g over pairs, concatenated")
+
+    @field_validator("pool", mode="before")
+    @classmethod
+    def _one_pool(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 @FUSIONS.register("relation", RelationOptions)
@@ -64,13 +84,16 @@ class RelationFusion(nn.Module):
         self.first_i = nn.Linear(obj, width)
         self.first_j = nn.Linear(obj, width, bias=False)
         self.first_q = nn.Linear(cond, width, bias=False)
+        self.first_r = nn.Linear(3, width, bias=False) if options.relative_position else None
         self.g_rest, g_out = mlp(width, options.hidden_g[1:], 0.0)
-        self.f, self.out_dim = mlp(g_out, options.hidden_f, options.dropout)
+        self.pools = list(dict.fromkeys(options.pool))
+        self.pair_score = nn.Linear(g_out, 1) if "attention" in self.pools else None
         self.anchored = options.pairs == "anchored"
+        f_in = g_out * len(self.pools) + ((obj + cond) if self.anchored else 0)
+        self.f, self.out_dim = mlp(f_in, options.hidden_f, options.dropout)
         if self.anchored:  # bilinear (dot-product) scores learn "which object is X" quickly
             self.anchor_key = nn.Linear(obj, width)
             self.anchor_query = nn.Linear(cond, width)
-        self.mean = options.pool == "mean"
 
     def forward(self, features: dict) -> torch.Tensor:
         ctx = features[self.context]
@@ -78,25 +101,52 @@ class RelationFusion(nn.Module):
         mask = ctx.mask & ctx.present.unsqueeze(-1)  # [B, N]
         q = torch.cat([torch.where(features[n].present.unsqueeze(-1), features[n].pooled, 0.0)
                        for n in self.conditions], dim=-1)
-        left = self.first_i(self.anchor(objects, mask, q) if self.anchored else objects)
-        right = self.first_j(objects)  # [B, N, H]
-        cond = self.first_q(q)[:, None, None, :]  # [B, 1, 1, H]
-        pairs = torch.relu(left[:, :, None, :] + right[:, None, :, :] + cond)  # [B, L, N, H]
-        g = self.g_rest(pairs)
-        pair_mask = (self._left_mask(mask)[:, :, None] & mask[:, None, :]).unsqueeze(-1)
-        summed = torch.where(pair_mask, g, 0.0).sum(dim=(1, 2))
-        if self.mean:
-            summed = summed / pair_mask.sum(dim=(1, 2)).clamp(min=1)
-        return self.f(summed)
+        positions = ctx.tokens[..., -2:]  # [B, N, 2], used by relative_position
+        if self.anchored:
+            weights = self.anchor_weights(objects, mask, q)  # [B, N]
+            lefts = (weights.unsqueeze(1) @ objects)  # [B, 1, O]: the soft anchor object
+            left_positions = weights.unsqueeze(1) @ positions  # its mean position [B, 1, 2]
+        else:
+            lefts, left_positions = objects, positions  # [B, N, O], [B, N, 2]
+        first = (self.first_i(lefts)[:, :, None, :] + self.first_j(objects)[:, None, :, :]
+                 + self.first_q(q)[:, None, None, :])  # [B, L, N, H]
+        if self.first_r is not None:
+            first = first + self.first_r(geometry(left_positions, positions))
+        g = self.g_rest(torch.relu(first)).flatten(1, 2)  # [B, L*N, G]
+        pair_mask = (self._left_mask(mask)[:, :, None] & mask[:, None, :]).flatten(1)  # [B, L*N]
+        pooled = [self.aggregate(how, g, pair_mask) for how in self.pools]
+        if self.anchored:
+            pooled += [lefts.squeeze(1), q]
+        return self.f(torch.cat(pooled, dim=-1))
 
-    def anchor(self, objects: torch.Tensor, mask: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-        """The soft anchor object ``[B, 1, O]``: attention over objects driven by the query."""
+    def aggregate(self, how: str, g: torch.Tensor, pair_mask: torch.Tensor) -> torch.Tensor:
+        """One aggregation ``[B, G]`` of the pair outputs ``g`` ``[B, P, G]`` over real pairs."""
+        real = pair_mask.unsqueeze(-1)
+        if how == "max":
+            return torch.where(real, g, float("-inf")).amax(1).clamp(min=0.0)  # none: zeros
+        if how == "attention":
+            scores = self.pair_score(g).masked_fill(~real, float("-inf"))
+            return torch.nan_to_num(scores.softmax(1)).mul(g).sum(1)
+        summed = torch.where(real, g, 0.0).sum(1)
+        return summed / real.sum(1).clamp(min=1) if how == "mean" else summed
+
+    def anchor_weights(self, objects: torch.Tensor, mask: torch.Tensor,
+                       q: torch.Tensor) -> torch.Tensor:
+        """Which object is the anchor ``[B, N]``: attention over objects driven by the query."""
         keys = self.anchor_key(objects)  # [B, N, H]
         scores = (keys @ self.anchor_query(q).unsqueeze(-1)).squeeze(-1) / keys.shape[-1] ** 0.5
         scores = scores.masked_fill(~mask, float("-inf"))
         weights = torch.nan_to_num(scores.softmax(-1))  # all-masked rows give zeros, not NaN
         self.last_attention = weights.detach()
-        return (weights.unsqueeze(-1) * objects).sum(1, keepdim=True)
+        return weights
 
     def _left_mask(self, mask: torch.Tensor) -> torch.Tensor:
         return mask.any(-1, keepdim=True) if self.anchored else mask
+
+
+def geometry(left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
+    """``[dx, dy, distance]`` ``[B, L, N, 3]`` from positions ``[B, L, 2]`` to ``[B, N, 2]``."""
+    delta = right[:, None, :, :] - left[:, :, None, :]
+    # the epsilon keeps the distance's gradient finite where two positions coincide
+    distance = (delta.square().sum(-1, keepdim=True) + 1e-6).sqrt()
+    return torch.cat([delta, distance], dim=-1)

@@ -36,13 +36,19 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.O
     return cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then constant/cosine/one-cycle."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str,
+              time_used: float = 0.0) -> float:
+    """Learning-rate multiplier at ``step``: linear warm-up, then constant/cosine/one-cycle.
+
+    The decay follows whichever budget is further spent: steps (``step / total``) or wall time
+    (``time_used``, the fraction of ``max_minutes`` gone), so a run cut short by its time limit
+    still ends at a low learning rate instead of being stopped mid-schedule.
+    """
     if warmup and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_used))
     if schedule == "cosine":
         return 0.5 * (1 + math.cos(math.pi * progress))
     return max(0.0, 1.0 - progress)  # "onecycle": warm-up then linear decay to zero
@@ -83,11 +89,15 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
     group = train_data.group_key() if cfg.group_rows_by_file is not False else None
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
     total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_schedule))
     best = {"loss": math.inf, "epoch": 0, "state": None, "metrics": {}}
     epochs_run, stalled, interrupted, started = 0, 0, False, time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
+
+    def time_used() -> float:
+        return (time.perf_counter() - started) / (deadline - started) if cfg.max_minutes else 0.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, cfg.lr_schedule, time_used()))
     bar = EpochProgress(enabled=progress)
 
     # --- train
