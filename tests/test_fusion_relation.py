@@ -7,10 +7,11 @@ import torch
 from pydantic import ValidationError
 
 from mmfuse.encoders import Features
+from mmfuse.errors import ConfigError
 from mmfuse.fusion.relation import geometry
 from mmfuse.registry import FUSIONS
 
-DIMS = {"image": {"token_dim": 5, "pooled_dim": 4, "modality": "image"},
+DIMS = {"image": {"token_dim": 5, "pooled_dim": 4, "modality": "image", "token_positions": True},
         "question": {"token_dim": 3, "pooled_dim": 3, "modality": "text"}}
 
 
@@ -97,3 +98,11 @@ def test_pool_accepts_one_name_or_a_list_and_widens_f():
 def test_unknown_pool_is_rejected():
     with pytest.raises(ValidationError):
         FUSIONS.get("relation").options.model_validate({"pool": ["median"]})
+
+
+def test_relative_position_needs_tokens_that_carry_positions():
+    entry = FUSIONS.get("relation")
+    options = entry.options.model_validate({"relative_position": True, "context": "question",
+                                            "query": "image"})
+    with pytest.raises(ConfigError, match="relative_position needs tokens"):
+        entry.builder(options, DIMS)

@@ -18,7 +18,8 @@ TOKENS = 3
 def input_dims(count: int) -> dict[str, dict]:
     names = list(POOLED)[:count]
     return {n: {"token_dim": 6, "pooled_dim": POOLED[n], "modality": MODALITY[n],
-                "film_channels": [4, 4] if n == "image" else None} for n in names}
+                "film_channels": [4, 4] if n == "image" else None,
+                "token_positions": n == "image"} for n in names}
 
 
 # Option sets beyond the defaults that the smoke tests also run, under their own test ids.

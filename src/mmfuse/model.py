@@ -32,7 +32,8 @@ class MultimodalModel(nn.Module):
         )
         dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim,
                        "modality": enc.modality,
-                       "film_channels": getattr(enc, "film_channels", None)}
+                       "film_channels": getattr(enc, "film_channels", None),
+                       "token_positions": getattr(enc, "token_positions", False)}
                 for name, enc in self.encoders.items()}
         self.fusion = _build(FUSIONS, config.fusion, dims)
         self.heads = nn.ModuleDict(

@@ -62,6 +62,7 @@ class CNNEncoder(nn.Module):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys], -1).reshape(1, h * w, 2))
         self.token_dim = in_ch + 2
+        self.token_positions = True  # the last two token channels are (x, y)
         self.num_tokens = h * w
         self.pool = options.pool
         pool_in = self.token_dim * h * w if options.pool == "flatten" else self.token_dim

@@ -39,6 +39,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from ..config_base import Options
+from ..errors import ConfigError
 from ..registry import FUSIONS
 from .base import mlp, pick_query
 
@@ -84,6 +85,11 @@ class RelationFusion(nn.Module):
         self.first_i = nn.Linear(obj, width)
         self.first_j = nn.Linear(obj, width, bias=False)
         self.first_q = nn.Linear(cond, width, bias=False)
+        if options.relative_position and not input_dims[self.context].get("token_positions"):
+            raise ConfigError(
+                f"fusion relation: relative_position needs tokens that end with their (x, y) "
+                f"position, and the encoder of input {self.context!r} does not give them; use "
+                "the cnn encoder for that input or set relative_position: false")
         self.first_r = nn.Linear(3, width, bias=False) if options.relative_position else None
         self.g_rest, g_out = mlp(width, options.hidden_g[1:], 0.0)
         self.pools = list(dict.fromkeys(options.pool))
