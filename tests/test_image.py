@@ -15,6 +15,7 @@ import mmfuse.modalities.image as image_module
 from mmfuse.config import ImageOptions, InputConfig
 from mmfuse.data.table import Table
 from mmfuse.errors import DataError
+from mmfuse.modalities import MISSING
 from mmfuse.modalities.image import ImagePreprocessor, load_image
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
@@ -250,11 +251,20 @@ def test_missing_file_names_row_and_path(tmp_path):
     assert "row 2" in message and "'gone.png'" in message and "not found" in message
 
 
-def test_empty_cell_names_the_row(tmp_path):
+def test_empty_cell_is_a_missing_image(tmp_path):
     solid(tmp_path / "a.png", RED)
-    data = table(tmp_path, ["a.png", " "])
-    with pytest.raises(DataError, match="row 2"):
-        preprocessor().fit_encode(data)
+    prep = preprocessor(normalize=False)
+    column = prep.fit_encode(table(tmp_path, ["a.png", " ", "a.png"]))
+    assert column.index.tolist() == [0, MISSING, 0]
+    out = prep.batch(column, column.index[[1, 2]], False, torch.Generator())
+    assert out["pixels"].shape[0] == 1 and out["index"].tolist() == [MISSING, 0]
+    alone = prep.batch(column, column.index[[1]], False, torch.Generator())
+    assert list(alone) == ["index"] and alone["index"].tolist() == [MISSING]
+
+
+def test_a_column_without_any_image_is_an_error(tmp_path):
+    with pytest.raises(DataError, match="empty in every row"):
+        preprocessor().fit_encode(table(tmp_path, [" ", ""]))
 
 
 def test_failed_decode_is_not_cached(tmp_path, decodes):
@@ -317,7 +327,7 @@ def test_batch_gathers_unique_items_and_row_index(tmp_path):
     prep = preprocessor(normalize=False)
     column = prep.fit_encode(table(tmp_path, ["a.png", "b.png", "a.png", "b.png"]))
 
-    out = prep.batch(column, np.array([2, 0, 3]), False, torch.Generator())
+    out = prep.batch(column, column.index[[2, 0, 3]], False, torch.Generator())
 
     assert out["pixels"].shape == (2, 3, 8, 8)
     assert out["index"].dtype == torch.int64
@@ -328,8 +338,8 @@ def test_batch_gathers_unique_items_and_row_index(tmp_path):
 
 
 def test_spec_reports_the_final_size():
-    assert preprocessor().spec() == {"channels": 3, "size": (8, 8)}
-    assert preprocessor(size=(8, 12), crop=(4, 6)).spec() == {"channels": 3, "size": (4, 6)}
+    assert preprocessor().spec() == {"channels": 3, "size": (8, 8), "modality": "image"}
+    assert preprocessor(size=(8, 12), crop=(4, 6)).spec()["size"] == (4, 6)
 
 
 def half_and_half(path: Path) -> Path:

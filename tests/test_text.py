@@ -10,7 +10,7 @@ import torch
 
 from mmfuse.config import InputConfig
 from mmfuse.data.table import Table
-from mmfuse.errors import DataError
+from mmfuse.modalities import MISSING
 from mmfuse.modalities.text import PAD, UNK, TextPreprocessor
 
 TRAIN = [
@@ -55,7 +55,8 @@ def test_special_tokens_have_fixed_ids():
     prep = fitted()
     assert prep.pad_id == 0 and prep.tokenizer.token_to_id(PAD) == 0
     assert prep.unk_id == 1 and prep.tokenizer.token_to_id(UNK) == 1
-    assert prep.spec() == {"vocab_size": prep.tokenizer.get_vocab_size(), "pad_id": 0}
+    assert prep.spec() == {"vocab_size": prep.tokenizer.get_vocab_size(), "pad_id": 0,
+                           "modality": "text"}
 
 
 def test_vocabulary_is_learned_from_training_text():
@@ -126,11 +127,12 @@ def test_encode_stores_unique_texts_once():
     assert column.sharing == 2.0
 
 
-def test_empty_text_names_the_row():
+def test_empty_text_is_a_missing_input():
     prep = fitted()
-    with pytest.raises(DataError, match="row 2") as info:
-        prep.encode(table(["red", "  ", "blue"]))
-    assert "'question'" in str(info.value)
+    column = prep.encode(table(["red", "  ", "blue"]))
+    assert column.index.tolist() == [0, MISSING, 1]
+    out = prep.batch(column, column.index, False, torch.Generator())
+    assert out["ids"].shape[0] == 2 and out["index"].tolist() == [0, MISSING, 1]
 
 
 def test_tensors_pad_with_zero_and_mask_real_tokens():
@@ -159,7 +161,7 @@ def test_tensors_trim_to_the_longest_selected_text():
 def test_batch_maps_rows_to_unique_texts():
     prep = preprocessor()
     column = prep.fit_encode(table(["red?", "blue", "red?"]))
-    out = prep.batch(column, np.array([2, 1, 0]), False, torch.Generator())
+    out = prep.batch(column, column.index[[2, 1, 0]], False, torch.Generator())
     assert out["ids"].shape[0] == 2
     assert out["ids"][out["index"]].tolist()[0] == out["ids"][out["index"]].tolist()[2]
     assert out["index"].tolist()[0] != out["index"].tolist()[1]
@@ -201,7 +203,7 @@ def pretrained() -> TextPreprocessor:
 def test_pretrained_tokenizer_is_selected_by_the_encoder(pretrained):
     assert pretrained.kind == "pretrained"
     assert pretrained.pad_id == 0 and pretrained.unk_id == 100
-    assert pretrained.spec() == {"vocab_size": 30522, "pad_id": 0}
+    assert pretrained.spec() == {"vocab_size": 30522, "pad_id": 0, "modality": "text"}
 
 
 def test_pretrained_ids_start_with_cls_and_end_with_sep(pretrained):

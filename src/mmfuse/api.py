@@ -105,9 +105,9 @@ class Model:
     def _hold_out(self, table: Table) -> tuple[Table, Table, list[int]]:
         """Split off ``valid_fraction`` of the rows; rows that share a file stay together."""
         fraction, seed = self.config.training.valid_fraction, self.config.training.seed
-        file_columns = [i.column for i in self.config.inputs if i.type == "image"]
-        keys = [str(row.get(file_columns[0])) if file_columns else str(i)
-                for i, row in enumerate(table.rows)]
+        file_columns = [i.column for i in self.config.inputs if i.type != "text"]
+        keys = [f"{row.get(file_columns[0])}" if file_columns and row.get(file_columns[0])
+                else f"\0{i}" for i, row in enumerate(table.rows)]
         unique = sorted(set(keys))
         rng = np.random.default_rng(seed)
         n_valid = max(1, round(fraction * len(unique)))
@@ -124,17 +124,27 @@ class Model:
             raise MmfuseError("the model is not trained yet; call fit() or Model.load() first")
 
     def evaluate(self, data: TableLike, by: str | None = None,
-                 data_root: str | Path | None = None, batch_size: int = 256) -> dict:
-        """Metrics on a labelled table: ``{"n", "outputs", "groups"?}`` (groups when ``by``)."""
+                 data_root: str | Path | None = None, batch_size: int = 256,
+                 drop: list[str] | None = None) -> dict:
+        """Metrics on a labelled table: ``{"n", "outputs", "groups"?}`` (groups when ``by``).
+
+        Args:
+            drop: inputs to remove from every row, to measure how the model copes without them.
+        """
         self._require_fitted()
         table = as_table(data, data_root)
         groups = [str(v) for v in table.column(by)] if by else None
         encoded: EncodedTable = self.pipeline.encode(table)
+        if drop:
+            encoded = self.pipeline.without(encoded, drop)
         logits = self.pipeline.logits(encoded, batch_size)
         labels = {n: p.labels for n, p in self.pipeline.outputs.items()}
         truth = {n: [label_text(v) for v in table.column(p.column)]
                  for n, p in self.pipeline.outputs.items()}
-        return evaluate_outputs(logits, encoded.targets, labels, truth, groups)
+        result = evaluate_outputs(logits, encoded.targets, labels, truth, groups)
+        if drop:
+            result["dropped"] = list(drop)
+        return result
 
     def predict(self, rows: TableLike, data_root: str | Path | None = None) -> list[dict]:
         """Predictions for rows keyed by input name (or column); file paths relative to cwd."""

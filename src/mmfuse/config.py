@@ -17,7 +17,7 @@ from .config_base import StrictModel, did_you_mean
 from .errors import ConfigError
 from .registry import ENCODERS, FUSIONS, HEADS, Registry
 
-DEFAULT_ENCODERS = {"image": "cnn", "text": "gru"}
+DEFAULT_ENCODERS = {"image": "cnn", "text": "gru", "audio": "audio_cnn", "video": "frame_cnn"}
 
 
 def resolve_component(registry: Registry, spec: Any, default_type: str | None = None) -> dict:
@@ -83,17 +83,87 @@ class TextOptions(StrictModel):
     max_vocab: int | None = Field(None, gt=2)
 
 
-MODALITY_OPTIONS: dict[str, type[StrictModel]] = {"image": ImageOptions, "text": TextOptions}
+class AudioOptions(StrictModel):
+    """Audio preprocessing: decode, mix or keep channels, resample, trim/pad, frame, featurise."""
+
+    sample_rate: PositiveInt = Field(16000, description="resample every file to this rate (Hz)")
+    channels: PositiveInt = Field(
+        1, description="1 mixes down to mono; N keeps N channels (mono is repeated)")
+    max_seconds: float = Field(10.0, gt=0, description="longer clips are trimmed to this")
+    features: Literal["log_mel", "mfcc", "waveform"] = "log_mel"
+    window: Literal["hann", "hamming", "blackman", "rectangular"] = "hann"
+    window_ms: float = Field(25.0, gt=0, description="analysis window length")
+    hop_ms: float = Field(10.0, gt=0, description="step between windows")
+    n_fft: PositiveInt | None = Field(None, description="FFT size; default: next power of two "
+                                      "at or above the window length")
+    n_mels: PositiveInt = 64
+    n_mfcc: PositiveInt = 20
+    fmin: float = Field(0.0, ge=0)
+    fmax: float | None = Field(None, gt=0, description="default: half the sample rate")
+    normalize: bool = Field(True, description="per-feature mean/std of the training split")
+    noise_snr_db: tuple[float, float] | None = Field(
+        None, description="augmentation: white noise at an SNR drawn from [LOW, HIGH] dB")
+    gain_db: float = Field(0.0, ge=0, description="augmentation: random gain within +-N dB")
+    time_shift: float = Field(0.0, ge=0, description="augmentation: shift by up to N seconds")
+    time_masks: int = Field(0, ge=0, description="augmentation: SpecAugment time masks")
+    time_mask_frames: PositiveInt = Field(10, description="the widest time mask, in frames")
+    freq_masks: int = Field(0, ge=0, description="augmentation: SpecAugment frequency masks")
+    freq_mask_bins: PositiveInt = Field(8, description="the widest frequency mask, in bins")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioOptions:
+        if self.hop_ms > self.window_ms:
+            raise ValueError(f"hop_ms={self.hop_ms} is longer than window_ms={self.window_ms}; "
+                             "frames would skip samples")
+        nyquist = self.sample_rate / 2
+        if self.fmax is not None and self.fmax > nyquist:
+            raise ValueError(f"fmax={self.fmax} is above half the sample rate ({nyquist:g})")
+        if self.fmin >= (self.fmax or nyquist):
+            raise ValueError(f"fmin={self.fmin} must be below fmax")
+        window = int(round(self.window_ms / 1000 * self.sample_rate))
+        if self.n_fft is not None and self.n_fft < window:
+            raise ValueError(f"n_fft={self.n_fft} is shorter than the {window}-sample window; "
+                             "raise n_fft or shorten window_ms")
+        if self.noise_snr_db is not None and self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError("noise_snr_db is [LOW, HIGH] with LOW <= HIGH")
+        return self
+
+
+class VideoOptions(ImageOptions):
+    """Video preprocessing: decode, sample frames, then resize / crop / normalise like images."""
+
+    frames: PositiveInt = Field(8, description="frames kept per clip (at most, with 'rate')")
+    sampling: Literal["uniform", "rate"] = Field(
+        "uniform", description="'uniform': FRAMES spread over the clip; 'rate': every 1/FPS s")
+    fps: float | None = Field(None, gt=0, description="frames per second with sampling: rate")
+
+    @model_validator(mode="after")
+    def _rate_needs_fps(self) -> VideoOptions:
+        if self.sampling == "rate" and self.fps is None:
+            raise ValueError("sampling: rate needs fps (frames per second to keep)")
+        return self
+
+
+MODALITY_OPTIONS: dict[str, type[StrictModel]] = {
+    "image": ImageOptions, "text": TextOptions, "audio": AudioOptions, "video": VideoOptions}
+
+
+def encoder_modalities(builder: Any) -> tuple[str, ...]:
+    """The input types an encoder accepts (``modalities``, else its one ``modality``)."""
+    modalities = getattr(builder, "modalities", None)
+    return tuple(modalities) if modalities else (builder.modality,)
 
 
 class InputConfig(StrictModel):
     """One model input: a table column, its modality, preprocessing and encoder."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    type: Literal["image", "text"]
+    type: Literal["image", "text", "audio", "video"]
     column: str | None = None
     preprocess: dict[str, Any] = Field(default_factory=dict)
     encoder: Any = None
+    modality_dropout: float = Field(
+        0.0, ge=0, lt=1, description="training: probability of hiding this input from a row")
 
     @model_validator(mode="after")
     def _resolve(self) -> InputConfig:
@@ -105,10 +175,10 @@ class InputConfig(StrictModel):
             raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
         self.encoder = resolve_component(ENCODERS, self.encoder, DEFAULT_ENCODERS[self.type])
         builder = ENCODERS.get(self.encoder["type"]).builder
-        if builder.modality != self.type:
+        if self.type not in encoder_modalities(builder):
             raise ValueError(
-                f"encoder {self.encoder['type']!r} takes {builder.modality} inputs, not {self.type}"
-            )
+                f"encoder {self.encoder['type']!r} takes "
+                f"{' or '.join(encoder_modalities(builder))} inputs, not {self.type}")
         if self.type == "text":
             needed = getattr(builder, "tokenizer", "word")
             if options.tokenizer not in (None, needed):

@@ -21,3 +21,17 @@ class DataError(MmfuseError):
 
 class BundleError(MmfuseError):
     """A saved model bundle is missing, incomplete or has been altered."""
+
+
+def require(module: str, extra: str, purpose: str):
+    """Import an optional dependency, or raise an MmfuseError naming the extra to install.
+
+    Example: ``soundfile = require("soundfile", "audio", "reading audio files")``.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MmfuseError(f"{purpose} needs the package {module!r}: "
+                          f"pip install 'mmfuse[{extra}]'") from None

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from .config import Config
+from .encoders.base import expand_rows
 from .registry import ENCODERS, FUSIONS, HEADS
 
 
@@ -54,11 +55,29 @@ class MultimodalModel(nn.Module):
             if name != target:
                 tensors = dict(inputs[name])
                 index = tensors.pop("index")
-                features[name] = encoder(**tensors).select(index)
+                items = encoder(**tensors) if tensors else None
+                features[name] = self._expand(name, items, index)
         if target is not None:
-            tensors = {k: v[inputs[target]["index"]] for k, v in inputs[target].items()
-                       if k != "index"}
-            film = self.fusion.modulation(features[source])
-            features[target] = self.encoders[target](**tensors, film=film)
+            features[target] = self._modulated(inputs[target], features[source], target)
         fused = self.fusion(features)
         return {name: head(fused) for name, head in self.heads.items()}
+
+    def _modulated(self, tensors: dict, source, target: str):
+        """The FiLM target encoded per row, each row modulated by its own source features;
+        rows that miss the target are masked out."""
+        index = tensors["index"]
+        present = index >= 0
+        if not bool(present.any()):
+            return self._expand(target, None, index)
+        rows = index[present]
+        per_row = {k: v[rows] for k, v in tensors.items() if k != "index"}
+        film = self.fusion.modulation(source.select(present.nonzero().squeeze(1)))
+        items = self.encoders[target](**per_row, film=film)
+        order = torch.full_like(index, -1)
+        order[present] = torch.arange(len(rows), device=index.device)
+        return self._expand(target, items, order)
+
+    def _expand(self, name: str, items, index: torch.Tensor):
+        """Features of the unique items back to rows; missing rows (index -1) masked out."""
+        encoder = self.encoders[name]
+        return expand_rows(items, index, encoder.token_dim, encoder.pooled_dim)

@@ -15,7 +15,9 @@ import torch
 from .config import Config
 from .data.sampler import sequential_batches
 from .data.table import Table
+from .errors import DataError
 from .modalities import (
+    MISSING,
     Column,
     Preprocessor,
     build_input_preprocessor,
@@ -40,7 +42,11 @@ class EncodedTable:
         shared = [(col.sharing, name) for name, col in self.inputs.items() if col.items is not None
                   and col.is_file]
         best = max(shared, default=None)
-        return self.inputs[best[1]].index if best and best[0] >= 2.0 else None
+        if not best or best[0] < 2.0:
+            return None
+        index = self.inputs[best[1]].index
+        # a row without the file is a group of its own, not one big group of missing rows
+        return np.where(index == MISSING, -1 - np.arange(len(index)), index)
 
 
 class Pipeline:
@@ -79,9 +85,18 @@ class Pipeline:
         return MultimodalModel(self.config, specs, labels)
 
     def encode(self, table: Table, targets: bool = True) -> EncodedTable:
-        """Preprocess a table with the fitted preprocessors (targets only when asked)."""
+        """Preprocess a table with the fitted preprocessors (targets only when asked).
+
+        Without targets (prediction) an input whose column is absent from every row is missing
+        in every row; with targets (evaluation) an absent column is an error, since it is more
+        often a misnamed column than a choice (``evaluate --drop`` removes an input on purpose).
+        """
         columns = {}
         for name, prep in self.inputs.items():
+            if not targets and not table.has_column(prep.column):
+                # predicting without this input at all: every row misses it
+                columns[name] = Column(None, np.full(len(table), MISSING, dtype=np.int64))
+                continue
             columns[name] = prep.encode(table)
             columns[name].is_file = prep.is_file
         labels = {name: prep.encode(table).index for name, prep in self.outputs.items()} \
@@ -92,10 +107,51 @@ class Pipeline:
               generator: torch.Generator | None = None) -> tuple[dict, dict]:
         """Model inputs and target tensors for the given rows."""
         generator = generator or torch.Generator().manual_seed(0)
-        inputs = {name: prep.batch(data.inputs[name], rows, train, generator)
+        row_items = {name: column.index[rows] for name, column in data.inputs.items()}
+        if train:
+            row_items = self._drop_inputs(row_items, generator)
+        inputs = {name: prep.batch(data.inputs[name], row_items[name], train, generator)
                   for name, prep in self.inputs.items()}
         targets = {name: torch.from_numpy(t[rows]) for name, t in data.targets.items()}
         return inputs, targets
+
+    def _drop_inputs(self, row_items: dict[str, np.ndarray],
+                     generator: torch.Generator) -> dict[str, np.ndarray]:
+        """Modality dropout: hide each input from a row with its ``modality_dropout``
+        probability, so the model learns to answer from what is left; a row never loses its
+        last input."""
+        rates = {i.name: i.modality_dropout for i in self.config.inputs if i.modality_dropout}
+        if not rates:
+            return row_items
+        dropped = dict(row_items)
+        for name, rate in rates.items():
+            hide = torch.rand(len(row_items[name]), generator=generator).numpy() < rate
+            dropped[name] = np.where(hide, MISSING, row_items[name])
+        names = list(row_items)
+        left = np.stack([dropped[n] != MISSING for n in names]).any(0)
+        if left.all():
+            return dropped
+        # a row that lost everything gets back one of the inputs it had, chosen at random
+        had = np.stack([row_items[n] != MISSING for n in names], axis=1)  # [B, inputs]
+        score = torch.rand(had.shape, generator=generator).numpy() + had
+        back = np.argmax(score, axis=1)
+        for i, name in enumerate(names):
+            restore = ~left & (back == i)
+            dropped[name] = np.where(restore, row_items[name], dropped[name])
+        return dropped
+
+    def without(self, data: EncodedTable, names: list[str]) -> EncodedTable:
+        """``data`` with the inputs ``names`` removed from every row (``evaluate --drop``).
+
+        Raises:
+            DataError: a name is not an input of the model.
+        """
+        unknown = [n for n in names if n not in self.inputs]
+        if unknown:
+            raise DataError(f"cannot drop {', '.join(map(repr, unknown))}: not an input of this "
+                            f"model; its inputs are: {', '.join(self.inputs)}")
+        columns = {n: c.without_rows() if n in names else c for n, c in data.inputs.items()}
+        return EncodedTable(data.table, columns, data.targets)
 
     @torch.no_grad()
     def logits(self, data: EncodedTable, batch_size: int = 256) -> dict[str, torch.Tensor]:

@@ -45,9 +45,39 @@ def cached_array(key: str, build: Callable[[], np.ndarray], enabled: bool = True
         except (ValueError, OSError):
             path.unlink(missing_ok=True)  # a truncated entry from a crashed writer: rebuild it
     array = build()
+    _store(path, array)
+    return array
+
+
+def cached_arrays(key: str, build: Callable[[], tuple[np.ndarray, ...]],
+                  enabled: bool = True) -> tuple[np.ndarray, ...]:
+    """Like :func:`cached_array` for a builder that returns several arrays (e.g. clips and
+    their lengths); stored as ``KEY.0.npy``, ``KEY.1.npy``, ... with a ``KEY.parts`` count
+    written last, so a half-written entry is never read."""
+    if not enabled:
+        return build()
+    base = cache_dir() / key
+    count = base.with_suffix(".parts")
+    if count.is_file():
+        try:
+            parts = int(count.read_text())
+            return tuple(np.load(base.with_suffix(f".{i}.npy"), mmap_mode="r")
+                         for i in range(parts))
+        except (ValueError, OSError):
+            count.unlink(missing_ok=True)
+    arrays = build()
+    for i, array in enumerate(arrays):
+        _store(base.with_suffix(f".{i}.npy"), array)
+    tmp = count.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(str(len(arrays)))
+    os.replace(tmp, count)
+    return arrays
+
+
+def _store(path: Path, array: np.ndarray) -> None:
+    """Write ``array`` to ``path`` atomically (temp file + rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         np.save(f, array)
     os.replace(tmp, path)
-    return array

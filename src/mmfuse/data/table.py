@@ -32,9 +32,13 @@ class Table:
     def __len__(self) -> int:
         return len(self.rows)
 
+    def has_column(self, name: str) -> bool:
+        """Whether any row has the field ``name`` (a JSONL row may leave fields out)."""
+        return any(name in r for r in self.rows)
+
     def column(self, name: str) -> list[Any]:
         """The values of one column, or a DataError listing the columns there are."""
-        if self.rows and name not in self.rows[0] and not any(name in r for r in self.rows):
+        if self.rows and name not in self.rows[0] and not self.has_column(name):
             raise DataError(
                 f"{self.source}: no column {name!r}; the table has: {', '.join(self.rows[0])}. "
                 "Rename the column or set 'column:' for that input/output in the config."

@@ -33,3 +33,47 @@ class Features:
 def all_present(batch_size: int, device: torch.device) -> torch.Tensor:
     """A ``present`` vector for a batch where no row misses the input."""
     return torch.ones(batch_size, dtype=torch.bool, device=device)
+
+
+def expand_rows(features: Features | None, index: torch.Tensor, token_dim: int,
+                pooled_dim: int) -> Features:
+    """Features per row from the features of the unique items, with missing rows filled in.
+
+    Row ``b`` gets the features of item ``index[b]``; a row whose index is -1 lacks the input
+    (empty cell, absent field, or hidden by modality dropout) and gets zero tokens and a zero
+    pooled vector with ``present`` False. Every fusion masks such rows out: attention never
+    attends to them, sums and gates renormalise over the inputs that are there, and ``concat``
+    appends a presence flag per input, whose first-layer weights are the learned stand-in for a
+    missing input.
+
+    Args:
+        features: features of the unique items, or None when no row of the batch has the input.
+        index: ``[B]`` item of each row, -1 for a missing row.
+    """
+    present = index >= 0
+    if features is None:
+        batch = index.shape[0]
+        tokens = torch.zeros(batch, 1, token_dim, device=index.device)
+        mask = torch.ones(batch, 1, dtype=torch.bool, device=index.device)
+        return Features(tokens, mask, torch.zeros(batch, pooled_dim, device=index.device),
+                        present)
+    rows = features.select(index.clamp(min=0))
+    if bool(present.all()):
+        return rows
+    tokens = rows.tokens * present.view(-1, 1, 1)
+    first = torch.zeros_like(rows.mask)
+    first[:, 0] = True  # a missing row keeps one (zero) token, so token pools stay defined
+    mask = torch.where(present.unsqueeze(-1), rows.mask, first)
+    pooled = rows.pooled * present.unsqueeze(-1)
+    return Features(tokens, mask, pooled, present & rows.present)
+
+
+def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``tokens [B, N, D]`` over the real positions of ``mask [B, N]``."""
+    weights = mask.unsqueeze(-1).to(tokens.dtype)
+    return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+def masked_max(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``tokens [B, N, D]`` over the real positions of ``mask [B, N]``."""
+    return tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)

@@ -1,11 +1,13 @@
-"""``gru`` and ``lstm``: token embedding followed by an (optionally bidirectional) RNN.
+"""``gru`` and ``lstm``: token embedding (text) or a linear map of each audio frame's features
+(audio), followed by an (optionally bidirectional) RNN.
 
 Padding is packed away (``pack_padded_sequence``), so padded positions never change the final
 state. Tokens are the per-step states; the pooled vector is the final hidden state (both
 directions concatenated when bidirectional), or the mean or max of the real steps' states
 (``pool: max`` picks out key words such as a colour wherever they stand).
 
-Shapes: ids ``[B, L]``, mask ``[B, L]`` -> tokens ``[B, L, H*dirs]``, pooled ``[B, H*dirs]``.
+Shapes: ids ``[B, L]`` (or audio features ``[B, C, F, L]``), mask ``[B, L]`` ->
+tokens ``[B, L, H*dirs]``, pooled ``[B, H*dirs]``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config_base import Options
 from ..registry import ENCODERS
-from .base import Features, all_present
+from .base import Features, all_present, masked_max, masked_mean
 
 
 class RNNOptions(Options):
@@ -33,15 +35,19 @@ class RNNOptions(Options):
 
 
 class RNNEncoder(nn.Module):
-    """Embedding + GRU/LSTM over a padded token batch."""
+    """Embedding (text) or frame projection (audio) + GRU/LSTM over a padded sequence."""
 
-    modality = "text"
+    modalities = ("text", "audio")
     cell: type[nn.Module] = nn.GRU
 
     def __init__(self, options: RNNOptions, spec: dict) -> None:
         super().__init__()
-        self.embed = nn.Embedding(spec["vocab_size"], options.embedding_dim,
-                                  padding_idx=spec["pad_id"])
+        self.modality = spec.get("modality", "text")
+        if self.modality == "audio":
+            self.embed = nn.Linear(spec["channels"] * spec["feature_dim"], options.embedding_dim)
+        else:
+            self.embed = nn.Embedding(spec["vocab_size"], options.embedding_dim,
+                                      padding_idx=spec["pad_id"])
         self.rnn = self.cell(
             options.embedding_dim, options.hidden_size, num_layers=options.num_layers,
             batch_first=True, bidirectional=options.bidirectional,
@@ -53,21 +59,26 @@ class RNNEncoder(nn.Module):
         self.dirs = dirs
         self.pool = options.pool
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Features:
+    def forward(self, ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                features: torch.Tensor | None = None) -> Features:
+        """Encode text ``ids`` or audio ``features``; ``mask`` marks the real steps."""
+        if features is not None:  # audio [B, C, F, T] -> one vector per frame [B, T, C*F]
+            steps = self.embed(features.flatten(1, 2).transpose(1, 2))
+        else:
+            steps = self.embed(ids)
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.dropout(self.embed(ids)), lengths, batch_first=True,
+        packed = pack_padded_sequence(self.dropout(steps), lengths, batch_first=True,
                                       enforce_sorted=False)
         out, state = self.rnn(packed)
         hidden = state[0] if isinstance(state, tuple) else state  # LSTM gives (h, c)
-        tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
+        tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=mask.shape[1])
         if self.pool == "last":
             pooled = torch.cat(list(hidden[-self.dirs:]), dim=-1)
         elif self.pool == "mean":
-            weights = mask.unsqueeze(-1).to(tokens.dtype)
-            pooled = (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+            pooled = masked_mean(tokens, mask)
         else:
-            pooled = tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
-        return Features(tokens, mask, pooled, all_present(ids.shape[0], ids.device))
+            pooled = masked_max(tokens, mask)
+        return Features(tokens, mask, pooled, all_present(mask.shape[0], mask.device))
 
 
 @ENCODERS.register("gru", RNNOptions)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..config import InputConfig, OutputConfig
-from .base import Column, Preprocessor
+from .base import MISSING, Column, Preprocessor
 
 
 def build_input_preprocessor(config: InputConfig) -> Preprocessor:
@@ -12,6 +12,14 @@ def build_input_preprocessor(config: InputConfig) -> Preprocessor:
         from .image import ImagePreprocessor
 
         return ImagePreprocessor(config)
+    if config.type == "audio":
+        from .audio import AudioPreprocessor
+
+        return AudioPreprocessor(config)
+    if config.type == "video":
+        from .video import VideoPreprocessor
+
+        return VideoPreprocessor(config)
     from .text import TextPreprocessor
 
     return TextPreprocessor(config)
@@ -24,4 +32,5 @@ def build_output_preprocessor(config: OutputConfig) -> Preprocessor:
     return CategoryPreprocessor(config)
 
 
-__all__ = ["Column", "Preprocessor", "build_input_preprocessor", "build_output_preprocessor"]
+__all__ = ["MISSING", "Column", "Preprocessor", "build_input_preprocessor",
+           "build_output_preprocessor"]

@@ -4,6 +4,8 @@ A column is stored as its *unique* values (``items``) plus, per row, the index o
 (``index``). Rows that share a file or a sentence share an item; a batch gathers the unique items
 of its rows, the encoder runs once per item, and the features are expanded back to rows with
 ``index``. That is why the 20 questions of one Sort-of-CLEVR image cost one image encoding.
+A row whose cell is empty (or whose field is absent) has index ``MISSING`` (-1): it has no item,
+and the model gives it the input's learned placeholder instead of encoder features.
 """
 
 from __future__ import annotations
@@ -16,19 +18,26 @@ import torch
 
 from ..data.table import Table
 
+MISSING = -1  # the item index of a row that lacks this input
+
 
 @dataclass
 class Column:
     """One encoded column: unique items and each row's item index."""
 
     items: Any  # np.ndarray [U, ...] or a tuple of arrays
-    index: np.ndarray  # [N] int64
+    index: np.ndarray  # [N] int64; MISSING where the row lacks this input
     is_file: bool = False  # items are decoded files (batches may group rows by them)
 
     @property
     def sharing(self) -> float:
         """Rows per unique item (1.0 when no two rows share a value)."""
-        return len(self.index) / max(1, len(np.unique(self.index)))
+        present = self.index[self.index != MISSING]
+        return len(present) / max(1, len(np.unique(present)))
+
+    def without_rows(self) -> Column:
+        """The same column with the input removed from every row (``evaluate --drop``)."""
+        return Column(self.items, np.full_like(self.index, MISSING), self.is_file)
 
 
 class Preprocessor:
@@ -65,13 +74,17 @@ class Preprocessor:
         """What the encoder needs to know to build itself (sizes, vocabulary size)."""
         return {}
 
-    def batch(self, column: Column, rows: np.ndarray, train: bool,
+    def batch(self, column: Column, row_items: np.ndarray, train: bool,
               generator: torch.Generator) -> dict:
-        """Tensors for ``rows``: the unique items once, plus ``index`` mapping rows to them."""
-        unique, inverse = np.unique(column.index[rows], return_inverse=True)
-        items = select(column.items, unique)
-        out = self.tensors(items, train, generator)
-        out["index"] = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+        """Tensors for a batch whose rows hold items ``row_items`` (MISSING for none): the
+        unique items once (no tensors at all when every row misses the input), plus ``index``
+        mapping each row to its item or to MISSING."""
+        present = row_items != MISSING
+        unique, inverse = np.unique(row_items[present], return_inverse=True)
+        index = np.full(len(row_items), MISSING, dtype=np.int64)
+        index[present] = inverse.reshape(-1)
+        out = self.tensors(select(column.items, unique), train, generator) if len(unique) else {}
+        out["index"] = torch.from_numpy(index)
         return out
 
 
@@ -83,9 +96,9 @@ def select(items: Any, indices: np.ndarray) -> Any:
 
 
 def unique_values(values: list[Any]) -> tuple[list[Any], np.ndarray]:
-    """Unique values in first-seen order and each row's index into them."""
+    """Unique values in first-seen order and each row's index into them (MISSING for None)."""
     position: dict[Any, int] = {}
     index = np.empty(len(values), dtype=np.int64)
     for row, value in enumerate(values):
-        index[row] = position.setdefault(value, len(position))
+        index[row] = MISSING if value is None else position.setdefault(value, len(position))
     return list(position), index

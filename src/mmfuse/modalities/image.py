@@ -9,7 +9,6 @@ off by default: a flip would change the answer to "is X on the left?".
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,20 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import ImageOptions, InputConfig
-from ..data.cache import cache_key, cached_array
-from ..data.table import Table, resolve_file
-from ..errors import DataError
-from ..training.threads import available_cpus
-from .base import Column, Preprocessor, unique_values
+from ..data.table import Table
+from .base import Column
+from .files import FilePreprocessor, UnreadableFile
 
 STATS_SAMPLE = 2000  # images used to estimate the normalisation statistics
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
+
+
+def output_size(options: ImageOptions) -> tuple[int, int]:
+    """(height, width) of a preprocessed image: the crop if any, else the resize target."""
+    return _pair(options.crop if options.crop is not None else options.size)
 
 
 def load_image(path: Path, options: ImageOptions) -> np.ndarray:
@@ -49,76 +51,43 @@ def load_image(path: Path, options: ImageOptions) -> np.ndarray:
             img.paste(rgba, mask=rgba.split()[-1])
         else:
             img = img.convert("RGB")
-        height, width = _pair(options.size)
-        if img.size != (width, height):
-            img = img.resize((width, height), Image.Resampling.BILINEAR)
-        if options.crop is not None:
-            ch, cw = _pair(options.crop)
-            left, top = (width - cw) // 2, (height - ch) // 2
-            img = img.crop((left, top, left + cw, top + ch))
-        return np.asarray(img, dtype=np.uint8)
+        return fit_image(img, options)
 
 
-class ImagePreprocessor(Preprocessor):
+def fit_image(img: Image.Image, options: ImageOptions) -> np.ndarray:
+    """Resize an RGB image to ``options.size``, centre-crop if asked: uint8 ``[H, W, 3]``."""
+    height, width = _pair(options.size)
+    if img.size != (width, height):
+        img = img.resize((width, height), Image.Resampling.BILINEAR)
+    if options.crop is not None:
+        ch, cw = _pair(options.crop)
+        left, top = (width - cw) // 2, (height - ch) // 2
+        img = img.crop((left, top, left + cw, top + ch))
+    return np.asarray(img, dtype=np.uint8)
+
+
+class ImagePreprocessor(FilePreprocessor):
     """Paths in a column -> cached uint8 images -> normalised float tensors."""
 
-    is_file = True
+    kind = "image"
 
     def __init__(self, config: InputConfig) -> None:
         self.name, self.column = config.name, config.column
         self.options = ImageOptions.model_validate(config.preprocess)
         self.mean = [0.0, 0.0, 0.0]
         self.std = [1.0, 1.0, 1.0]
-        self.use_cache = True
 
     def spec(self) -> dict:
-        size = _pair(self.options.crop if self.options.crop is not None else self.options.size)
-        return {"channels": 3, "size": size}
+        return {"channels": 3, "size": output_size(self.options), "modality": "image"}
 
-    def encode(self, table: Table) -> Column:
-        values = table.column(self.column)
-        for row, value in enumerate(values):
-            if value is None:
-                raise DataError(f"{table.source}, row {row + 1}: column {self.column!r} is empty; "
-                                "every row needs an image file")
-        unique, index = unique_values([str(v) for v in values])
-        first_rows = np.unique(index, return_index=True)[1]
-        first_row = {value: int(first_rows[i]) for i, value in enumerate(unique)}
-        paths = [resolve_file(v, table, first_row[v], self.column) for v in unique]
-        missing = [(first_row[v], v) for v, p in zip(unique, paths, strict=True) if not p.is_file()]
-        if missing:
-            self._raise_unreadable(table, [(r, v, "file not found") for r, v in missing])
-        settings = {"size": _pair(self.options.size), "crop": self.options.crop}
-        key = cache_key("image", settings, paths)
-        items = cached_array(key, lambda: self._decode_all(table, unique, paths, first_row),
-                             self.use_cache)
-        return Column(items, index)
+    def settings(self) -> dict:
+        return {"size": _pair(self.options.size), "crop": self.options.crop}
 
-    def _decode_all(self, table: Table, values: list[str], paths: list[Path],
-                    first_row: dict[str, int]) -> np.ndarray:
-        height, width = self.spec()["size"]
-        out = np.empty((len(paths), height, width, 3), dtype=np.uint8)
-        errors: list[tuple[int, str, str]] = []
-
-        def decode(i: int) -> None:
-            try:
-                out[i] = load_image(paths[i], self.options)
-            except (OSError, UnidentifiedImageError, ValueError) as exc:
-                errors.append((first_row[values[i]], values[i], str(exc).split("\n")[0]))
-
-        with ThreadPoolExecutor(max_workers=available_cpus()) as pool:
-            list(pool.map(decode, range(len(paths))))
-        if errors:
-            self._raise_unreadable(table, sorted(errors))
-        return out
-
-    def _raise_unreadable(self, table: Table, errors: list[tuple[int, str, str]]) -> None:
-        lines = [f"  row {row + 1}: {value!r}: {why}" for row, value, why in errors[:10]]
-        more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
-        raise DataError(
-            f"{table.source}: {len(errors)} unreadable image file(s) in column {self.column!r}:\n"
-            + "\n".join(lines) + more + "\nFix or remove these rows and run again."
-        )
+    def decode(self, path: Path) -> np.ndarray:
+        try:
+            return load_image(path, self.options)
+        except (OSError, UnidentifiedImageError, ValueError) as exc:
+            raise UnreadableFile(str(exc)) from None
 
     def fit_encode(self, table: Table) -> Column:
         """Decode the training images, then learn the per-channel mean and std from them."""
@@ -128,10 +97,7 @@ class ImagePreprocessor(Preprocessor):
         return column
 
     def _fit_stats(self, items: np.ndarray) -> None:
-        step = max(1, len(items) // STATS_SAMPLE)
-        sample = np.asarray(items[::step], dtype=np.float64) / 255.0
-        self.mean = sample.mean(axis=(0, 1, 2)).tolist()
-        self.std = np.maximum(sample.std(axis=(0, 1, 2)), 1e-3).tolist()
+        self.mean, self.std = channel_stats(items)
 
     def state(self) -> dict:
         return {"mean": self.mean, "std": self.std}
@@ -140,24 +106,38 @@ class ImagePreprocessor(Preprocessor):
         self.mean, self.std = list(state["mean"]), list(state["std"])
 
     def tensors(self, items: np.ndarray, train: bool, generator: torch.Generator) -> dict:
-        pixels = torch.from_numpy(np.ascontiguousarray(items)).permute(0, 3, 1, 2).float()
-        pixels = pixels.div_(255.0)
-        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.std).view(1, 3, 1, 1)
-        pixels = (pixels - mean) / std
+        pixels = to_pixels(items, self.mean, self.std)
         if train:
-            pixels = self._augment(pixels, generator)
+            pixels = augment_pixels(pixels, self.options, generator)
         return {"pixels": pixels}
 
-    def _augment(self, pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        opts = self.options
-        if opts.flip_horizontal > 0:
-            flip = torch.rand(len(pixels), generator=generator) < opts.flip_horizontal
-            pixels[flip] = pixels[flip].flip(-1)
-        if opts.pad_crop > 0:
-            p = opts.pad_crop
-            padded = torch.nn.functional.pad(pixels, (p, p, p, p), mode="replicate")
-            h, w = pixels.shape[-2:]
-            dx, dy = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
-            pixels = padded[..., dy:dy + h, dx:dx + w]
-        return pixels
+
+def channel_stats(items: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 ``[..., H, W, 3]`` pixels (on a sample of items)."""
+    step = max(1, len(items) // STATS_SAMPLE)
+    sample = np.asarray(items[::step], dtype=np.float64).reshape(-1, 3) / 255.0
+    return sample.mean(axis=0).tolist(), np.maximum(sample.std(axis=0), 1e-3).tolist()
+
+
+def to_pixels(items: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 ``[..., H, W, 3]`` -> normalised float ``[..., 3, H, W]``."""
+    pixels = torch.from_numpy(np.ascontiguousarray(items)).movedim(-1, -3).float().div_(255.0)
+    shape = (3, 1, 1)
+    return (pixels - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
+def augment_pixels(pixels: torch.Tensor, options: ImageOptions,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Random horizontal flip per item and a pad-and-crop shift, on ``[N, ..., 3, H, W]``
+    (all frames of a clip move together)."""
+    if options.flip_horizontal > 0:
+        flip = torch.rand(len(pixels), generator=generator) < options.flip_horizontal
+        pixels[flip] = pixels[flip].flip(-1)
+    if options.pad_crop > 0:
+        p = options.pad_crop
+        h, w = pixels.shape[-2:]
+        flat = pixels.reshape(-1, *pixels.shape[-3:])
+        padded = torch.nn.functional.pad(flat, (p, p, p, p), mode="replicate")
+        dx, dy = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
+        pixels = padded[..., dy:dy + h, dx:dx + w].reshape(pixels.shape)
+    return pixels

@@ -13,7 +13,6 @@ import torch
 
 from ..config import InputConfig, TextOptions
 from ..data.table import Table
-from ..errors import DataError
 from .base import Column, Preprocessor, unique_values
 
 PAD, UNK = "[PAD]", "[UNK]"
@@ -68,12 +67,8 @@ class TextPreprocessor(Preprocessor):
         self.tokenizer = tokenizer
 
     def encode(self, table: Table) -> Column:
-        values = table.column(self.column)
-        for row, value in enumerate(values):
-            if value is None:
-                raise DataError(f"{table.source}, row {row + 1}: column {self.column!r} is empty; "
-                                "every row needs text")
-        unique, index = unique_values([str(v) for v in values])
+        values = table.column(self.column)  # an empty cell is a missing input
+        unique, index = unique_values([None if v is None else str(v) for v in values])
         return Column(self.tokenize(unique), index)
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -99,7 +94,8 @@ class TextPreprocessor(Preprocessor):
         return self.tokenizer.token_to_id(UNK)
 
     def spec(self) -> dict:
-        return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id}
+        return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id,
+                "modality": "text"}
 
     def state(self) -> dict:
         return {"tokenizer": self.tokenizer.to_str()}

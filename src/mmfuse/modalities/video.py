@@ -1,0 +1,122 @@
+"""Video preprocessing: decode with PyAV, sample frames, then resize / crop / normalise.
+
+Any container FFmpeg reads works (MP4, WebM, AVI, MKV, animated GIF). Frames are sampled
+``uniform``-ly (``frames`` spread evenly from the first frame to the last; a clip shorter than
+that repeats frames, so every clip gives exactly ``frames``) or at a ``rate`` (the first frame
+at or after every ``1 / fps`` seconds, at most ``frames``; shorter clips give fewer frames and a
+mask). Each kept frame is resized and cropped like an image and cached as uint8
+``[U, K, H, W, 3]`` with each clip's frame count; normalisation uses per-channel statistics of
+the training frames. Shapes: a batch gives ``pixels [U, K, 3, H, W]`` and ``mask [U, K]``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import InputConfig, VideoOptions
+from ..data.table import Table
+from ..errors import require
+from .base import Column
+from .files import FilePreprocessor, UnreadableFile, pad_stack
+from .image import _pair, augment_pixels, channel_stats, fit_image, output_size, to_pixels
+
+
+def read_frames(path: Path, options: VideoOptions) -> np.ndarray:
+    """Decode a clip and return its sampled frames as uint8 ``[K, H, W, 3]``.
+
+    Raises:
+        UnreadableFile: the file is not a video FFmpeg can decode, or it has no frames.
+    """
+    av = require("av", "video", "reading video files")
+    frames: list[np.ndarray] = []
+    times: list[float] = []
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise UnreadableFile("no video stream (not a video file?)")
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            rate = float(stream.average_rate or 25)
+            for frame in container.decode(stream):
+                times.append(frame.time if frame.time is not None else len(times) / rate)
+                frames.append(fit_image(frame.to_image(), options))
+    except av.FFmpegError as exc:
+        raise UnreadableFile(f"not a readable video file ({exc})") from None
+    if not frames:
+        raise UnreadableFile("the file holds no video frames")
+    return np.stack([frames[i] for i in sample_frames(times, options)])
+
+
+def sample_frames(times: list[float], options: VideoOptions) -> list[int]:
+    """Indices of the frames to keep, given every decoded frame's time in seconds."""
+    count = len(times)
+    if options.sampling == "uniform":
+        return np.round(np.linspace(0, count - 1, options.frames)).astype(int).tolist()
+    start, chosen = times[0], []
+    for k in range(options.frames):
+        wanted = start + k / options.fps
+        later = [i for i in range(chosen[-1] + 1 if chosen else 0, count) if times[i] >= wanted]
+        if not later:
+            break
+        chosen.append(later[0])
+    return chosen
+
+
+class VideoPreprocessor(FilePreprocessor):
+    """Paths -> cached uint8 frames -> normalised float tensors with a frame mask."""
+
+    kind = "video"
+
+    def __init__(self, config: InputConfig) -> None:
+        self.name, self.column = config.name, config.column
+        self.options = VideoOptions.model_validate(config.preprocess)
+        self.mean = [0.0, 0.0, 0.0]
+        self.std = [1.0, 1.0, 1.0]
+
+    def spec(self) -> dict:
+        return {"channels": 3, "size": output_size(self.options), "frames": self.options.frames,
+                "modality": "video"}
+
+    def settings(self) -> dict:
+        o = self.options
+        return {"size": _pair(o.size), "crop": o.crop, "frames": o.frames,
+                "sampling": o.sampling, "fps": o.fps}
+
+    def decode(self, path: Path) -> np.ndarray:
+        return read_frames(path, self.options)
+
+    def stack(self, decoded: list[np.ndarray]) -> tuple[np.ndarray, ...]:
+        return pad_stack(decoded, axis=0, dtype=np.uint8)
+
+    def unpack(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return arrays[0], arrays[1]
+
+    def fit_encode(self, table: Table) -> Column:
+        """Decode the training clips, then learn the per-channel mean and std of their frames."""
+        column = self.encode(table)
+        if self.options.normalize:
+            clips, lengths = column.items
+            step = max(1, len(clips) // 500)  # real frames (not padding) of up to 500 clips
+            frames = [clips[i, : lengths[i]] for i in range(0, len(clips), step)]
+            self.mean, self.std = channel_stats(np.concatenate(frames))
+        return column
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state(self, state: dict) -> None:
+        self.mean, self.std = list(state["mean"]), list(state["std"])
+
+    def tensors(self, items: tuple[np.ndarray, np.ndarray], train: bool,
+                generator: torch.Generator) -> dict:
+        clips, lengths = items
+        lengths = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
+        width = int(lengths.max())
+        pixels = to_pixels(clips[:, :width], self.mean, self.std)
+        if train:
+            pixels = augment_pixels(pixels, self.options, generator)
+        mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+        return {"pixels": pixels, "mask": mask}
