@@ -263,3 +263,13 @@ def test_bad_audio_options_are_config_errors(bad, fix):
               "outputs": [{"name": "y", "type": "category"}]}
     with pytest.raises(ConfigError, match=fix):
         load_config(config)
+
+
+def test_clip_normalisation_cancels_gain(tmp_path):
+    write_audio(tmp_path / "loud.wav", tone(440, 0.5, 16000, amplitude=0.8, noise=0.05), 16000)
+    write_audio(tmp_path / "soft.wav", tone(440, 0.5, 16000, amplitude=0.08, noise=0.005), 16000)
+    prep = preprocessor(n_mels=16, clip_normalize=True, normalize=False)
+    column = prep.fit_encode(table(tmp_path, ["loud.wav", "soft.wav"]))
+    out = prep.batch(column, column.index, False, torch.Generator())["features"]
+    torch.testing.assert_close(out[0], out[1], atol=0.05, rtol=0)
+    torch.testing.assert_close(out[0].mean(-1), torch.zeros(1, 16), atol=1e-4, rtol=0)

@@ -67,6 +67,8 @@ def evaluate(
     data: Annotated[Path | None, typer.Option("--data", help="labelled table")] = None,
     by: Annotated[str | None, typer.Option("--by", help="also report per value of COLUMN")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    drop: Annotated[list[str] | None, typer.Option(
+        "--drop", help="remove input NAME from every row (repeatable)")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Metrics of a trained model on a table (default: its validation data)."""
@@ -74,7 +76,7 @@ def evaluate(
 
     model = Model.load(run_dir)
     table = data if data is not None else _validation_table(run_dir)
-    result = model.evaluate(table, by=by, data_root=data_root)
+    result = model.evaluate(table, by=by, data_root=data_root, drop=drop)
     if as_json:
         _print_json(result)
     else:
@@ -113,7 +115,8 @@ def print_evaluation(result: dict, by: str | None) -> None:
 @app.command()
 def predict(
     run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
-    values: Annotated[list[str], typer.Option("--set", help="NAME=VALUE for each input")],
+    values: Annotated[list[str], typer.Option(
+        "--set", help="NAME=VALUE per input; an input left out counts as missing")],
     as_json: JsonFlag = False,
 ) -> None:
     """Predict the outputs for one example given as --set NAME=VALUE pairs."""
@@ -128,10 +131,9 @@ def predict(
         row[name] = value
     known = [i.name for i in model.config.inputs]
     unknown = [n for n in row if n not in known]
-    missing = [n for n in known if n not in row]
-    if unknown or missing:
+    if unknown:  # an input left out is missing in this row (the fusion masks it out)
         raise MmfuseError(f"--set names must be the model's inputs: {', '.join(known)}; "
-                          f"unknown: {unknown or 'none'}, missing: {missing or 'none'}")
+                          f"unknown: {', '.join(unknown)}")
     outputs = model.predict([row])[0]
     if as_json:
         _print_json({"outputs": outputs})
@@ -144,29 +146,58 @@ def predict(
 
 @app.command()
 def datasets(
-    name: Annotated[str, typer.Argument(help="dataset name (see below)")],
+    name: Annotated[str, typer.Argument(help="sort-of-clevr or av-digits")],
     out_dir: Annotated[Path, typer.Argument(help="folder to write")],
-    train_size: Annotated[int, typer.Option("--train", help="training images")] = 9800,
-    test_size: Annotated[int, typer.Option("--test", help="test images")] = 200,
+    train_size: Annotated[int | None, typer.Option(
+        "--train", help="training images (sort-of-clevr, default 9800) or rows "
+        "(av-digits, default 3000)")] = None,
+    test_size: Annotated[int | None, typer.Option(
+        "--test", help="test images (default 200) or rows (default 1000)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    missing: Annotated[float | None, typer.Option(
+        "--missing", metavar="FRACTION",
+        help="av-digits only: share of rows missing the image or the audio (default 0.1)")]
+    = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Generate a built-in dataset: sort-of-clevr."""
+    """Generate a built-in dataset: sort-of-clevr or av-digits."""
     from .datasets import DATASETS
 
-    if name != "sort-of-clevr":
+    if name not in DATASETS:
         raise MmfuseError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    from .datasets.sort_of_clevr import generate_sort_of_clevr
-
+    if missing is not None and name != "av-digits":
+        raise MmfuseError(f"--missing applies only to av-digits, not {name}; drop --missing")
     try:
-        summary = generate_sort_of_clevr(out_dir, train_size, test_size, seed)
+        summary, line = _generate_dataset(name, out_dir, train_size, test_size, seed, missing)
     except ValueError as exc:
         raise MmfuseError(str(exc)) from None
     if as_json:
         _print_json(summary)
     else:
-        out.print(f"wrote {summary['train_rows']} training and {summary['test_rows']} test rows "
-                  f"({summary['train_images']} + {summary['test_images']} images) to {out_dir}")
+        out.print(line)
+
+
+def _generate_dataset(name: str, out_dir: Path, train: int | None, test: int | None, seed: int,
+                      missing: float | None) -> tuple[dict, str]:
+    """Run the named generator, which keeps its own default for each None; summary and a line."""
+    if name == "sort-of-clevr":
+        from .datasets.sort_of_clevr import generate_sort_of_clevr
+
+        s = generate_sort_of_clevr(out_dir, seed=seed, **_given(n_train=train, n_test=test))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
+                   f"({s['train_images']} + {s['test_images']} images) to {out_dir}")
+    from .datasets.av_digits import generate_av_digits
+
+    s = generate_av_digits(out_dir, seed=seed, **_given(train_size=train, test_size=test,
+                                                        missing_fraction=missing))
+    return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows to {out_dir} "
+               f"in {s['seconds']:.1f}s; missing images {sum(s['missing_image'].values())}, "
+               f"missing audio {sum(s['missing_audio'].values())}")
+
+
+def _given(**options: object) -> dict:
+    """The options that are not None."""
+    return {k: v for k, v in options.items() if v is not None}
 
 
 @app.command("list")

@@ -101,6 +101,9 @@ class AudioOptions(StrictModel):
     fmin: float = Field(0.0, ge=0)
     fmax: float | None = Field(None, gt=0, description="default: half the sample rate")
     normalize: bool = Field(True, description="per-feature mean/std of the training split")
+    clip_normalize: bool = Field(
+        False, description="first remove each clip's own mean and std per feature over its "
+        "frames (cepstral mean and variance normalisation: cancels gain and channel)")
     noise_snr_db: tuple[float, float] | None = Field(
         None, description="augmentation: white noise at an SNR drawn from [LOW, HIGH] dB")
     gain_db: float = Field(0.0, ge=0, description="augmentation: random gain within +-N dB")

@@ -2,4 +2,8 @@
 
 from __future__ import annotations
 
-DATASETS = {"sort-of-clevr": "Sort-of-CLEVR (Santoro et al. 2017): 75x75 images, 20 questions each"}
+DATASETS = {
+    "sort-of-clevr": "Sort-of-CLEVR (Santoro et al. 2017): 75x75 images, 20 questions each",
+    "av-digits": "audio-visual digits like AV-MNIST (Vielzeuf et al. 2018): degraded 28x28 "
+                 "images and noisy 1 s spoken digits, some rows missing one modality",
+}

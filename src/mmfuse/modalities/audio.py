@@ -16,7 +16,9 @@ an SNR, gain, time shift) sees the raw signal:
   (librosa's ``feature.mfcc``);
 - ``waveform``: the raw samples cut into windowed frames (one frame per STFT frame).
 
-Every feature bin is normalised with the mean and std of the training split; SpecAugment masks
+With ``clip_normalize`` each clip first loses its own mean and std per feature bin (cepstral
+mean and variance normalisation, which cancels the recording's gain and channel). Every feature
+bin is then normalised with the mean and std of the training split; SpecAugment masks
 (Park et al. 2019) zero random time and frequency stripes of training batches.
 Shapes: a batch gives ``features [U, C, F, T]`` and ``mask [U, T]`` (True for real frames).
 """
@@ -277,6 +279,8 @@ class AudioPreprocessor(FilePreprocessor):
         features = self.features(wave)
         frames = self.features.frames(lengths_t)
         mask = torch.arange(features.shape[-1]).unsqueeze(0) < frames.unsqueeze(1)
+        if self.options.clip_normalize:
+            features = clip_normalize(features, mask)
         return features, mask
 
     def state(self) -> dict:
@@ -294,6 +298,16 @@ class AudioPreprocessor(FilePreprocessor):
         if train:
             features = spec_augment(features, self.options, generator)
         return {"features": features, "mask": mask}
+
+
+def clip_normalize(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Each clip's features ``[U, C, F, T]`` minus their mean over the clip's real frames,
+    divided by their std (per channel and feature bin)."""
+    weights = mask[:, None, None, :].to(features.dtype)
+    count = weights.sum(-1, keepdim=True).clamp(min=1.0)
+    mean = (features * weights).sum(-1, keepdim=True) / count
+    var = ((features - mean).square() * weights).sum(-1, keepdim=True) / count
+    return (features - mean) / (var.sqrt() + 1e-5)
 
 
 def augment_wave(wave: torch.Tensor, lengths: torch.Tensor, options: AudioOptions,
