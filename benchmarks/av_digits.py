@@ -78,7 +78,7 @@ def main() -> None:
             f"Fused beats the best single modality: {checks['fused_beats_best_single']}.")
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "av_digits.md").write_text(
-        "# av-digits: image, audio, fused (modality dropout 0.3 each)\n\n"
+        "# av-digits: image, audio, fused (modality dropout 0.5 image, 0.3 audio)\n\n"
         f"Machine: {machine()}\n\nCommand: `{command()}`\n\n"
         f"Test split: {test.relative_to(ROOT) if test.is_relative_to(ROOT) else test} "
         "(1,000 rows, 10% missing one input).\n\n" + table + "\n\n" + gaps + "\n")
