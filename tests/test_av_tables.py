@@ -116,28 +116,24 @@ def test_drop_names_an_unknown_input(image_audio_run):
     assert "'speech'" in result.stderr and "image, audio" in result.stderr
 
 
-def test_unreadable_audio_is_reported_with_row_and_path(tmp_path):
+@pytest.mark.parametrize(("damage", "expected"), [
+    ("corrupt", "row 3: 'wav/train_2.wav': "),
+    ("delete", "row 3: 'wav/train_2.wav': file not found"),
+])
+def test_unreadable_audio_is_reported_with_row_and_path(tmp_path, damage, expected):
     make_image_audio(tmp_path, 6, seed=3, name="train")
-    (tmp_path / "wav/train_2.wav").write_bytes(b"not audio at all")
-    (tmp_path / "wav/train_4.wav").unlink()
-    config = tmp_path / "config.yaml"
-    config.write_text(yaml.safe_dump(IMAGE_AUDIO))
-    result = run("train", config, "--data", tmp_path / "train.csv", "--out", tmp_path / "run",
-                 check=False)
-    assert result.returncode == 2
-    assert "row 5: 'wav/train_4.wav': file not found" in result.stderr
-
-
-def test_a_corrupt_audio_file_is_reported_with_row_and_path(tmp_path):
-    make_image_audio(tmp_path, 6, seed=3, name="train")
-    (tmp_path / "wav/train_2.wav").write_bytes(b"not audio at all")
+    broken = tmp_path / "wav/train_2.wav"
+    if damage == "corrupt":
+        broken.write_bytes(b"not audio at all")
+    else:
+        broken.unlink()
     config = tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(IMAGE_AUDIO))
     result = run("train", config, "--data", tmp_path / "train.csv", "--out", tmp_path / "run",
                  check=False)
     assert result.returncode == 2
     assert "unreadable audio file(s) in column 'audio'" in result.stderr
-    assert "row 3: 'wav/train_2.wav'" in result.stderr
+    assert expected in result.stderr
 
 
 # --- video + text ---------------------------------------------------------------------------------

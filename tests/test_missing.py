@@ -148,3 +148,33 @@ def test_film_target_missing_in_some_rows(shapes_qa, minimal_config):
     model = mmfuse.Model.from_config(minimal_config)
     model.fit(rows)
     assert len(model.predict(rows[:6])) == 6
+
+
+def test_placeholder_mode_fills_missing_rows_with_learned_vectors():
+    from mmfuse.encoders.base import Placeholder
+
+    placeholder = Placeholder(4, 5)
+    out = placeholder(expand_rows(features(2), torch.tensor([1, MISSING, 0]), 4, 5))
+    assert out.present.all(), "a placeholder row is fused like data"
+    torch.testing.assert_close(out.pooled[1], placeholder.pooled.detach())
+    torch.testing.assert_close(out.tokens[1, 0], placeholder.token.detach())
+    assert out.mask[1].tolist() == [True, False, False]
+    torch.testing.assert_close(out.pooled[0], features(2).pooled[1])
+
+
+def test_placeholders_are_learned_and_saved(shapes_qa, minimal_config, tmp_path):
+    minimal_config["inputs"][1].update(modality_dropout=0.5, missing="placeholder")
+    minimal_config["training"].update(epochs=1, valid_fraction=0)
+    config = mmfuse.load_config(minimal_config)
+    torch.manual_seed(config.training.seed)  # what fit() does before building the model
+    untrained = Pipeline.from_config(config)
+    untrained.fit(read_table(shapes_qa["en_train"]))
+    initial = untrained.model.placeholders["question"].pooled.detach().clone()
+
+    model = mmfuse.Model.from_config(minimal_config)
+    model.fit(shapes_qa["en_train"], out=tmp_path / "run")
+    trained = model.pipeline.model.placeholders["question"].pooled.detach()
+    assert list(model.pipeline.model.placeholders) == ["question"]
+    assert not torch.allclose(trained, initial), "the dropped rows trained the placeholder"
+    loaded = mmfuse.Model.load(tmp_path / "run")
+    torch.testing.assert_close(loaded.pipeline.model.placeholders["question"].pooled, trained)

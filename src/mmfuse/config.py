@@ -167,6 +167,9 @@ class InputConfig(StrictModel):
     encoder: Any = None
     modality_dropout: float = Field(
         0.0, ge=0, lt=1, description="training: probability of hiding this input from a row")
+    missing: Literal["mask", "placeholder"] = Field(
+        "mask", description="a row without this input: 'mask' marks it absent and the fusion "
+        "leaves it out; 'placeholder' gives it a learned token and vector, fused like data")
 
     @model_validator(mode="after")
     def _resolve(self) -> InputConfig:

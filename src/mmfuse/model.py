@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .config import Config
-from .encoders.base import expand_rows
+from .encoders.base import Placeholder, expand_rows
 from .registry import ENCODERS, FUSIONS, HEADS
 
 
@@ -31,6 +31,10 @@ class MultimodalModel(nn.Module):
         self.encoders = nn.ModuleDict(
             {i.name: _build(ENCODERS, i.encoder, input_specs[i.name]) for i in config.inputs}
         )
+        self.placeholders = nn.ModuleDict(
+            {i.name: Placeholder(self.encoders[i.name].token_dim,
+                                 self.encoders[i.name].pooled_dim)
+             for i in config.inputs if i.missing == "placeholder"})
         dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim,
                        "modality": enc.modality,
                        "film_channels": getattr(enc, "film_channels", None),
@@ -78,6 +82,10 @@ class MultimodalModel(nn.Module):
         return self._expand(target, items, order)
 
     def _expand(self, name: str, items, index: torch.Tensor):
-        """Features of the unique items back to rows; missing rows (index -1) masked out."""
+        """Features of the unique items back to rows; missing rows (index -1) are masked out,
+        or get the input's learned placeholder (``missing: placeholder``)."""
         encoder = self.encoders[name]
-        return expand_rows(items, index, encoder.token_dim, encoder.pooled_dim)
+        features = expand_rows(items, index, encoder.token_dim, encoder.pooled_dim)
+        if name in self.placeholders:
+            features = self.placeholders[name](features)
+        return features

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 
 @dataclass
@@ -66,6 +67,30 @@ def expand_rows(features: Features | None, index: torch.Tensor, token_dim: int,
     mask = torch.where(present.unsqueeze(-1), rows.mask, first)
     pooled = rows.pooled * present.unsqueeze(-1)
     return Features(tokens, mask, pooled, present & rows.present)
+
+
+class Placeholder(nn.Module):
+    """A learned stand-in for a missing input (``missing: placeholder``).
+
+    Rows that lack the input get a learned token (their one real token) and a learned pooled
+    vector, and count as present, so the fusion combines them like data: the model learns what
+    "no audio" should contribute, rather than having the input left out.
+    """
+
+    def __init__(self, token_dim: int, pooled_dim: int) -> None:
+        super().__init__()
+        self.token = nn.Parameter(0.02 * torch.randn(token_dim))
+        self.pooled = nn.Parameter(0.02 * torch.randn(pooled_dim))
+
+    def forward(self, features: Features) -> Features:
+        """``features`` from :func:`expand_rows`, with the absent rows filled in."""
+        absent = ~features.present
+        if not bool(absent.any()):
+            return features
+        tokens = torch.where(absent.view(-1, 1, 1), self.token, features.tokens)
+        pooled = torch.where(absent.unsqueeze(-1), self.pooled, features.pooled)
+        present = torch.ones_like(features.present)
+        return Features(tokens, features.mask, pooled, present)
 
 
 def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -32,9 +32,7 @@ import numpy as np
 import torch
 
 from ..config import AudioOptions, InputConfig
-from ..data.table import Table
 from ..errors import require
-from .base import Column
 from .files import FilePreprocessor, UnreadableFile, pad_stack
 
 STATS_SAMPLE = 2000  # clips used to estimate the normalisation statistics
@@ -240,17 +238,8 @@ class AudioPreprocessor(FilePreprocessor):
     def stack(self, decoded: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         return pad_stack(decoded, axis=1, dtype=np.float16)
 
-    def unpack(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-        return arrays[0], arrays[1]
-
-    def fit_encode(self, table: Table) -> Column:
-        """Decode the training clips, then learn each feature's mean and std from them."""
-        column = self.encode(table)
-        if self.options.normalize:
-            self._fit_stats(column.items)
-        return column
-
-    def _fit_stats(self, items: tuple[np.ndarray, np.ndarray]) -> None:
+    def fit_stats(self, items: tuple[np.ndarray, np.ndarray]) -> None:
+        """Each feature bin's mean and std over the real frames of (a sample of) the clips."""
         waves, lengths = items
         step = max(1, len(waves) // STATS_SAMPLE)
         total = torch.zeros(self.features.dim, dtype=torch.float64)
@@ -282,12 +271,6 @@ class AudioPreprocessor(FilePreprocessor):
         if self.options.clip_normalize:
             features = clip_normalize(features, mask)
         return features, mask
-
-    def state(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state(self, state: dict) -> None:
-        self.mean, self.std = list(state["mean"]), list(state["std"])
 
     def tensors(self, items: tuple[np.ndarray, np.ndarray], train: bool,
                 generator: torch.Generator) -> dict:

@@ -49,8 +49,26 @@ class FilePreprocessor(Preprocessor):
         return (np.stack(decoded),)
 
     def unpack(self, arrays: tuple[np.ndarray, ...]) -> Any:
-        """The Column items made of the cached arrays (default: the one array)."""
-        return arrays[0]
+        """The Column items made of the cached arrays: the one array, or the tuple of them
+        (e.g. padded clips and their lengths)."""
+        return arrays[0] if len(arrays) == 1 else tuple(arrays)
+
+    def fit_encode(self, table: Table) -> Column:
+        """Decode the training files, then learn the normalisation statistics from them."""
+        column = self.encode(table)
+        if self.options.normalize:
+            self.fit_stats(column.items)
+        return column
+
+    def fit_stats(self, items: Any) -> None:
+        """Learn ``self.mean`` and ``self.std`` from the decoded training items."""
+        raise NotImplementedError
+
+    def state(self) -> dict:
+        return {"mean": self.mean, "std": self.std}
+
+    def load_state(self, state: dict) -> None:
+        self.mean, self.std = list(state["mean"]), list(state["std"])
 
     def encode(self, table: Table) -> Column:
         values = table.column(self.column)

@@ -16,8 +16,6 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ..config import ImageOptions, InputConfig
-from ..data.table import Table
-from .base import Column
 from .files import FilePreprocessor, UnreadableFile
 
 STATS_SAMPLE = 2000  # images used to estimate the normalisation statistics
@@ -89,21 +87,9 @@ class ImagePreprocessor(FilePreprocessor):
         except (OSError, UnidentifiedImageError, ValueError) as exc:
             raise UnreadableFile(str(exc)) from None
 
-    def fit_encode(self, table: Table) -> Column:
-        """Decode the training images, then learn the per-channel mean and std from them."""
-        column = self.encode(table)
-        if self.options.normalize:
-            self._fit_stats(column.items)
-        return column
-
-    def _fit_stats(self, items: np.ndarray) -> None:
+    def fit_stats(self, items: np.ndarray) -> None:
+        """Per-channel mean and std of (a sample of) the training images."""
         self.mean, self.std = channel_stats(items)
-
-    def state(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state(self, state: dict) -> None:
-        self.mean, self.std = list(state["mean"]), list(state["std"])
 
     def tensors(self, items: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         pixels = to_pixels(items, self.mean, self.std)

@@ -17,9 +17,7 @@ import numpy as np
 import torch
 
 from ..config import InputConfig, VideoOptions
-from ..data.table import Table
 from ..errors import require
-from .base import Column
 from .files import FilePreprocessor, UnreadableFile, pad_stack
 from .image import _pair, augment_pixels, channel_stats, fit_image, output_size, to_pixels
 
@@ -91,24 +89,12 @@ class VideoPreprocessor(FilePreprocessor):
     def stack(self, decoded: list[np.ndarray]) -> tuple[np.ndarray, ...]:
         return pad_stack(decoded, axis=0, dtype=np.uint8)
 
-    def unpack(self, arrays: tuple[np.ndarray, ...]) -> tuple[np.ndarray, np.ndarray]:
-        return arrays[0], arrays[1]
-
-    def fit_encode(self, table: Table) -> Column:
-        """Decode the training clips, then learn the per-channel mean and std of their frames."""
-        column = self.encode(table)
-        if self.options.normalize:
-            clips, lengths = column.items
-            step = max(1, len(clips) // 500)  # real frames (not padding) of up to 500 clips
-            frames = [clips[i, : lengths[i]] for i in range(0, len(clips), step)]
-            self.mean, self.std = channel_stats(np.concatenate(frames))
-        return column
-
-    def state(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
-
-    def load_state(self, state: dict) -> None:
-        self.mean, self.std = list(state["mean"]), list(state["std"])
+    def fit_stats(self, items: tuple[np.ndarray, np.ndarray]) -> None:
+        """Per-channel mean and std of the real frames (not padding) of up to 500 clips."""
+        clips, lengths = items
+        step = max(1, len(clips) // 500)
+        frames = [clips[i, : lengths[i]] for i in range(0, len(clips), step)]
+        self.mean, self.std = channel_stats(np.concatenate(frames))
 
     def tensors(self, items: tuple[np.ndarray, np.ndarray], train: bool,
                 generator: torch.Generator) -> dict:
