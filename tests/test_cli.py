@@ -115,6 +115,13 @@ def test_list_fusions_json_names_registered_fusions():
     assert {"sum", "product", "concat"} <= {f["name"] for f in result["fusions"]}
 
 
+def test_list_encoders_json_names_the_input_types_each_reads():
+    result = json.loads(run("list", "encoders", "--json").stdout)
+    inputs = {e["name"]: e["inputs"] for e in result["encoders"]}
+    assert inputs["audio_cnn"] == ["audio"] and inputs["frame_cnn"] == ["video"]
+    assert inputs["gru"] == ["text", "audio"] and inputs["cnn"] == ["image"]
+
+
 def test_datasets_command_writes_sort_of_clevr(tmp_path):
     run("datasets", "sort-of-clevr", tmp_path / "soc", "--train", "3", "--test", "2",
         "--seed", "5")

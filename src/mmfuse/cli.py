@@ -211,18 +211,28 @@ def list_components(
     registries = {"fusions": FUSIONS, "encoders": ENCODERS, "heads": HEADS}
     if kind not in registries:
         raise MmfuseError(f"unknown kind {kind!r}; choose one of: {', '.join(registries)}")
+    from .config import encoder_modalities
+
     entries = registries[kind].entries()
+
+    def inputs(entry) -> list[str]:  # the input types an encoder reads
+        return list(encoder_modalities(entry.builder)) if kind == "encoders" else []
+
     if as_json:
         _print_json({kind: [{"name": e.name, "summary": e.summary,
+                             **({"inputs": inputs(e)} if kind == "encoders" else {}),
                              "options": e.options.model_json_schema().get("properties", {})}
                             for e in entries]})
         return
     table = RichTable(title=kind)
     table.add_column("name")
+    if kind == "encoders":
+        table.add_column("inputs")
     table.add_column("summary")
     table.add_column("options")
     for e in entries:
-        table.add_row(e.name, e.summary, ", ".join(e.options.model_fields))
+        row = [e.name, *([", ".join(inputs(e))] if kind == "encoders" else []), e.summary]
+        table.add_row(*row, ", ".join(e.options.model_fields))
     out.print(table)
 
 
