@@ -165,7 +165,7 @@ VIDEO_TEXT = {
     "inputs": [
         {"name": "clip", "type": "video", "preprocess": {"size": 24, "frames": 6},
          "encoder": {"type": "frame_cnn", "channels": [8, 16], "dim": 32, "temporal": "gru",
-                     "frame_pool": "flatten"}},
+                     "pool": "flatten"}},
         {"name": "question", "type": "text", "encoder": {"type": "bow", "dim": 16}},
     ],
     "fusion": {"type": "concat", "hidden": [32]},

@@ -18,24 +18,22 @@ from pydantic import Field
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..config_base import Options
 from ..errors import ConfigError
 from ..registry import ENCODERS
 from .base import Features, all_present, masked_mean
 from .cnn import CNNEncoder, CNNOptions
 
 
-class FrameCNNOptions(Options):
-    channels: list[int] = Field([32, 64, 64], min_length=1, description="per-frame CNN")
-    kernel_size: int = Field(3, ge=1)
-    stride: int = Field(2, ge=1)
-    frame_pool: Literal["flatten", "mean", "max"] = Field(
-        "mean", description="how the CNN pools a frame's grid (flatten keeps position)")
+class FrameCNNOptions(CNNOptions):
+    """The per-frame ``cnn`` options (``pool`` pools each frame's grid), then the temporal
+    model."""
+
+    channels: list[int] = Field([32, 64, 64], min_length=1)
+    pool: Literal["flatten", "mean", "max"] = "mean"
     dim: int = Field(128, ge=1, description="width of frame vectors, tokens and pooled vector")
     temporal: Literal["mean", "gru", "transformer"] = "mean"
     layers: int = Field(1, ge=1, description="gru / transformer layers")
     heads: int = Field(4, ge=1, description="transformer heads; must divide dim")
-    dropout: float = Field(0.0, ge=0, lt=1)
 
 
 @ENCODERS.register("frame_cnn", FrameCNNOptions)
@@ -48,9 +46,7 @@ class FrameCNNEncoder(nn.Module):
         super().__init__()
         if options.temporal == "transformer" and options.dim % options.heads:
             raise ConfigError(f"frame_cnn: heads={options.heads} must divide dim={options.dim}")
-        frame = CNNOptions(channels=options.channels, kernel_size=options.kernel_size,
-                           stride=options.stride, pool=options.frame_pool, dim=options.dim,
-                           dropout=options.dropout)
+        frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
         self.frame = CNNEncoder(frame, {"channels": spec["channels"], "size": spec["size"]})
         self.temporal = options.temporal
         if options.temporal == "gru":
