@@ -71,7 +71,6 @@ class Pipeline:
         columns = {}
         for name, prep in self.inputs.items():
             columns[name] = prep.fit_encode(table)
-            columns[name].is_file = prep.is_file
         targets = {}
         for name, prep in self.outputs.items():
             targets[name] = prep.fit_encode(table).index
@@ -98,7 +97,6 @@ class Pipeline:
                 columns[name] = Column(None, np.full(len(table), MISSING, dtype=np.int64))
                 continue
             columns[name] = prep.encode(table)
-            columns[name].is_file = prep.is_file
         labels = {name: prep.encode(table).index for name, prep in self.outputs.items()} \
             if targets else {}
         return EncodedTable(table, columns, labels)

@@ -1,6 +1,6 @@
 """The on-disk preprocessing cache.
 
-Decoded, resized images (and later audio features, video frames) are stored as ``.npy`` arrays
+Decoded, resized images, resampled audio and sampled video frames are stored as ``.npy`` arrays
 keyed by a hash of the preprocessing settings and of every file's path, size and modification
 time, so a second run on the same data with the same settings skips decoding, and any change to
 a file or a setting makes a new entry. Entries are written atomically (temp file + rename).
@@ -34,26 +34,14 @@ def cache_key(kind: str, settings: dict, files: list[Path]) -> str:
     return f"{kind}-{digest.hexdigest()[:32]}"
 
 
-def cached_array(key: str, build: Callable[[], np.ndarray], enabled: bool = True) -> np.ndarray:
-    """Load the array stored under ``key``, or build, store and return it."""
-    if not enabled:
-        return build()
-    path = cache_dir() / f"{key}.npy"
-    if path.is_file():
-        try:
-            return np.load(path, mmap_mode="r")
-        except (ValueError, OSError):
-            path.unlink(missing_ok=True)  # a truncated entry from a crashed writer: rebuild it
-    array = build()
-    _store(path, array)
-    return array
-
-
 def cached_arrays(key: str, build: Callable[[], tuple[np.ndarray, ...]],
                   enabled: bool = True) -> tuple[np.ndarray, ...]:
-    """Like :func:`cached_array` for a builder that returns several arrays (e.g. clips and
-    their lengths); stored as ``KEY.0.npy``, ``KEY.1.npy``, ... with a ``KEY.parts`` count
-    written last, so a half-written entry is never read."""
+    """Load the arrays stored under ``key``, or build, store and return them.
+
+    A builder returns one array (images) or several (clips and their lengths); they are stored
+    as ``KEY.0.npy``, ``KEY.1.npy``, ... with a ``KEY.parts`` count written last, so a
+    half-written entry is never read. Arrays are memory-mapped on load.
+    """
     if not enabled:
         return build()
     base = cache_dir() / key

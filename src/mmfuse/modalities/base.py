@@ -5,7 +5,8 @@ A column is stored as its *unique* values (``items``) plus, per row, the index o
 of its rows, the encoder runs once per item, and the features are expanded back to rows with
 ``index``. That is why the 20 questions of one Sort-of-CLEVR image cost one image encoding.
 A row whose cell is empty (or whose field is absent) has index ``MISSING`` (-1): it has no item,
-and the model gives it the input's learned placeholder instead of encoder features.
+and the model masks the input out for that row (or gives it a learned placeholder, with
+``missing: placeholder``) instead of encoder features.
 """
 
 from __future__ import annotations
