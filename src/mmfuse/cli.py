@@ -1,4 +1,4 @@
-"""The ``mmfuse`` command: train, evaluate, predict, datasets, list, demo.
+"""The ``mmfuse`` command: train, evaluate, predict, serve, export, datasets, list, demo.
 
 Every verb prints human-readable output; ``--json`` prints one JSON object instead. Errors a user
 can fix (bad config, bad table, altered bundle) print one clear message and exit with status 2,
@@ -142,6 +142,83 @@ def predict(
         out.print(f"[bold]{name}[/bold]: {result['prediction']}")
         for label, p in result["probabilities"].items():
             out.print(f"  {label:>20} {p:7.4f} {'█' * round(p * 40)}")
+
+
+@app.command()
+def serve(
+    run_dir: Annotated[Path, typer.Argument(
+        help="what 'mmfuse train --out' wrote (or, with --runtime onnx, what 'mmfuse export' "
+        "wrote)")],
+    host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
+    max_batch_size: Annotated[int, typer.Option(min=1, help="rows per forward pass")] = 32,
+    max_wait_ms: Annotated[float, typer.Option(
+        min=0, help="longest a batch waits for more requests")] = 5.0,
+    max_queue: Annotated[int, typer.Option(
+        min=1, help="requests waiting before new ones get 429")] = 256,
+    timeout: Annotated[float, typer.Option(
+        min=0.1, help="seconds per request before 503")] = 30.0,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="MMFUSE_API_KEY", help="require 'Authorization: Bearer KEY' (or set "
+        "MMFUSE_API_KEY)")] = None,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx for an export")] = "torch",
+    max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 20.0,
+    max_image_pixels: Annotated[int, typer.Option(min=1)] = 40_000_000,
+    max_media_seconds: Annotated[float, typer.Option(
+        min=0.1, help="longest audio or video clip")] = 60.0,
+    max_text_chars: Annotated[int, typer.Option(min=1)] = 2000,
+    max_batch_rows: Annotated[int, typer.Option(
+        min=1, help="rows of one /v1/predict/batch request")] = 64,
+) -> None:
+    """Serve a trained model over HTTP (FastAPI + uvicorn) with dynamic batching."""
+    from .serve import serve as run_server
+    from .serve.app import ServeSettings
+    from .serve.inputs import Limits
+
+    if runtime not in ("torch", "onnx"):
+        raise MmfuseError(f"--runtime {runtime!r}: use torch or onnx")
+    _check_servable(run_dir, runtime)
+    limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,
+                    max_batch_rows)
+    settings = ServeSettings(max_batch_size, max_wait_ms, max_queue, timeout, api_key, limits)
+    err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
+              f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
+              + ("; API key required" if api_key else ""))
+    run_server(run_dir, host, port, runtime, settings)
+
+
+def _check_servable(path: Path, runtime: str) -> None:
+    """Fail before the server starts when ``path`` holds nothing this runtime can load."""
+    if runtime == "onnx":
+        if not (path / "model.onnx").is_file():
+            raise MmfuseError(f"no model.onnx in {str(path)!r}; run 'mmfuse export RUN_DIR "
+                              f"--format onnx --out {path}' first")
+        return
+    from .bundle import find_bundle
+
+    find_bundle(path)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
+    out_dir: Annotated[Path, typer.Option("--out", help="folder to write")],
+    format: Annotated[str, typer.Option("--format", help="onnx")] = "onnx",
+    as_json: JsonFlag = False,
+) -> None:
+    """Export a trained model: model.onnx plus the preprocessing state and config."""
+    if format != "onnx":
+        raise MmfuseError(f"--format {format!r}: only onnx is supported")
+    from .export import export_onnx
+
+    summary = export_onnx(run_dir, out_dir)
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"wrote {out_dir / 'model.onnx'} in {summary['seconds']:.1f}s; largest difference "
+              f"from PyTorch on an example batch: {summary['max_abs_diff']:.2e}")
+    out.print(f"serve it with: mmfuse serve {out_dir} --runtime onnx")
 
 
 @app.command()

@@ -8,6 +8,7 @@ everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -100,6 +101,19 @@ class Pipeline:
         labels = {name: prep.encode(table).index for name, prep in self.outputs.items()} \
             if targets else {}
         return EncodedTable(table, columns, labels)
+
+    def encode_values(self, values: dict[str, list]) -> EncodedTable:
+        """Encode rows given as a list of values per input rather than as a table (the server's
+        requests): strings for text, for file inputs what their preprocessor decoded; None, or
+        an input left out of ``values``, is missing in that row."""
+        n = len(next(iter(values.values())))
+        columns = {}
+        for name, prep in self.inputs.items():
+            given = values.get(name, [None] * n)
+            columns[name] = prep.column_of(given) if any(v is not None for v in given) \
+                else Column(None, np.full(n, MISSING, dtype=np.int64))
+        table = Table([{} for _ in range(n)], Path.cwd(), "request", restrict=False)
+        return EncodedTable(table, columns, {})
 
     def batch(self, data: EncodedTable, rows: np.ndarray, train: bool = False,
               generator: torch.Generator | None = None) -> tuple[dict, dict]:

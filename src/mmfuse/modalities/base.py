@@ -12,6 +12,7 @@ and the model masks the input out for that row (or gives it a learned placeholde
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,12 @@ class Preprocessor:
     def encode(self, table: Table) -> Column:
         """Encode the column of ``table`` (decode files, tokenize text) into a Column."""
         raise NotImplementedError
+
+    def column_of(self, values: list[Any]) -> Column:
+        """Encode values given directly rather than read from a table (the server's rows): the
+        raw values (text), or for file inputs what :meth:`decode` returned; None is missing."""
+        return self.encode(Table([{self.column: v} for v in values], Path.cwd(), "request",
+                                 restrict=False))
 
     def tensors(self, items: Any, train: bool, generator: torch.Generator) -> dict:
         """Turn a selection of unique items into the encoder's keyword arguments."""

@@ -18,7 +18,7 @@ from ..data.cache import cache_key, cached_arrays
 from ..data.table import Table, resolve_file
 from ..errors import DataError
 from ..training.threads import available_cpus
-from .base import Column, Preprocessor, unique_values
+from .base import MISSING, Column, Preprocessor, unique_values
 
 
 class UnreadableFile(Exception):
@@ -88,6 +88,15 @@ class FilePreprocessor(Preprocessor):
         arrays = cached_arrays(key, lambda: self._decode_all(table, unique, paths, first_row),
                                self.use_cache)
         return Column(self.unpack(arrays), index, is_file=True)
+
+    def column_of(self, values: list[np.ndarray | None]) -> Column:
+        """The column of already decoded files (one per row; None where the row misses the
+        input), stacked exactly as :meth:`encode` stacks the decoded files of a table."""
+        present = [v for v in values if v is not None]
+        index = np.full(len(values), MISSING, dtype=np.int64)
+        index[[i for i, v in enumerate(values) if v is not None]] = np.arange(len(present))
+        items = self.unpack(self.stack(present)) if present else None
+        return Column(items, index, is_file=True)
 
     def _decode_all(self, table: Table, values: list[str], paths: list[Path],
                     first_row: dict[str, int]) -> tuple[np.ndarray, ...]:

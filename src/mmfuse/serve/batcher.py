@@ -1,0 +1,185 @@
+"""Dynamic batching: requests that arrive close together share one forward pass.
+
+Each request is checked and decoded on its own (in a worker thread), then queued as a *job* of
+one or more rows. A single batching task takes the oldest job and keeps adding queued jobs until
+the batch holds ``max_batch_size`` rows or ``max_wait_ms`` has passed since it started, then runs
+the forward pass in a dedicated thread while the next batch gathers. It only waits while other
+requests are still being decoded: a lone request is not held back for company that is not
+coming, so a quiet server answers as fast as the plain pipeline.
+
+The queue is bounded (:class:`Overloaded`, answered 429) and every request has a deadline
+(:class:`TimedOut`, answered 503); a job whose client gave up is skipped, not computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from .inputs import Prepared
+
+log = logging.getLogger("mmfuse.serve")
+
+
+class Overloaded(Exception):
+    """The queue is full; the client should retry later (429)."""
+
+
+class TimedOut(Exception):
+    """The request did not finish within its deadline (503)."""
+
+
+@dataclass
+class _Job:
+    prepared: Prepared
+    future: asyncio.Future
+    queued_at: float = field(default_factory=time.perf_counter)
+    abandoned: bool = False
+
+
+RunBatch = Callable[[list[Prepared]], list[list[dict]]]
+Observe = Callable[[int, list[float]], None]  # rows in a batch, queue wait of each job
+
+
+class DynamicBatcher:
+    """Groups queued jobs into batches of at most ``max_batch_size`` rows.
+
+    Args:
+        run: computes the outputs of a list of jobs in one forward pass (in a worker thread);
+            returns one list of row outputs per job.
+        max_batch_size: rows per forward pass (a single larger job runs alone).
+        max_wait_ms: longest a batch waits for more jobs once it has one.
+        max_queue: requests admitted (being decoded or queued) before new ones get 429.
+        observe: called after each batch with its rows and its jobs' queue waits (metrics).
+    """
+
+    def __init__(self, run: RunBatch, max_batch_size: int = 32, max_wait_ms: float = 5.0,
+                 max_queue: int = 256, observe: Observe | None = None) -> None:
+        self.run = run
+        self.max_batch_size = max_batch_size
+        self.max_wait = max_wait_ms / 1000
+        self.max_queue = max_queue
+        self.observe = observe
+        self._queue: asyncio.Queue[_Job] | None = None
+        self._carry: _Job | None = None  # a job that did not fit in the previous batch
+        self._preparing = 0
+        self._task: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfuse-forward")
+
+    @property
+    def pending(self) -> int:
+        """Requests admitted and not yet in a batch."""
+        queued = self._queue.qsize() if self._queue is not None else 0
+        return self._preparing + queued + (self._carry is not None)
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._task = asyncio.create_task(self._loop(), name="mmfuse-batcher")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._queue is not None and not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(TimedOut("the server is shutting down"))
+        self._executor.shutdown(wait=True)
+
+    @contextlib.contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold a place while a request is decoded, or raise :class:`Overloaded` when full.
+
+        The batcher counts admitted requests, so it knows more rows are on their way."""
+        if self.pending >= self.max_queue:
+            raise Overloaded(f"{self.pending} requests are waiting (the limit is "
+                             f"{self.max_queue}); retry shortly")
+        self._preparing += 1
+        try:
+            yield
+        finally:
+            self._preparing -= 1
+
+    async def submit(self, prepared: Prepared, timeout: float) -> list[dict]:
+        """Queue a decoded request and wait for its outputs (one dict per row)."""
+        if self._queue is None:
+            raise RuntimeError("the batcher is not started")
+        future = asyncio.get_running_loop().create_future()
+        job = _Job(prepared, future)
+        self._queue.put_nowait(job)
+        try:
+            return await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
+        except TimeoutError:
+            job.abandoned = True
+            raise TimedOut(f"no answer within {timeout:.1f} s; the server is busy, "
+                           "retry shortly") from None
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            batch = [j for j in batch if not j.abandoned and not j.future.done()]
+            if not batch:
+                continue
+            started = time.perf_counter()
+            waits = [started - j.queued_at for j in batch]
+            results = await loop.run_in_executor(self._executor, self._run_safely,
+                                                 [j.prepared for j in batch])
+            for job, result in zip(batch, results, strict=True):
+                if job.future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    job.future.set_exception(result)
+                else:
+                    job.future.set_result(result)
+            if self.observe is not None:
+                self.observe(sum(j.prepared.rows for j in batch), waits)
+
+    async def _gather(self) -> list[_Job]:
+        """The next batch: the oldest job plus whatever arrives within the wait."""
+        assert self._queue is not None
+        first = self._carry or await self._queue.get()
+        self._carry = None
+        batch, rows = [first], first.prepared.rows
+        deadline = time.perf_counter() + self.max_wait
+        while rows < self.max_batch_size:
+            if self._queue.empty():
+                remaining = deadline - time.perf_counter()
+                if self._preparing == 0 or remaining <= 0:
+                    break  # nothing else is on its way, or waited long enough
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), remaining)
+                except TimeoutError:
+                    break
+            else:
+                job = self._queue.get_nowait()
+            if rows + job.prepared.rows > self.max_batch_size:
+                self._carry = job
+                break
+            batch.append(job)
+            rows += job.prepared.rows
+        return batch
+
+    def _run_safely(self, jobs: list[Prepared]) -> list[Any]:
+        """Run a batch; if it fails, run its jobs one by one so one bad job fails alone."""
+        try:
+            return self.run(jobs)
+        except Exception:
+            if len(jobs) == 1:
+                log.exception("the forward pass failed")
+                return [RuntimeError("the model failed on this request")]
+        results: list[Any] = []
+        for job in jobs:
+            try:
+                results.append(self.run([job])[0])
+            except Exception:
+                log.exception("the forward pass failed")
+                results.append(RuntimeError("the model failed on this request"))
+        return results

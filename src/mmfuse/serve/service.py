@@ -1,0 +1,69 @@
+"""The model behind the server: describe it, and run batches of decoded requests.
+
+A :class:`Service` holds a loaded :class:`~mmfuse.api.Model` (PyTorch, or an ONNX export run
+by onnxruntime) and runs the same pipeline as ``mmfuse predict``: the rows of all jobs in a
+batch are encoded together (:meth:`Pipeline.encode_values`), run through the model, and
+postprocessed into ``{output: {"prediction": ..., "probabilities": {...}}}`` per row.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..api import Model
+from .inputs import Limits, Prepared, RowChecker
+
+
+class Service:
+    """A loaded model with its request checker."""
+
+    def __init__(self, model: Model, limits: Limits, runtime: str = "torch",
+                 source: str = "") -> None:
+        self.model = model
+        self.limits = limits
+        self.runtime = runtime
+        self.source = source
+        self.checker = RowChecker(model.config, model.pipeline, limits)
+
+    def prepare(self, rows: list[dict], prefix: str = "") -> Prepared:
+        """Check and decode request rows (runs in a worker thread)."""
+        started = time.perf_counter()
+        prepared = self.checker.prepare(rows, prefix)
+        prepared.seconds = time.perf_counter() - started
+        return prepared
+
+    def run(self, jobs: list[Prepared]) -> list[list[dict]]:
+        """Outputs of every row of every job, from one forward pass over all their rows."""
+        pipeline = self.model.pipeline
+        names = list(pipeline.inputs)
+        values = {name: [v for job in jobs for v in job.values[name]] for name in names}
+        total = sum(job.rows for job in jobs)
+        outputs = pipeline.postprocess(pipeline.logits(pipeline.encode_values(values),
+                                                       batch_size=max(1, total)))
+        results, start = [], 0
+        for job in jobs:
+            results.append(outputs[start:start + job.rows])
+            start += job.rows
+        return results
+
+    def describe(self) -> dict:
+        """``GET /v1/model``: inputs with their types and limits, outputs with their labels."""
+        config = self.model.config
+        inputs = []
+        for spec in config.inputs:
+            entry = {"name": spec.name, "type": spec.type, "encoder": spec.encoder["type"],
+                     "required": spec.name not in self.checker.optional}
+            if spec.type == "text":
+                entry["max_chars"] = self.limits.max_text_chars
+            elif spec.type == "image":
+                entry["max_pixels"] = self.limits.max_image_pixels
+            else:
+                entry["max_seconds"] = self.limits.max_media_seconds
+            inputs.append(entry)
+        outputs = [{"name": o.name, "type": o.type,
+                    "labels": list(self.model.pipeline.outputs[o.name].labels)}
+                   for o in config.outputs]
+        return {"source": self.source, "runtime": self.runtime, "inputs": inputs,
+                "outputs": outputs,
+                "limits": {"max_body_bytes": self.limits.max_body_bytes,
+                           "max_batch_rows": self.limits.max_batch_rows}}
