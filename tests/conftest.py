@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 from pathlib import Path
 
@@ -93,3 +94,39 @@ def shapes_qa(tmp_path_factory) -> dict[str, Path]:
         out[f"{lang}_train"] = make_shapes_qa(folder, TRAIN_IMAGES, lang, seed=1, name="train.csv")
         out[f"{lang}_test"] = make_shapes_qa(folder, 40, lang, seed=2, name="test.csv")
     return out
+
+
+@pytest.fixture(scope="session")
+def served_run(tmp_path_factory) -> dict[str, Path]:
+    """A run directory trained briefly on a shapes table (for the server tests)."""
+    import mmfuse
+
+    folder = tmp_path_factory.mktemp("served")
+    train = make_shapes_qa(folder / "data", 200, "en", seed=1, name="train.csv")
+    test = make_shapes_qa(folder / "data", 20, "en", seed=2, name="test.csv")
+    config = copy.deepcopy(MINIMAL)
+    config["training"]["epochs"] = 6
+    mmfuse.Model.from_config(config).fit(train, out=folder / "run")
+    return {"run": folder / "run", "data": folder / "data", "train": train, "test": test}
+
+
+@pytest.fixture
+def client(served_run):
+    """An in-process client of the app serving ``served_run`` (lifespan included)."""
+    pytest.importorskip("fastapi", reason="the serve extra is not installed")
+    from starlette.testclient import TestClient
+
+    from mmfuse.serve import create_app, load_service
+
+    with TestClient(create_app(load_service(served_run["run"]))) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="module")
+def live_server(served_run):
+    """The base URL of a real ``mmfuse serve`` process on a free loopback port."""
+    from serving import start_server, stop_server
+
+    process, url = start_server([str(served_run["run"])])
+    yield url
+    stop_server(process)

@@ -184,7 +184,7 @@ def serve(
     settings = ServeSettings(max_batch_size, max_wait_ms, max_queue, timeout, api_key, limits)
     err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
               f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
-              + ("; API key required" if api_key else ""))
+              + ("; API key required" if api_key else ""), soft_wrap=True)
     run_server(run_dir, host, port, runtime, settings)
 
 

@@ -237,7 +237,7 @@ async def read_form(request: Request, limits: Limits) -> dict:
     try:
         form = await request.form(max_files=64, max_fields=256,
                                   max_part_size=limits.max_body_bytes)
-    except StarletteHTTPException:
+    except (StarletteHTTPException, _BodyTooLarge):
         raise
     except Exception as exc:  # python-multipart's parse errors
         raise RequestError(400, None, f"malformed form data: {exc}") from None

@@ -1,0 +1,115 @@
+"""A real ``mmfuse serve`` process (uvicorn) on a free loopback port, driven over TCP."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlparse
+
+import pytest
+
+from test_cli import run
+
+httpx = pytest.importorskip("httpx")
+
+COLOUR_Q, SHAPE_Q = "What colour is the shape?", "Which shape is in the picture?"
+
+
+def test_concurrent_load_gives_predict_outputs_and_no_5xx(live_server, served_run):
+    """Hundreds of requests from 16 threads, a third of them malformed: every valid one gets
+    exactly the Python API's answer, every bad one a 4xx, none a 5xx; requests share batches."""
+    import mmfuse
+
+    images = sorted((served_run["data"] / "img").glob("test_*.png"))
+    questions = (COLOUR_Q, SHAPE_Q)
+    model = mmfuse.Model.load(served_run["run"])
+    expected = {(p.name, q): model.predict([{"image": str(p), "question": q}])[0]
+                for p in images for q in questions}
+    bad_bodies = [
+        {"files": {"image": ("x.png", b"not an image")}, "data": {"question": COLOUR_Q}},
+        {"data": {"question": COLOUR_Q}},
+        {"files": {"image": ("x.png", images[0].read_bytes())},
+         "data": {"question": COLOUR_Q, "extra": "1"}},
+    ]
+
+    def call(i: int) -> tuple[int, object, int]:
+        with httpx.Client(base_url=live_server, timeout=30) as client:
+            if i % 3 == 2:
+                response = client.post("/v1/predict", **bad_bodies[i % len(bad_bodies)])
+                return i, None, response.status_code
+            image, question = images[i % len(images)], questions[(i // 3) % 2]
+            response = client.post("/v1/predict", data={"question": question},
+                                   files={"image": (image.name, image.read_bytes())})
+            got = response.json()["outputs"] if response.status_code == 200 else response.text
+            return i, ((image.name, question), got), response.status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(call, range(480)))
+    statuses = [s for _, _, s in results]
+    assert not [s for s in statuses if s >= 500], statuses
+    for _, answer, status in results:
+        if answer is None:
+            assert 400 <= status < 500
+            continue
+        key, got = answer
+        assert status == 200, got
+        assert got["answer"]["prediction"] == expected[key]["answer"]["prediction"]
+        for label, p in expected[key]["answer"]["probabilities"].items():
+            assert got["answer"]["probabilities"][label] == pytest.approx(p, abs=2e-6)
+    metrics = httpx.get(live_server + "/metrics").text
+    count = float(metrics.split("mmfuse_batch_rows_count ")[1].split()[0])
+    rows = float(metrics.split("mmfuse_batch_rows_sum ")[1].split()[0])
+    assert rows == 320 and count < rows, "concurrent requests were batched together"
+
+
+def test_batch_endpoint_over_tcp(live_server, served_run):
+    image = served_run["data"] / "img/test_0001.png"
+    row = {"image": base64.b64encode(image.read_bytes()).decode(), "question": SHAPE_Q}
+    response = httpx.post(live_server + "/v1/predict/batch", json={"rows": [row] * 5},
+                          timeout=30)
+    assert response.status_code == 200
+    assert len(response.json()["rows"]) == 5
+
+
+def raw(url: str, payload: bytes, read: bool = True) -> bytes:
+    parsed = urlparse(url)
+    with socket.create_connection((parsed.hostname, parsed.port), timeout=10) as sock:
+        sock.sendall(payload)
+        if not read:
+            return b""
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def test_garbage_and_abandoned_uploads_do_not_hurt_the_server(live_server):
+    assert raw(live_server, b"NOT HTTP AT ALL\r\n\r\n").startswith(b"HTTP/1.1 400")
+    # a client that promises 1 MB and hangs up after a few bytes
+    raw(live_server, b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data;"
+        b" boundary=B\r\nContent-Length: 1000000\r\n\r\n--B\r\nContent-Disp", read=False)
+    lying = raw(live_server, b"POST /v1/predict/batch HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{\"rows\": []}")
+    assert b" 400 " in lying.split(b"\r\n")[0] or b" 422 " in lying.split(b"\r\n")[0]
+    assert httpx.get(live_server + "/health").json()["status"] == "ok"
+
+
+def test_serve_refuses_a_folder_without_a_model(tmp_path):
+    result = run("serve", tmp_path, "--port", "0", check=False)
+    assert result.returncode == 2 and "no model bundle" in result.stderr
+    result = run("serve", tmp_path, "--runtime", "onnx", check=False)
+    assert result.returncode == 2 and "mmfuse export" in result.stderr
+
+
+def test_default_bind_is_loopback_and_shutdown_is_clean(served_run):
+    from serving import start_server, stop_server
+
+    process, url = start_server([str(served_run["run"]), "--api-key", "k"])
+    assert url.startswith("http://127.0.0.1:")
+    assert httpx.get(url + "/v1/model").status_code == 401
+    assert httpx.get(url + "/v1/model", headers={"Authorization": "Bearer k"}).status_code == 200
+    log = stop_server(process)
+    assert process.returncode == 0, log
+    assert "http://127.0.0.1:" in log and "API key required" in log
