@@ -10,6 +10,13 @@ $(STAMP): pyproject.toml Makefile
 	# espeak-ng synthesises the speech of the av-digits dataset (Debian package).
 	command -v espeak-ng >/dev/null || (apt-get update -q && apt-get install -y -q espeak-ng) \
 		|| (sudo apt-get update -q && sudo apt-get install -y -q espeak-ng)
+	# chromium-headless-shell is the browser that the web page's test (tests/test_serve_page.py)
+	# drives through Playwright (Debian package; nothing is downloaded by Playwright itself).
+	test -x /usr/lib/chromium/chromium-headless-shell \
+		|| (apt-get update -q && apt-get install -y -q --no-install-recommends \
+			chromium-headless-shell) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q --no-install-recommends \
+			chromium-headless-shell)
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The CPU wheel of torch 2.13.0 comes first so that nothing else pulls a CUDA build.
