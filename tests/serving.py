@@ -24,7 +24,8 @@ def start_server(args: list[str], timeout: float = 60.0) -> tuple[subprocess.Pop
     process = subprocess.Popen(
         [sys.executable, "-m", "mmfuse.cli", "serve", *args, "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        env={**{k: v for k, v in os.environ.items() if k != "MMFUSE_API_KEY"},  # args decide
+             "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
