@@ -10,6 +10,7 @@ off by default: a flip would change the answer to "is X on the left?".
 from __future__ import annotations
 
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -30,8 +31,9 @@ def output_size(options: ImageOptions) -> tuple[int, int]:
     return _pair(options.crop if options.crop is not None else options.size)
 
 
-def load_image(path: Path, options: ImageOptions) -> np.ndarray:
-    """Decode one image file to uint8 ``[H, W, 3]`` after resizing and optional centre crop.
+def load_image(path: Path | BinaryIO, options: ImageOptions) -> np.ndarray:
+    """Decode one image (a file, or its bytes in a file object) to uint8 ``[H, W, 3]`` after
+    resizing and optional centre crop.
 
     Raises:
         OSError, UnidentifiedImageError: the file is missing or not an image.
@@ -81,7 +83,7 @@ class ImagePreprocessor(FilePreprocessor):
     def settings(self) -> dict:
         return {"size": _pair(self.options.size), "crop": self.options.crop}
 
-    def decode(self, path: Path) -> np.ndarray:
+    def decode(self, path: Path | BinaryIO) -> np.ndarray:
         try:
             return load_image(path, self.options)
         except (OSError, UnidentifiedImageError, ValueError) as exc:

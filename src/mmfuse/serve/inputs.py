@@ -80,17 +80,15 @@ class RowChecker:
             RequestError: the first problem found, naming its field.
         """
         values: dict[str, list[Any]] = {name: [] for name in self.types}
-        with tempfile.TemporaryDirectory(prefix="mmfuse-request-") as folder:
-            for r, row in enumerate(rows):
-                where = prefix.format(r=r)
-                self._check_fields(row, where)
-                for name, kind in self.types.items():
-                    value = row.get(name)
-                    if kind == "text":
-                        values[name].append(self._text(value, where + name))
-                    else:
-                        values[name].append(self._file(value, name, where + name,
-                                                       Path(folder) / f"{r}-{name}"))
+        for r, row in enumerate(rows):
+            where = prefix.format(r=r)
+            self._check_fields(row, where)
+            for name, kind in self.types.items():
+                value = row.get(name)
+                if kind == "text":
+                    values[name].append(self._text(value, where + name))
+                else:
+                    values[name].append(self._file(value, name, where + name))
         return Prepared(values, len(rows))
 
     def _check_fields(self, row: dict[str, Any], where: str) -> None:
@@ -120,21 +118,29 @@ class RowChecker:
                                f"limit of {self.limits.max_text_chars}; shorten it")
         return value if value.strip() else None  # an empty cell is a missing input
 
-    def _file(self, value: Any, name: str, field_name: str, path: Path) -> Any:
+    def _file(self, value: Any, name: str, field_name: str) -> Any:
         kind = self.types[name]
         if value is None or value == b"":
             return None
         if not isinstance(value, bytes):
             raise RequestError(422, field_name, f"expected an uploaded {kind} file for "
                                f"{field_name!r}, got {type(value).__name__}")
-        path.write_bytes(value)
-        if kind == "image":
-            self._check_image(value, field_name)
-        else:
-            self._check_media(path, field_name, kind)
         prep: FilePreprocessor = self.pipeline.inputs[name]
+        if kind == "image":  # Pillow decodes from memory
+            self._check_image(value, field_name)
+            return self._decode(prep, io.BytesIO(value), field_name, kind)
+        with tempfile.NamedTemporaryFile(prefix="mmfuse-upload-") as upload:
+            upload.write(value)  # FFmpeg and libsndfile probe a file on disk
+            upload.flush()
+            path = Path(upload.name)
+            self._check_media(path, field_name, kind)
+            return self._decode(prep, path, field_name, kind)
+
+    @staticmethod
+    def _decode(prep: FilePreprocessor, source: Path | io.BytesIO, field_name: str,
+                kind: str) -> Any:
         try:
-            return prep.decode(path)
+            return prep.decode(source)
         except UnreadableFile as exc:
             raise RequestError(422, field_name, f"not a readable {kind} file: "
                                f"{str(exc).splitlines()[0]}") from None
