@@ -5,6 +5,8 @@ A bundle is a folder holding ``config.json`` (the fully resolved config), ``prep
 (format version, mmfuse version, sha256 and size of each file). Loading checks every hash before
 reading anything. Saving writes a complete new folder beside the target and swaps it in with
 renames, so a crash mid-save never leaves a bundle that loads with wrong contents.
+
+The manifest and atomic-folder helpers are shared with the ONNX export (``mmfuse.export``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -22,6 +26,7 @@ from .errors import BundleError
 
 FORMAT_VERSION = 1
 FILES = ("config.json", "preprocessors.json", "model.safetensors")
+ONNX_FORMAT = "mmfuse-onnx"  # the manifest "format" of an ONNX export (mmfuse.export)
 
 
 def sha256(path: Path) -> str:
@@ -40,6 +45,38 @@ def _write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def write_json(path: Path, data, indent: int | None = 2) -> None:
+    """Write ``data`` as UTF-8 JSON and flush it to disk."""
+    _write(path, json.dumps(data, indent=indent, ensure_ascii=False).encode())
+
+
+def file_entries(folder: Path, names: Iterable[str]) -> dict[str, dict]:
+    """The manifest's ``files``: ``{name: {"sha256", "bytes"}}`` of the files in ``folder``."""
+    return {name: {"sha256": sha256(folder / name), "bytes": (folder / name).stat().st_size}
+            for name in names}
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A fresh temporary folder beside ``target`` to fill; when the block ends without an error
+    it replaces ``target`` (renames, so readers never see a half-written folder), and on an
+    error ``target`` is left as it was."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_bundle(directory: str | Path, config: dict, preprocessors: dict,
                 state_dict: dict[str, torch.Tensor]) -> Path:
     """Write a bundle to ``directory`` atomically (replacing any bundle there)."""
@@ -48,27 +85,17 @@ def save_bundle(directory: str | Path, config: dict, preprocessors: dict,
     from . import __version__
 
     target = Path(directory)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    _write(tmp / "config.json", json.dumps(config, indent=2, ensure_ascii=False).encode())
-    _write(tmp / "preprocessors.json", json.dumps(preprocessors, ensure_ascii=False).encode())
-    tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp / "model.safetensors"))
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "mmfuse_version": __version__,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "files": {name: {"sha256": sha256(tmp / name), "bytes": (tmp / name).stat().st_size}
-                  for name in FILES},
-    }
-    _write(tmp / "manifest.json", json.dumps(manifest, indent=2).encode())
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    with atomic_folder(target) as tmp:
+        write_json(tmp / "config.json", config)
+        write_json(tmp / "preprocessors.json", preprocessors, indent=None)
+        tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp / "model.safetensors"))
+        write_json(tmp / "manifest.json", {
+            "format_version": FORMAT_VERSION,
+            "mmfuse_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "files": file_entries(tmp, FILES),
+        })
     return target
 
 
@@ -82,34 +109,64 @@ def find_bundle(path: str | Path) -> Path:
                       f"{str(path / 'model')!r}; pass the RUN_DIR that 'mmfuse train --out' wrote")
 
 
+def read_manifest(folder: Path, newest: int, what: str = "bundle") -> dict:
+    """The manifest of ``folder`` (a ``what``), whose ``format_version`` is at most ``newest``.
+
+    Raises:
+        BundleError: the manifest is not valid JSON or lacks ``files`` / ``format_version``,
+            or its format is newer than this mmfuse reads.
+    """
+    try:
+        manifest = json.loads((folder / "manifest.json").read_text())
+        files, version = manifest["files"], manifest["format_version"]
+        if not isinstance(files, dict) or not isinstance(version, int):
+            raise TypeError("'files' must be an object and 'format_version' an integer")
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+        raise BundleError(f"{folder}/manifest.json is damaged ({exc}); save (or export) the "
+                          "model again") from None
+    if version > newest:
+        raise BundleError(f"{folder}: {what} format {version} is newer than this mmfuse reads "
+                          f"({newest}); upgrade mmfuse")
+    return manifest
+
+
+def check_files(folder: Path, manifest: dict, names: Iterable[str], what: str,
+                remedy: str) -> None:
+    """Check that each of ``names`` is in ``folder`` with the sha256 the manifest records.
+
+    Raises:
+        BundleError: a file is missing, or differs from the manifest (``remedy`` says what to
+            do about it).
+    """
+    files = manifest["files"]
+    for name in names:
+        file = folder / name
+        if not file.is_file():
+            raise BundleError(f"{folder}: {name} is missing; the {what} is incomplete")
+        entry = files.get(name)
+        if not isinstance(entry, dict) or sha256(file) != entry.get("sha256"):
+            raise BundleError(
+                f"{file} does not match the sha256 in manifest.json: the file was altered or "
+                f"corrupted after saving. Refusing to load it; {remedy}."
+            )
+
+
 def load_bundle(path: str | Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     """Verify and read a bundle: ``(config, preprocessors, state_dict)``.
 
     Raises:
         BundleError: a file is missing, or its sha256 differs from the manifest (altered or
-            corrupted), or the format version is newer than this mmfuse understands.
+            corrupted), or the format version is newer than this mmfuse understands, or the
+            folder is an ONNX export rather than a bundle.
     """
     from safetensors.torch import load_file
 
     folder = find_bundle(path)
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text())
-        files = manifest["files"]
-        version = manifest["format_version"]
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise BundleError(f"{folder}/manifest.json is damaged ({exc}); re-save the model") from None
-    if version > FORMAT_VERSION:
-        raise BundleError(f"{folder}: bundle format {version} is newer than this mmfuse reads "
-                          f"({FORMAT_VERSION}); upgrade mmfuse")
-    for name in FILES:
-        file = folder / name
-        if not file.is_file():
-            raise BundleError(f"{folder}: {name} is missing; the bundle is incomplete")
-        if name not in files or sha256(file) != files[name]["sha256"]:
-            raise BundleError(
-                f"{file} does not match the sha256 in manifest.json: the file was altered or "
-                "corrupted after saving. Refusing to load it; restore the bundle or retrain."
-            )
+    manifest = read_manifest(folder, FORMAT_VERSION)
+    if manifest.get("format") == ONNX_FORMAT:
+        raise BundleError(f"{folder} is an ONNX export, not a model bundle; load it with "
+                          "mmfuse.export.load_exported, or pass the run it was exported from")
+    check_files(folder, manifest, FILES, "bundle", "restore the bundle or retrain")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     preprocessors = json.loads((folder / "preprocessors.json").read_text(encoding="utf-8"))
     return config, preprocessors, load_file(str(folder / "model.safetensors"))
