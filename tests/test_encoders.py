@@ -218,6 +218,27 @@ def test_rnn_pooled_is_the_state_at_the_last_real_token():
     torch.testing.assert_close(features.pooled, features.tokens[torch.arange(BATCH), last])
 
 
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", [nn.GRU, nn.LSTM])
+def test_final_states_are_the_rnn_final_hidden_state(cell, bidirectional):
+    """The pooled 'last' state read off the outputs equals h_n, bit for bit."""
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from mmfuse.encoders.rnn import final_states
+
+    torch.manual_seed(0)
+    rnn = cell(4, 5, num_layers=2, batch_first=True, bidirectional=bidirectional)
+    lengths = torch.tensor(LENGTHS)
+    packed = pack_padded_sequence(torch.randn(BATCH, WIDTH, 4), lengths, batch_first=True,
+                                  enforce_sorted=False)
+    with torch.no_grad():
+        out, state = rnn(packed)
+    tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=WIDTH)
+    hidden = state[0] if isinstance(state, tuple) else state
+    dirs = 2 if bidirectional else 1
+    assert torch.equal(final_states(tokens, lengths, dirs), torch.cat(list(hidden[-dirs:]), -1))
+
+
 def test_cnn_tokens_carry_2d_coordinates():
     encoder = ENCODERS.get("cnn").builder(
         ENCODERS.get("cnn").options.model_validate({"channels": [4], "dim": 8}),

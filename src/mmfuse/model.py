@@ -10,7 +10,8 @@ from .encoders.base import Placeholder, expand_rows
 from .registry import ENCODERS, FUSIONS, HEADS
 
 
-def _build(registry, spec: dict, *args):
+def build_component(registry, spec: dict, *args):
+    """The registered component ``spec["type"]``, built with its validated options."""
     entry = registry.get(spec["type"])
     options = entry.options.model_validate({k: v for k, v in spec.items() if k != "type"})
     return entry.builder(options, *args)
@@ -29,7 +30,8 @@ class MultimodalModel(nn.Module):
                  output_labels: dict[str, list[str]]) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(
-            {i.name: _build(ENCODERS, i.encoder, input_specs[i.name]) for i in config.inputs}
+            {i.name: build_component(ENCODERS, i.encoder, input_specs[i.name])
+             for i in config.inputs}
         )
         self.placeholders = nn.ModuleDict(
             {i.name: Placeholder(self.encoders[i.name].token_dim,
@@ -40,9 +42,9 @@ class MultimodalModel(nn.Module):
                        "film_channels": getattr(enc, "film_channels", None),
                        "token_positions": getattr(enc, "token_positions", False)}
                 for name, enc in self.encoders.items()}
-        self.fusion = _build(FUSIONS, config.fusion, dims)
+        self.fusion = build_component(FUSIONS, config.fusion, dims)
         self.heads = nn.ModuleDict(
-            {o.name: _build(HEADS, o.head, self.fusion.out_dim, output_labels[o.name])
+            {o.name: build_component(HEADS, o.head, self.fusion.out_dim, output_labels[o.name])
              for o in config.outputs}
         )
 
@@ -69,6 +71,8 @@ class MultimodalModel(nn.Module):
     def _modulated(self, tensors: dict, source, target: str):
         """The FiLM target encoded per row, each row modulated by its own source features;
         rows that miss the target are masked out."""
+        if torch.onnx.is_in_onnx_export():
+            return self._modulated_dense(tensors, source, target)
         index = tensors["index"]
         present = index >= 0
         if not bool(present.any()):
@@ -80,6 +84,17 @@ class MultimodalModel(nn.Module):
         order = torch.full_like(index, -1)
         order[present] = torch.arange(len(rows), device=index.device)
         return self._expand(target, items, order)
+
+    def _modulated_dense(self, tensors: dict, source, target: str):
+        """:meth:`_modulated` without shapes that depend on tensor values, for an exported graph:
+        every row is encoded (a row without the target borrows item 0, and is masked out), so
+        the rows that have the target get the same features. Not for training: the borrowed
+        items would reach batch norm's statistics."""
+        index = tensors["index"]
+        per_row = {k: v[index.clamp(min=0)] for k, v in tensors.items() if k != "index"}
+        items = self.encoders[target](**per_row, film=self.fusion.modulation(source))
+        rows = torch.arange(index.shape[0], device=index.device)
+        return self._expand(target, items, torch.where(index >= 0, rows, -1))
 
     def _expand(self, name: str, items, index: torch.Tensor):
         """Features of the unique items back to rows; missing rows (index -1) are masked out,

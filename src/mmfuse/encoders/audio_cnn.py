@@ -69,4 +69,4 @@ class AudioCNNEncoder(nn.Module):
         steps = torch.arange(tokens.shape[1], device=tokens.device)
         token_mask = steps.unsqueeze(0) < lengths.clamp(min=1).unsqueeze(1)
         pooled = (masked_mean if self.pool == "mean" else masked_max)(tokens, token_mask)
-        return Features(tokens, token_mask, pooled, all_present(len(tokens), tokens.device))
+        return Features(tokens, token_mask, pooled, all_present(tokens.shape[0], tokens.device))

@@ -58,13 +58,14 @@ def expand_rows(features: Features | None, index: torch.Tensor, token_dim: int,
         mask = torch.ones(batch, 1, dtype=torch.bool, device=index.device)
         return Features(tokens, mask, torch.zeros(batch, pooled_dim, device=index.device),
                         present)
+    # No shortcut for a batch where every row has the input: a branch on tensor values would
+    # be frozen into an exported graph, and the masking below leaves such a batch unchanged.
     rows = features.select(index.clamp(min=0))
-    if bool(present.all()):
-        return rows
     tokens = rows.tokens * present.view(-1, 1, 1)
     first = torch.zeros_like(rows.mask)
     first[:, 0] = True  # a missing row keeps one (zero) token, so token pools stay defined
-    mask = torch.where(present.unsqueeze(-1), rows.mask, first)
+    here = present.unsqueeze(-1)
+    mask = (rows.mask & here) | (first & ~here)  # a bool where(); onnxruntime has none
     pooled = rows.pooled * present.unsqueeze(-1)
     return Features(tokens, mask, pooled, present & rows.present)
 
@@ -84,9 +85,7 @@ class Placeholder(nn.Module):
 
     def forward(self, features: Features) -> Features:
         """``features`` from :func:`expand_rows`, with the absent rows filled in."""
-        absent = ~features.present
-        if not bool(absent.any()):
-            return features
+        absent = ~features.present  # no early return when none is absent (see expand_rows)
         tokens = torch.where(absent.view(-1, 1, 1), self.token, features.tokens)
         pooled = torch.where(absent.unsqueeze(-1), self.pooled, features.pooled)
         present = torch.ones_like(features.present)

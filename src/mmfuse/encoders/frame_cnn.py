@@ -22,6 +22,7 @@ from ..errors import ConfigError
 from ..registry import ENCODERS
 from .base import Features, all_present, masked_mean
 from .cnn import CNNEncoder, CNNOptions
+from .rnn import final_states
 
 
 class FrameCNNOptions(CNNOptions):
@@ -67,12 +68,12 @@ class FrameCNNEncoder(nn.Module):
         if self.temporal == "mean":
             tokens, pooled = vectors, masked_mean(vectors, mask)
         elif self.temporal == "gru":
-            lengths = mask.sum(1).clamp(min=1).cpu()
-            packed = pack_padded_sequence(vectors, lengths, batch_first=True,
+            lengths = mask.sum(1).clamp(min=1)
+            packed = pack_padded_sequence(vectors, lengths.cpu(), batch_first=True,
                                           enforce_sorted=False)
-            out, hidden = self.rnn(packed)
+            out, _ = self.rnn(packed)
             tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=frames)
-            pooled = hidden[-1]
+            pooled = final_states(tokens, lengths)
         else:
             tokens = self.attend(vectors + self.position[:frames], src_key_padding_mask=~mask)
             pooled = masked_mean(tokens, mask)

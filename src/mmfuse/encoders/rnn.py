@@ -3,8 +3,8 @@
 
 Padding is packed away (``pack_padded_sequence``), so padded positions never change the final
 state. Tokens are the per-step states; the pooled vector is the final hidden state (both
-directions concatenated when bidirectional), or the mean or max of the real steps' states
-(``pool: max`` picks out key words such as a colour wherever they stand).
+directions concatenated when bidirectional; see :func:`final_states`), or the mean or max of
+the real steps' states (``pool: max`` picks out key words such as a colour wherever they stand).
 
 Shapes: ids ``[B, L]`` (or audio features ``[B, C, F, L]``), mask ``[B, L]`` ->
 tokens ``[B, L, H*dirs]``, pooled ``[B, H*dirs]``.
@@ -66,19 +66,35 @@ class RNNEncoder(nn.Module):
             steps = self.embed(features.flatten(1, 2).transpose(1, 2))
         else:
             steps = self.embed(ids)
-        lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(self.dropout(steps), lengths, batch_first=True,
+        lengths = mask.sum(1).clamp(min=1)
+        packed = pack_padded_sequence(self.dropout(steps), lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)
-        out, state = self.rnn(packed)
-        hidden = state[0] if isinstance(state, tuple) else state  # LSTM gives (h, c)
+        out, _ = self.rnn(packed)
         tokens, _ = pad_packed_sequence(out, batch_first=True, total_length=mask.shape[1])
         if self.pool == "last":
-            pooled = torch.cat(list(hidden[-self.dirs:]), dim=-1)
+            pooled = final_states(tokens, lengths, self.dirs)
         elif self.pool == "mean":
             pooled = masked_mean(tokens, mask)
         else:
             pooled = masked_max(tokens, mask)
         return Features(tokens, mask, pooled, all_present(mask.shape[0], mask.device))
+
+
+def final_states(tokens: torch.Tensor, lengths: torch.Tensor, directions: int = 1
+                 ) -> torch.Tensor:
+    """The last layer's final hidden state ``[B, H*dirs]``, read off its per-step states
+    ``tokens [B, L, H*dirs]``: the forward direction's at the last real step, the backward
+    direction's at step 0 (the same values as the RNN's ``h_n``).
+
+    Reading them off the outputs keeps the padded outputs in use, which torch's ONNX exporter
+    needs to turn a packed sequence into ONNX's GRU / LSTM with sequence lengths.
+    """
+    last = (lengths - 1).view(-1, 1, 1).expand(-1, 1, tokens.shape[-1])
+    final = tokens.gather(1, last).squeeze(1)
+    if directions == 1:
+        return final
+    width = tokens.shape[-1] // directions
+    return torch.cat([final[:, :width], tokens[:, 0, width:]], dim=-1)
 
 
 @ENCODERS.register("gru", RNNOptions)
