@@ -1,7 +1,8 @@
 """Serving benchmark: latency and throughput of ``mmfuse serve`` against the raw pipeline.
 
-Trains the Sort-of-CLEVR demo architecture (examples/sort_of_clevr.yaml) briefly on a small
-generated set (serving speed does not depend on accuracy), starts a real ``mmfuse serve``
+Trains a model (default: benchmarks/configs/serve_vqa.yaml, a mid-sized visual question
+answering model) briefly on a small generated Sort-of-CLEVR set (serving speed does not depend
+on accuracy), starts a real ``mmfuse serve``
 process on a free loopback port, and drives it with a keep-alive HTTP/1.1 load generator
 (asyncio sockets, pre-built multipart bodies, so the client costs little CPU) at concurrency
 1, 8 and 32, then with a mixed load in which a fifth of the requests are malformed. In the same
@@ -15,6 +16,7 @@ The load generator refuses any host but loopback and stops at a request count or
 
     python benchmarks/serve.py                 # writes benchmarks/results/serve.md and .json
     python benchmarks/serve.py --runtime onnx  # the same against the ONNX export
+    python benchmarks/serve.py --config examples/sort_of_clevr_best.yaml   # the demo's model
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ from common import RESULTS, command, machine, markdown_table  # noqa: E402
 
 from serving import start_server, stop_server  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -115,7 +118,7 @@ async def load(host: str, port: int, requests: list[bytes], concurrency: int,
             "statuses": dict(sorted(statuses.items()))}
 
 
-def prepare_run(work: Path, runtime: str) -> tuple[Path, Path]:
+def prepare_run(work: Path, runtime: str, config_path: Path) -> tuple[Path, Path]:
     """Generate a small Sort-of-CLEVR set, train the demo architecture briefly; the served
     folder (run or export) and the data folder."""
     import mmfuse
@@ -123,7 +126,7 @@ def prepare_run(work: Path, runtime: str) -> tuple[Path, Path]:
 
     data = work / "soc"
     generate_sort_of_clevr(data, n_train=400, n_test=50, seed=0)
-    config = yaml.safe_load((ROOT / "examples/sort_of_clevr.yaml").read_text())
+    config = yaml.safe_load(config_path.read_text())
     config = copy.deepcopy(config)
     config["training"].update(epochs=1, max_minutes=None, valid_fraction=0)
     mmfuse.Model.from_config(config).fit(data / "train.csv", out=work / "run")
@@ -166,6 +169,8 @@ def raw_pipeline(served: Path, runtime: str, rows: list[dict], repeats: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime", choices=["torch", "onnx"], default="torch")
+    parser.add_argument("--config", type=Path, default=HERE / "configs/serve_vqa.yaml",
+                        help="the model architecture to serve (trained briefly on Sort-of-CLEVR)")
     parser.add_argument("--requests", type=int, default=3000, help="requests at concurrency 32")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per level")
     parser.add_argument("--out", type=Path, default=None, help="results file (Markdown)")
@@ -173,7 +178,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="mmfuse-bench-serve-") as tmp:
         work = Path(tmp)
-        served, data = prepare_run(work, args.runtime)
+        served, data = prepare_run(work, args.runtime, args.config)
         import csv
 
         with (data / "test.csv").open() as f:
@@ -217,11 +222,15 @@ def main() -> None:
               "p50_c1_over_raw_single": c1["p50_ms"] / raw["single_ms"]}
     served_total = sum(r["requests"] for r in levels) + mixed["requests"]
     five_xx = sum(n for r in [*levels, mixed] for s, n in r["statuses"].items() if s >= 500)
+    config = args.config.resolve()
     result = {"runtime": args.runtime, "machine": machine(), "command": command(), "raw": raw,
+              "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
               "levels": levels, "mixed": mixed, "ratios": ratios,
               "requests": served_total, "5xx": five_xx}
-    out = args.out or RESULTS / ("serve.md" if args.runtime == "torch" else
-                                 f"serve_{args.runtime}.md")
+    default = args.runtime == "torch" and args.config.resolve() == (
+        HERE / "configs/serve_vqa.yaml").resolve()
+    out = args.out or RESULTS / ("serve.md" if default else
+                                 f"serve_{args.runtime}_{args.config.stem}.md")
     out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
     out.write_text(report(result))
     print(report(result))
@@ -243,11 +252,12 @@ def report(r: dict) -> str:
          f"**{ratios['p50_c1_over_raw_single']:.2f}**", "<= 1.5"]])
     return f"""# Serving benchmark ({r['runtime']} runtime)
 
-`{r['command']}` on {r['machine']}. The model is the Sort-of-CLEVR demo architecture
-(`examples/sort_of_clevr.yaml`: a 4-layer CNN on 75x75 images, a bag-of-words question, concat
-fusion, softmax), served by a real `mmfuse serve` process (uvicorn, `--max-batch-size 32
---max-wait-ms 5`) on loopback; the load generator runs in the benchmark process on the same
-2 cores, so the served figures include the client's cost.
+`{r['command']}` on {r['machine']}. The model is `{r['config']}`, trained for one epoch on a
+small generated Sort-of-CLEVR set (speed does not depend on accuracy), served by a real
+`mmfuse serve` process (uvicorn, `--runtime {r['runtime']} --max-batch-size 32 --max-wait-ms 5`)
+on loopback; the load generator runs in the benchmark process on the same 2 cores, so the served
+figures include the client's cost. Requests are multipart uploads of the test PNGs with their
+questions.
 
 Raw pipeline in-process, same run: a batch of 32 decoded rows (encode, forward, postprocess)
 takes {raw['batch32_ms']:.1f} ms = **{raw['batched_throughput']:.0f} rows/s**; one example from

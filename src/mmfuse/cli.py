@@ -163,6 +163,8 @@ def serve(
         envvar="MMFUSE_API_KEY", help="require 'Authorization: Bearer KEY' (or set "
         "MMFUSE_API_KEY)")] = None,
     runtime: Annotated[str, typer.Option(help="torch, or onnx for an export")] = "torch",
+    decode_threads: Annotated[int, typer.Option(
+        min=1, help="threads that check and decode requests")] = 2,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 20.0,
     max_image_pixels: Annotated[int, typer.Option(min=1)] = 40_000_000,
     max_media_seconds: Annotated[float, typer.Option(
@@ -181,7 +183,9 @@ def serve(
     _check_servable(run_dir, runtime)
     limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,
                     max_batch_rows)
-    settings = ServeSettings(max_batch_size, max_wait_ms, max_queue, timeout, api_key, limits)
+    settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             max_queue=max_queue, timeout_s=timeout, api_key=api_key,
+                             limits=limits, decode_threads=decode_threads)
     err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
               f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
               + ("; API key required" if api_key else ""), soft_wrap=True)

@@ -39,6 +39,9 @@ class OnnxModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cpus()
         options.inter_op_num_threads = 1  # one batch at a time; another pool only competes
+        # idle threads sleep instead of spinning: in a server the spinning steals the cores
+        # that decode requests and run the event loop
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), options,
                                             providers=["CPUExecutionProvider"])
         self.inputs = inputs

@@ -18,12 +18,12 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -44,6 +44,7 @@ class ServeSettings:
     max_wait_ms: float = 5.0
     max_queue: int = 256  # requests admitted (decoding or queued) before 429
     timeout_s: float = 30.0  # per request, from arrival to answer, else 503
+    decode_threads: int = 2  # threads that check and decode requests
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
 
@@ -64,10 +65,13 @@ def create_app(load: Service | Callable[[], Service],
 
     batcher = DynamicBatcher(run, settings.max_batch_size, settings.max_wait_ms,
                              settings.max_queue, metrics.observe_batch)
+    # a few decoding threads, not a thread per request: more would only fight over the cores
+    # and the GIL with the event loop and the forward pass
+    decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mmfuse-decode")
 
     async def load_in_background() -> None:
         try:
-            state["service"] = await run_in_threadpool(load)
+            state["service"] = await batcher.in_forward_thread(load)
         except Exception as exc:  # reported by /health, so the operator sees why
             log.exception("loading the model failed")
             state["error"] = str(exc)
@@ -81,6 +85,7 @@ def create_app(load: Service | Callable[[], Service],
         if loader is not None:
             loader.cancel()
         await batcher.stop()
+        decoders.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="mmfuse", lifespan=lifespan, docs_url=None, redoc_url=None,
                   openapi_url=None)
@@ -104,13 +109,14 @@ def create_app(load: Service | Callable[[], Service],
             raise RequestError(401, "Authorization", "missing or wrong API key; send the header "
                                "'Authorization: Bearer KEY'")
 
+
     async def infer(rows: list[dict], prefix: str = "") -> list[dict]:
         svc = service()
         started = time.perf_counter()
         with batcher.admit():
             try:
-                prepared = await asyncio.wait_for(
-                    run_in_threadpool(svc.prepare, rows, prefix), settings.timeout_s)
+                prepared = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
+                    decoders, svc.prepare, rows, prefix), settings.timeout_s)
             except TimeoutError:
                 raise TimedOut(f"decoding took over {settings.timeout_s:g} s") from None
         metrics.decode.observe(prepared.seconds)
@@ -148,28 +154,34 @@ def create_app(load: Service | Callable[[], Service],
         status = "failed" if state["error"] else "loading"
         return JSONResponse({"status": status, "error": state["error"]}, status_code=503)
 
-    @app.get("/v1/model", dependencies=[Depends(authorised)])
-    async def model_info() -> dict:
+    @app.get("/v1/model")
+    async def model_info(request: Request) -> dict:
+        authorised(request)
         info = service().describe()
         info["batching"] = {"max_batch_size": settings.max_batch_size,
                             "max_wait_ms": settings.max_wait_ms,
                             "max_queue": settings.max_queue, "timeout_s": settings.timeout_s}
         return info
 
-    @app.post("/v1/predict", dependencies=[Depends(authorised)])
-    async def predict(request: Request) -> dict:
+    # the predict routes answer with a ready JSONResponse, which skips FastAPI's generic (and
+    # per-request costly) response validation and encoding
+    @app.post("/v1/predict")
+    async def predict(request: Request) -> JSONResponse:
+        authorised(request)
         row = await read_form(request, settings.limits)
-        return {"outputs": (await infer([row]))[0]}
+        return JSONResponse({"outputs": (await infer([row]))[0]})
 
-    @app.post("/v1/predict/batch", dependencies=[Depends(authorised)])
-    async def predict_batch(request: Request) -> dict:
+    @app.post("/v1/predict/batch")
+    async def predict_batch(request: Request) -> JSONResponse:
+        authorised(request)
         svc = service()
         rows = parse_batch(await request.body(), svc, settings.limits)
         outputs = await infer(rows, "rows[{r}].")
-        return {"rows": [{"outputs": o} for o in outputs]}
+        return JSONResponse({"rows": [{"outputs": o} for o in outputs]})
 
-    @app.get("/metrics", dependencies=[Depends(authorised)])
-    async def prometheus() -> Response:
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Response:
+        authorised(request)
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 

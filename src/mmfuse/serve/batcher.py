@@ -44,7 +44,7 @@ class _Job:
 
 
 RunBatch = Callable[[list[Prepared]], list[list[dict]]]
-Observe = Callable[[int, list[float]], None]  # rows in a batch, queue wait of each job
+Observe = Callable[[int, list[float], float], None]  # rows, each job's queue wait, forward s
 
 
 class DynamicBatcher:
@@ -56,7 +56,8 @@ class DynamicBatcher:
         max_batch_size: rows per forward pass (a single larger job runs alone).
         max_wait_ms: longest a batch waits for more jobs once it has one.
         max_queue: requests admitted (being decoded or queued) before new ones get 429.
-        observe: called after each batch with its rows and its jobs' queue waits (metrics).
+        observe: called after each batch with its rows, its jobs' queue waits and the seconds
+            its forward pass took (metrics).
     """
 
     def __init__(self, run: RunBatch, max_batch_size: int = 32, max_wait_ms: float = 5.0,
@@ -92,6 +93,12 @@ class DynamicBatcher:
             if not job.future.done():
                 job.future.set_exception(TimedOut("the server is shutting down"))
         self._executor.shutdown(wait=True)
+
+    async def in_forward_thread(self, function: Callable[[], Any]) -> Any:
+        """Run ``function`` in the thread that runs the forward passes. Loading the model there
+        keeps every torch call on one thread: each thread that calls torch gets its own OpenMP
+        team, and two teams on the same cores slow every forward pass down."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:
@@ -140,7 +147,8 @@ class DynamicBatcher:
                 else:
                     job.future.set_result(result)
             if self.observe is not None:
-                self.observe(sum(j.prepared.rows for j in batch), waits)
+                self.observe(sum(j.prepared.rows for j in batch), waits,
+                             time.perf_counter() - started)
 
     async def _gather(self) -> list[_Job]:
         """The next batch: the oldest job plus whatever arrives within the wait."""

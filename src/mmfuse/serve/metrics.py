@@ -36,11 +36,15 @@ class Metrics:
                                     buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_rows = Histogram("mmfuse_batch_rows", "rows per forward pass",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.forward = Histogram("mmfuse_forward_seconds",
+                                 "time of one batched forward pass (encode, model, postprocess)",
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
         self.decode = Histogram("mmfuse_decode_seconds", "time to check and decode a request",
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
 
-    def observe_batch(self, rows: int, waits: list[float]) -> None:
+    def observe_batch(self, rows: int, waits: list[float], seconds: float) -> None:
         self.batch_rows.observe(rows)
+        self.forward.observe(seconds)
         for wait in waits:
             self.queue_wait.observe(wait)
 
