@@ -113,9 +113,8 @@ async def load(host: str, port: int, requests: list[bytes], concurrency: int,
     seconds = time.perf_counter() - began
     ms = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
-            "throughput": len(latencies) / seconds, "p50_ms": float(np.percentile(ms, 50)),
-            "p95_ms": float(np.percentile(ms, 95)), "p99_ms": float(np.percentile(ms, 99)),
-            "statuses": dict(sorted(statuses.items()))}
+            "throughput": len(latencies) / seconds, **percentiles(ms),
+            "statuses": dict(sorted(statuses.items())), "latencies_ms": ms}
 
 
 def prepare_run(work: Path, runtime: str, config_path: Path) -> tuple[Path, Path]:
@@ -138,32 +137,59 @@ def prepare_run(work: Path, runtime: str, config_path: Path) -> tuple[Path, Path
     return work / "onnx", data
 
 
-def raw_pipeline(served: Path, runtime: str, rows: list[dict], repeats: int) -> dict:
+class RawPipeline:
     """In-process times of the pipeline the server runs, without HTTP or batching."""
-    from mmfuse.serve import load_service
 
-    service = load_service(served, runtime)
-    uploads = [{"image": Path(r["image"]).read_bytes(), "question": r["question"]}
-               for r in rows]
-    decoded = service.prepare(uploads[:32])
-    service.run([decoded])  # warm up
-    batch_times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        service.run([decoded])
-        batch_times.append(time.perf_counter() - started)
-    single_times, predict_times = [], []
-    for upload, row in zip(uploads[:repeats * 4], rows, strict=False):
-        started = time.perf_counter()
-        service.run([service.prepare([upload])])  # decode the bytes, encode, forward, ...
-        single_times.append(time.perf_counter() - started)
-        started = time.perf_counter()
-        service.model.predict([row])  # the Python API from the file on disk
-        predict_times.append(time.perf_counter() - started)
-    batch = statistics.median(batch_times)
-    return {"batch32_ms": batch * 1000, "batched_throughput": 32 / batch,
-            "single_ms": statistics.median(single_times) * 1000,
-            "api_predict_ms": statistics.median(predict_times) * 1000}
+    def __init__(self, served: Path, runtime: str, rows: list[dict]) -> None:
+        from mmfuse.serve import load_service
+
+        self.service = load_service(served, runtime)
+        self.rows = rows
+        self.uploads = [{"image": Path(r["image"]).read_bytes(), "question": r["question"]}
+                        for r in rows]
+        self.decoded = self.service.prepare(self.uploads[:32])
+        self.service.run([self.decoded])  # warm up
+
+    def batched(self, repeats: int = 15) -> float:
+        """Rows per second of the forward pipeline on batches of 32 decoded rows (median)."""
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            self.service.run([self.decoded])
+            times.append(time.perf_counter() - started)
+        return 32 / statistics.median(times)
+
+    def single(self, repeats: int = 60) -> dict:
+        """Median ms of one example from its uploaded bytes (decode, encode, forward,
+        postprocess: the server's work minus HTTP), and of ``Model.predict`` from its file."""
+        single, predict = [], []
+        for upload, row in zip(self.uploads[:repeats], self.rows, strict=False):
+            started = time.perf_counter()
+            self.service.run([self.service.prepare([upload])])
+            single.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            self.service.model.predict([row])
+            predict.append(time.perf_counter() - started)
+        return {"single_ms": statistics.median(single) * 1000,
+                "api_predict_ms": statistics.median(predict) * 1000}
+
+
+def pooled(results: list[dict]) -> dict:
+    """One load result from several rounds at the same concurrency."""
+    latencies = np.concatenate([r.pop("latencies_ms") for r in results])
+    statuses: dict[int, int] = {}
+    for r in results:
+        for status, n in r["statuses"].items():
+            statuses[status] = statuses.get(status, 0) + n
+    requests, seconds = sum(r["requests"] for r in results), sum(r["seconds"] for r in results)
+    return {"concurrency": results[0]["concurrency"], "requests": requests, "seconds": seconds,
+            "throughput": requests / seconds, **percentiles(latencies),
+            "statuses": dict(sorted(statuses.items())),
+            "rounds": [r["throughput"] for r in results]}
+
+
+def percentiles(ms: np.ndarray) -> dict:
+    return {f"p{q}_ms": float(np.percentile(ms, q)) for q in (50, 95, 99)}
 
 
 def main() -> None:
@@ -172,6 +198,8 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=HERE / "configs/serve_vqa.yaml",
                         help="the model architecture to serve (trained briefly on Sort-of-CLEVR)")
     parser.add_argument("--requests", type=int, default=3000, help="requests at concurrency 32")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="concurrency-32 rounds, each between two raw measurements")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per level")
     parser.add_argument("--out", type=Path, default=None, help="results file (Markdown)")
     args = parser.parse_args()
@@ -185,8 +213,7 @@ def main() -> None:
             rows = [{"image": str(data / r["image"]), "question": r["question"]}
                     for r in csv.DictReader(f)]
         random.Random(0).shuffle(rows)
-        raw = raw_pipeline(served, args.runtime, rows, repeats=20)
-        print(f"raw: {raw}", flush=True)
+        raw = RawPipeline(served, args.runtime, rows)
 
         bodies = [multipart({"question": r["question"]},
                             {"image": Path(r["image"]).read_bytes()}) for r in rows[:200]]
@@ -198,32 +225,53 @@ def main() -> None:
         process, url = start_server([str(served), "--runtime", args.runtime,
                                      "--max-batch-size", "32", "--max-wait-ms", "5"])
         host, port = "127.0.0.1", int(url.rsplit(":", 1)[1])
+        good = [request_bytes(host, port, "/v1/predict", b, t) for b, t in bodies]
+
+        def level(concurrency: int, count: int) -> dict:
+            payloads = [good[i % len(good)] for i in range(count)]
+            asyncio.run(load(host, port, payloads[:64], concurrency, 30))  # warm up
+            result = asyncio.run(load(host, port, payloads, concurrency, args.time_limit))
+            print({k: v for k, v in result.items() if k != "latencies_ms"}, flush=True)
+            return result
+
+        # The machine's speed drifts by tens of percent over minutes, so every served level
+        # sits between two raw measurements, and the ratios use their mean.
         try:
-            good = [request_bytes(host, port, "/v1/predict", b, t) for b, t in bodies]
-            levels = []
-            for concurrency, count in ((1, 300), (8, 1500), (32, args.requests)):
-                payloads = [good[i % len(good)] for i in range(count)]
-                asyncio.run(load(host, port, payloads[:64], concurrency, 30))  # warm up
-                result = asyncio.run(load(host, port, payloads, concurrency, args.time_limit))
-                print(result, flush=True)
-                levels.append(result)
+            singles = [raw.single()]
+            c1 = pooled([level(1, 300)])
+            singles.append(raw.single())
+            c8 = pooled([level(8, 1500)])
+            batched, c32_rounds = [], []
+            for _ in range(args.rounds):
+                batched.append(raw.batched())
+                c32_rounds.append(level(32, args.requests // args.rounds))
+            batched.append(raw.batched())
+            c32 = pooled(c32_rounds)
             mixed_payloads = [request_bytes(host, port, "/v1/predict", *bad[i % len(bad)])
                               if i % 5 == 4 else good[i % len(good)] for i in range(2000)]
-            mixed = asyncio.run(load(host, port, mixed_payloads, 32, args.time_limit))
-            print(mixed, flush=True)
+            mixed = pooled([asyncio.run(load(host, port, mixed_payloads, 32,
+                                             args.time_limit))])
         finally:
             log = stop_server(process)
         if "Traceback" in log:
             print(log)
             raise SystemExit("the server logged a traceback")
 
-    c1, c32 = levels[0], levels[-1]
-    ratios = {"throughput_c32_over_raw_batched": c32["throughput"] / raw["batched_throughput"],
-              "p50_c1_over_raw_single": c1["p50_ms"] / raw["single_ms"]}
+    levels = [c1, c8, c32]
+    raw_summary = {
+        "batched_throughput": statistics.mean(batched), "batched_rounds": batched,
+        "single_ms": statistics.mean(s["single_ms"] for s in singles),
+        "api_predict_ms": statistics.mean(s["api_predict_ms"] for s in singles)}
+    ratios = {"throughput_c32_over_raw_batched":
+              c32["throughput"] / raw_summary["batched_throughput"],
+              "p50_c1_over_raw_single": c1["p50_ms"] / raw_summary["single_ms"],
+              "c32_rounds": [served / ((batched[i] + batched[i + 1]) / 2)
+                             for i, served in enumerate(c32["rounds"])]}
     served_total = sum(r["requests"] for r in levels) + mixed["requests"]
     five_xx = sum(n for r in [*levels, mixed] for s, n in r["statuses"].items() if s >= 500)
     config = args.config.resolve()
-    result = {"runtime": args.runtime, "machine": machine(), "command": command(), "raw": raw,
+    result = {"runtime": args.runtime, "machine": machine(), "command": command(),
+              "raw": raw_summary,
               "config": str(config.relative_to(ROOT) if config.is_relative_to(ROOT) else config),
               "levels": levels, "mixed": mixed, "ratios": ratios,
               "requests": served_total, "5xx": five_xx}
@@ -259,11 +307,13 @@ on loopback; the load generator runs in the benchmark process on the same 2 core
 figures include the client's cost. Requests are multipart uploads of the test PNGs with their
 questions.
 
-Raw pipeline in-process, same run: a batch of 32 decoded rows (encode, forward, postprocess)
-takes {raw['batch32_ms']:.1f} ms = **{raw['batched_throughput']:.0f} rows/s**; one example from
-its uploaded bytes (decode, encode, forward, postprocess: the server's work minus HTTP) takes
-**{raw['single_ms']:.2f} ms** (`Model.predict` from the file on disk: {raw['api_predict_ms']:.2f}
-ms).
+Raw pipeline in-process, same run, with the server idle: batches of 32 decoded rows (encode,
+forward, postprocess) run at **{raw['batched_throughput']:.0f} rows/s** (mean of
+{len(raw['batched_rounds'])} measurements taken before, between and after the concurrency-32
+rounds: {', '.join(f"{x:.0f}" for x in raw['batched_rounds'])}); one example from its uploaded
+bytes (decode, encode, forward, postprocess: the server's work minus HTTP) takes
+**{raw['single_ms']:.2f} ms** (mean of the medians before and after the concurrency-1 level;
+`Model.predict` from the file on disk: {raw['api_predict_ms']:.2f} ms).
 
 {table}
 
@@ -273,7 +323,9 @@ unknown field, broken multipart): {m['requests']} requests, statuses {m['statuse
 
 {ratio_table}
 
-{r['requests']} requests in all, {r['5xx']} answered 5xx.
+Concurrency-32 rounds over the mean of the raw measurements on either side:
+{', '.join(f"{x:.2f}" for x in ratios['c32_rounds'])}. {r['requests']} requests in all,
+{r['5xx']} answered 5xx.
 """
 
 

@@ -92,17 +92,48 @@ def test_multi_row_jobs_are_kept_whole_and_in_order():
 
 
 def test_a_lone_request_does_not_wait_for_company():
-    """With nothing else being decoded, a request is run at once, not after max_wait_ms."""
+    """With nothing else being decoded and no recent stream of arrivals, a request is run at
+    once, not after max_wait_ms."""
     async def scenario():
         recorder = Recorder()
-        batcher = await started(recorder, max_batch_size=32, max_wait_ms=2000)
+        batcher = await started(recorder, max_batch_size=32, max_wait_ms=500)
         begin = time.perf_counter()
         await submit(batcher, job("solo"))
         elapsed = time.perf_counter() - begin
         await batcher.stop()
         return elapsed
 
-    assert run_async(scenario()) < 1.0  # far below the 2 s wait it would otherwise take
+    assert run_async(scenario()) < 0.25  # far below the 0.5 s wait it would otherwise take
+
+
+def test_clients_that_come_back_fill_the_next_batch():
+    """Eight clients, each sending its next request 2 to 9 ms after its answer, to a slow model:
+    between batches no request is being decoded, yet the batcher waits for the clients it has
+    recently seen and runs full batches instead of alternating half ones."""
+    async def scenario():
+        recorder = Recorder()
+        batcher = await started(recorder, max_batch_size=8, max_wait_ms=100)
+        original = recorder.__call__
+
+        def slow(jobs):
+            time.sleep(0.02)
+            return original(jobs)
+
+        batcher.run = slow
+
+        async def client(c: int) -> None:
+            for k in range(5):
+                await submit(batcher, job(f"c{c}-{k}"))
+                await asyncio.sleep(0.002 + c / 1000)
+
+        await asyncio.gather(*(client(c) for c in range(8)))
+        await batcher.stop()
+        return recorder
+
+    recorder = run_async(scenario())
+    sizes = [len(b) for b in recorder.batches]
+    assert sum(sizes) == 40 and max(sizes) <= 8
+    assert len(sizes) <= 7, sizes  # five rounds of full batches, give or take a split one
 
 
 def test_full_queue_is_refused():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlparse
@@ -113,3 +114,31 @@ def test_default_bind_is_loopback_and_shutdown_is_clean(served_run):
     log = stop_server(process)
     assert process.returncode == 0, log
     assert "http://127.0.0.1:" in log and "API key required" in log
+
+
+def test_export_cli_and_onnx_runtime_serve_the_same_answers(served_run, tmp_path):
+    """``mmfuse export`` then ``mmfuse serve --runtime onnx``: outputs within 1e-4 of PyTorch."""
+    import mmfuse
+    from serving import start_server, stop_server
+
+    out = tmp_path / "onnx"
+    summary = json.loads(run("export", served_run["run"], "--format", "onnx", "--out", out,
+                             "--json").stdout)
+    assert (out / "model.onnx").is_file() and summary["max_abs_diff"] < 1e-4
+    assert run("export", served_run["run"], "--format", "tflite", "--out", out,
+               check=False).returncode == 2
+    model = mmfuse.Model.load(served_run["run"])
+    images = sorted((served_run["data"] / "img").glob("test_*.png"))[:6]
+    process, url = start_server([str(out), "--runtime", "onnx"])
+    try:
+        assert httpx.get(url + "/v1/model").json()["runtime"] == "onnx"
+        for image in images:
+            expected = model.predict([{"image": str(image), "question": SHAPE_Q}])[0]
+            response = httpx.post(url + "/v1/predict", data={"question": SHAPE_Q},
+                                  files={"image": (image.name, image.read_bytes())}, timeout=30)
+            got = response.json()["outputs"]["answer"]
+            assert got["prediction"] == expected["answer"]["prediction"]
+            for label, p in expected["answer"]["probabilities"].items():
+                assert got["probabilities"][label] == pytest.approx(p, abs=1e-4)
+    finally:
+        stop_server(process)

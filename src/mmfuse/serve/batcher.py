@@ -3,9 +3,12 @@
 Each request is checked and decoded on its own (in a worker thread), then queued as a *job* of
 one or more rows. A single batching task takes the oldest job and keeps adding queued jobs until
 the batch holds ``max_batch_size`` rows or ``max_wait_ms`` has passed since it started, then runs
-the forward pass in a dedicated thread while the next batch gathers. It only waits while other
-requests are still being decoded: a lone request is not held back for company that is not
-coming, so a quiet server answers as fast as the plain pipeline.
+the forward pass in a dedicated thread while the next batch gathers. It only waits when more
+requests are expected: while others are being decoded, or while the batch holds fewer rows than
+the number of requests recently open at once (a peak that halves every second), since clients
+that just got their answers tend to send the next request. A lone client is not held back for
+company that is not coming, so a quiet server answers as fast as the plain pipeline, and a busy
+one fills its batches.
 
 The queue is bounded (:class:`Overloaded`, answered 429) and every request has a deadline
 (:class:`TimedOut`, answered 503); a job whose client gave up is skipped, not computed.
@@ -69,6 +72,9 @@ class DynamicBatcher:
         self.observe = observe
         self._queue: asyncio.Queue[_Job] | None = None
         self._carry: _Job | None = None  # a job that did not fit in the previous batch
+        self._waiting = 0  # requests queued or in a forward pass
+        self._peak = 0.0  # recent most requests open at once, halving every second
+        self._peak_at = 0.0
         self._preparing = 0
         self._task: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfuse-forward")
@@ -109,10 +115,21 @@ class DynamicBatcher:
             raise Overloaded(f"{self.pending} requests are waiting (the limit is "
                              f"{self.max_queue}); retry shortly")
         self._preparing += 1
+        self._note_open()
         try:
             yield
         finally:
             self._preparing -= 1
+
+    def _note_open(self) -> None:
+        now = time.perf_counter()
+        decayed = self._peak * 0.5 ** (now - self._peak_at)
+        self._peak, self._peak_at = max(decayed, self._preparing + self._waiting), now
+
+    def _expected_rows(self) -> int:
+        """Rows worth waiting for: the recent peak of open requests, at most a full batch."""
+        decayed = self._peak * 0.5 ** (time.perf_counter() - self._peak_at)
+        return min(self.max_batch_size, max(1, int(decayed)))
 
     async def submit(self, prepared: Prepared, timeout: float) -> list[dict]:
         """Queue a decoded request and wait for its outputs (one dict per row)."""
@@ -121,12 +138,16 @@ class DynamicBatcher:
         future = asyncio.get_running_loop().create_future()
         job = _Job(prepared, future)
         self._queue.put_nowait(job)
+        self._waiting += 1
+        self._note_open()
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
         except TimeoutError:
             job.abandoned = True
             raise TimedOut(f"no answer within {timeout:.1f} s; the server is busy, "
                            "retry shortly") from None
+        finally:
+            self._waiting -= 1
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -157,11 +178,13 @@ class DynamicBatcher:
         self._carry = None
         batch, rows = [first], first.prepared.rows
         deadline = time.perf_counter() + self.max_wait
+        expected = self._expected_rows()
         while rows < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
-                if self._preparing == 0 or remaining <= 0:
-                    break  # nothing else is on its way, or waited long enough
+                coming = self._preparing > 0 or rows < expected
+                if not coming or remaining <= 0:
+                    break  # nothing else is expected, or waited long enough
                 try:
                     job = await asyncio.wait_for(self._queue.get(), remaining)
                 except TimeoutError:
