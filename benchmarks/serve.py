@@ -141,8 +141,9 @@ class RawPipeline:
     """In-process times of the pipeline the server runs, without HTTP or batching."""
 
     def __init__(self, served: Path, runtime: str, rows: list[dict]) -> None:
-        from mmfuse.serve import load_service
+        from mmfuse.serve import keep_freed_memory, load_service
 
+        keep_freed_memory()  # as `mmfuse serve` does: the same allocator behaviour
         self.service = load_service(served, runtime)
         self.rows = rows
         self.uploads = [{"image": Path(r["image"]).read_bytes(), "question": r["question"]}

@@ -136,6 +136,29 @@ def test_clients_that_come_back_fill_the_next_batch():
     assert len(sizes) <= 7, sizes  # five rounds of full batches, give or take a split one
 
 
+def test_a_backlog_goes_at_once():
+    """Jobs that queued up while the model was busy do not wait for more: the model is the
+    bottleneck then, and waiting would leave it idle."""
+    async def scenario():
+        recorder = Recorder()
+        recorder.gate.clear()
+        batcher = await started(recorder, max_batch_size=32, max_wait_ms=3000)
+        first = asyncio.create_task(submit(batcher, job("first")))
+        await asyncio.sleep(0.05)
+        queued = [asyncio.create_task(submit(batcher, job(f"q{i}"))) for i in range(6)]
+        await asyncio.sleep(0.05)
+        begin = time.perf_counter()
+        recorder.gate.set()
+        await asyncio.gather(first, *queued)
+        elapsed = time.perf_counter() - begin
+        await batcher.stop()
+        return recorder, elapsed
+
+    recorder, elapsed = run_async(scenario())
+    assert [len(b) for b in recorder.batches] == [1, 6]
+    assert elapsed < 1.5  # not the 3 s a waiting batch could take
+
+
 def test_full_queue_is_refused():
     async def scenario():
         recorder = Recorder()

@@ -3,12 +3,13 @@
 Each request is checked and decoded on its own (in a worker thread), then queued as a *job* of
 one or more rows. A single batching task takes the oldest job and keeps adding queued jobs until
 the batch holds ``max_batch_size`` rows or ``max_wait_ms`` has passed since it started, then runs
-the forward pass in a dedicated thread while the next batch gathers. It only waits when more
-requests are expected: while others are being decoded, or while the batch holds fewer rows than
-the number of requests recently open at once (a peak that halves every second), since clients
-that just got their answers tend to send the next request. A lone client is not held back for
-company that is not coming, so a quiet server answers as fast as the plain pipeline, and a busy
-one fills its batches.
+the forward pass in a dedicated thread while the next batch gathers. When many jobs queued up
+while the model was busy, they go at once (the model is the bottleneck then; waiting would
+leave it idle). Otherwise the batch waits only when more requests are expected: while others are
+being decoded, or while the batch holds fewer rows than the number of requests recently open at
+once (a peak that halves every second), since clients that just got their answers tend to send
+the next request. A lone client is not held back for company that is not coming, so a quiet
+server answers as fast as the plain pipeline.
 
 The queue is bounded (:class:`Overloaded`, answered 429) and every request has a deadline
 (:class:`TimedOut`, answered 503); a job whose client gave up is skipped, not computed.
@@ -174,16 +175,20 @@ class DynamicBatcher:
     async def _gather(self) -> list[_Job]:
         """The next batch: the oldest job plus whatever arrives within the wait."""
         assert self._queue is not None
+        # when at least half the expected jobs queued up during the last forward pass, they go
+        # at once: the model is the bottleneck then, and waiting would only leave it idle
+        expected = self._expected_rows()
+        queued = self._queue.qsize() + (self._carry is not None)
+        backlog = queued > 0 and 2 * queued >= expected
         first = self._carry or await self._queue.get()
         self._carry = None
         batch, rows = [first], first.prepared.rows
         deadline = time.perf_counter() + self.max_wait
-        expected = self._expected_rows()
         while rows < self.max_batch_size:
             if self._queue.empty():
                 remaining = deadline - time.perf_counter()
                 coming = self._preparing > 0 or rows < expected
-                if not coming or remaining <= 0:
+                if backlog or not coming or remaining <= 0:
                     break  # nothing else is expected, or waited long enough
                 try:
                     job = await asyncio.wait_for(self._queue.get(), remaining)
