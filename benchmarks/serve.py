@@ -199,7 +199,7 @@ def main() -> None:
     parser.add_argument("--config", type=Path, default=HERE / "configs/serve_vqa.yaml",
                         help="the model architecture to serve (trained briefly on Sort-of-CLEVR)")
     parser.add_argument("--requests", type=int, default=3000, help="requests at concurrency 32")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=5,
                         help="concurrency-32 rounds, each between two raw measurements")
     parser.add_argument("--time-limit", type=float, default=120.0, help="seconds per level")
     parser.add_argument("--out", type=Path, default=None, help="results file (Markdown)")
@@ -324,8 +324,9 @@ unknown field, broken multipart): {m['requests']} requests, statuses {m['statuse
 
 {ratio_table}
 
-Concurrency-32 rounds over the mean of the raw measurements on either side:
-{', '.join(f"{x:.2f}" for x in ratios['c32_rounds'])}. {r['requests']} requests in all,
+Each concurrency-32 round over the mean of the raw measurements on either side:
+{', '.join(f"{x:.2f}" for x in ratios['c32_rounds'])} (median
+{statistics.median(ratios['c32_rounds']):.2f}). {r['requests']} requests in all,
 {r['5xx']} answered 5xx.
 """
 

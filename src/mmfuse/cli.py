@@ -165,6 +165,8 @@ def serve(
     runtime: Annotated[str, typer.Option(help="torch, or onnx for an export")] = "torch",
     decode_threads: Annotated[int, typer.Option(
         min=1, help="threads that check and decode requests")] = 2,
+    workers: Annotated[int, typer.Option(
+        min=1, help="forward passes at once, splitting the cores between them")] = 2,
     max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 20.0,
     max_image_pixels: Annotated[int, typer.Option(min=1)] = 40_000_000,
     max_media_seconds: Annotated[float, typer.Option(
@@ -185,7 +187,7 @@ def serve(
                     max_batch_rows)
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, timeout_s=timeout, api_key=api_key,
-                             limits=limits, decode_threads=decode_threads)
+                             limits=limits, decode_threads=decode_threads, workers=workers)
     err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
               f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
               + ("; API key required" if api_key else ""), soft_wrap=True)

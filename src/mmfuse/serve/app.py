@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -45,6 +46,9 @@ class ServeSettings:
     max_queue: int = 256  # requests admitted (decoding or queued) before 429
     timeout_s: float = 30.0  # per request, from arrival to answer, else 503
     decode_threads: int = 2  # threads that check and decode requests
+    # forward passes at once, splitting the cores between them: on few cores two one-thread
+    # passes beat one two-thread pass, and neither stalls when the other's core is borrowed
+    workers: int = 2
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
 
@@ -64,7 +68,8 @@ def create_app(load: Service | Callable[[], Service],
         return state["service"].run(jobs)
 
     batcher = DynamicBatcher(run, settings.max_batch_size, settings.max_wait_ms,
-                             settings.max_queue, metrics.observe_batch)
+                             settings.max_queue, metrics.observe_batch, settings.workers,
+                             partial(share_cores, settings.workers))
     # a few decoding threads, not a thread per request: more would only fight over the cores
     # and the GIL with the event loop and the forward pass
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mmfuse-decode")
@@ -237,6 +242,16 @@ class BodyLimit:
         except _BodyTooLarge:
             if not started:
                 await JSONResponse(refusal.body(), status_code=413)(scope, receive, send)
+
+
+def share_cores(workers: int) -> None:
+    """Give this forward thread its share of torch's intra-op threads (OpenMP's thread count
+    is per calling thread)."""
+    import torch
+
+    from ..training.threads import available_cpus
+
+    torch.set_num_threads(max(1, available_cpus() // workers))
 
 
 async def read_form(request: Request, limits: Limits) -> dict:

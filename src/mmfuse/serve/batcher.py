@@ -62,10 +62,14 @@ class DynamicBatcher:
         max_queue: requests admitted (being decoded or queued) before new ones get 429.
         observe: called after each batch with its rows, its jobs' queue waits and the seconds
             its forward pass took (metrics).
+        workers: forward passes that may run at once, each on its own thread.
+        worker_init: called once on each forward thread as it starts (e.g. to give each its
+            share of torch's threads).
     """
 
     def __init__(self, run: RunBatch, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, observe: Observe | None = None) -> None:
+                 max_queue: int = 256, observe: Observe | None = None, workers: int = 1,
+                 worker_init: Callable[[], None] | None = None) -> None:
         self.run = run
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -78,7 +82,11 @@ class DynamicBatcher:
         self._peak_at = 0.0
         self._preparing = 0
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mmfuse-forward")
+        self.workers = workers
+        self._slots: asyncio.Semaphore | None = None
+        self._batches: set[asyncio.Task] = set()
+        self._executor = ThreadPoolExecutor(max_workers=workers, initializer=worker_init,
+                                            thread_name_prefix="mmfuse-forward")
 
     @property
     def pending(self) -> int:
@@ -88,6 +96,7 @@ class DynamicBatcher:
 
     async def start(self) -> None:
         self._queue = asyncio.Queue()
+        self._slots = asyncio.Semaphore(self.workers)
         self._task = asyncio.create_task(self._loop(), name="mmfuse-batcher")
 
     async def stop(self) -> None:
@@ -95,6 +104,8 @@ class DynamicBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._batches:  # let the passes in progress answer their clients
+            await asyncio.gather(*self._batches, return_exceptions=True)
         while self._queue is not None and not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -102,9 +113,9 @@ class DynamicBatcher:
         self._executor.shutdown(wait=True)
 
     async def in_forward_thread(self, function: Callable[[], Any]) -> Any:
-        """Run ``function`` in the thread that runs the forward passes. Loading the model there
-        keeps every torch call on one thread: each thread that calls torch gets its own OpenMP
-        team, and two teams on the same cores slow every forward pass down."""
+        """Run ``function`` on a forward thread. Loading the model there keeps torch off other
+        threads: each thread that calls torch gets its own OpenMP team, and idle teams on the
+        same cores slow every forward pass down."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, function)
 
     @contextlib.contextmanager
@@ -151,26 +162,37 @@ class DynamicBatcher:
             self._waiting -= 1
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
+        assert self._slots is not None
         while True:
+            await self._slots.acquire()  # a forward thread is free
             batch = await self._gather()
             batch = [j for j in batch if not j.abandoned and not j.future.done()]
             if not batch:
+                self._slots.release()
                 continue
-            started = time.perf_counter()
-            waits = [started - j.queued_at for j in batch]
-            results = await loop.run_in_executor(self._executor, self._run_safely,
-                                                 [j.prepared for j in batch])
-            for job, result in zip(batch, results, strict=True):
-                if job.future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    job.future.set_exception(result)
-                else:
-                    job.future.set_result(result)
-            if self.observe is not None:
-                self.observe(sum(j.prepared.rows for j in batch), waits,
-                             time.perf_counter() - started)
+            task = asyncio.create_task(self._run_batch(batch))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        assert self._slots is not None
+        started = time.perf_counter()
+        waits = [started - j.queued_at for j in batch]
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_safely, [j.prepared for j in batch])
+        finally:
+            self._slots.release()
+        for job, result in zip(batch, results, strict=True):
+            if job.future.done():
+                continue
+            if isinstance(result, BaseException):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+        if self.observe is not None:
+            self.observe(sum(j.prepared.rows for j in batch), waits,
+                         time.perf_counter() - started)
 
     async def _gather(self) -> list[_Job]:
         """The next batch: the oldest job plus whatever arrives within the wait."""
