@@ -20,7 +20,6 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from functools import partial
 from importlib import resources
 
 from fastapi import FastAPI, Request
@@ -69,7 +68,7 @@ def create_app(load: Service | Callable[[], Service],
 
     batcher = DynamicBatcher(run, settings.max_batch_size, settings.max_wait_ms,
                              settings.max_queue, metrics.observe_batch, settings.workers,
-                             partial(share_cores, settings.workers))
+                             share_cores)
     # a few decoding threads, not a thread per request: more would only fight over the cores
     # and the GIL with the event loop and the forward pass
     decoders = ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="mmfuse-decode")
@@ -244,14 +243,16 @@ class BodyLimit:
                 await JSONResponse(refusal.body(), status_code=413)(scope, receive, send)
 
 
-def share_cores(workers: int) -> None:
-    """Give this forward thread its share of torch's intra-op threads (OpenMP's thread count
-    is per calling thread)."""
+def share_cores(running: int) -> None:
+    """Give this forward thread its share of torch's intra-op threads while ``running`` passes
+    run at once (OpenMP's thread count is per calling thread): all of them to a lone pass."""
     import torch
 
     from ..training.threads import available_cpus
 
-    torch.set_num_threads(max(1, available_cpus() // workers))
+    threads = max(1, available_cpus() // running)
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 async def read_form(request: Request, limits: Limits) -> dict:

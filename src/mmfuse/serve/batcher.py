@@ -63,13 +63,14 @@ class DynamicBatcher:
         observe: called after each batch with its rows, its jobs' queue waits and the seconds
             its forward pass took (metrics).
         workers: forward passes that may run at once, each on its own thread.
-        worker_init: called once on each forward thread as it starts (e.g. to give each its
-            share of torch's threads).
+        share_cores: called on the forward thread before each pass with the number of passes
+            running then, to split the cores between them (e.g. torch's threads): a lone pass
+            gets them all.
     """
 
     def __init__(self, run: RunBatch, max_batch_size: int = 32, max_wait_ms: float = 5.0,
                  max_queue: int = 256, observe: Observe | None = None, workers: int = 1,
-                 worker_init: Callable[[], None] | None = None) -> None:
+                 share_cores: Callable[[int], None] | None = None) -> None:
         self.run = run
         self.max_batch_size = max_batch_size
         self.max_wait = max_wait_ms / 1000
@@ -83,9 +84,11 @@ class DynamicBatcher:
         self._preparing = 0
         self._task: asyncio.Task | None = None
         self.workers = workers
+        self.share_cores = share_cores
+        self._running = 0  # forward passes in progress
         self._slots: asyncio.Semaphore | None = None
         self._batches: set[asyncio.Task] = set()
-        self._executor = ThreadPoolExecutor(max_workers=workers, initializer=worker_init,
+        self._executor = ThreadPoolExecutor(max_workers=workers,
                                             thread_name_prefix="mmfuse-forward")
 
     @property
@@ -178,10 +181,12 @@ class DynamicBatcher:
         assert self._slots is not None
         started = time.perf_counter()
         waits = [started - j.queued_at for j in batch]
+        self._running += 1
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_safely, [j.prepared for j in batch])
+                self._executor, self._run_safely, [j.prepared for j in batch], self._running)
         finally:
+            self._running -= 1
             self._slots.release()
         for job, result in zip(batch, results, strict=True):
             if job.future.done():
@@ -225,8 +230,10 @@ class DynamicBatcher:
             rows += job.prepared.rows
         return batch
 
-    def _run_safely(self, jobs: list[Prepared]) -> list[Any]:
+    def _run_safely(self, jobs: list[Prepared], running: int = 1) -> list[Any]:
         """Run a batch; if it fails, run its jobs one by one so one bad job fails alone."""
+        if self.share_cores is not None:
+            self.share_cores(running)
         try:
             return self.run(jobs)
         except Exception:
