@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -260,15 +261,41 @@ class SlowService(Service):
 def test_timeout_answers_503_and_server_recovers(served_run):
     service = load_service(served_run["run"])
     service.__class__ = SlowService
+    service.delay = 0.5
     with TestClient(create_app(service, ServeSettings(timeout_s=0.2))) as client:
         response = client.post("/v1/predict", data={"question": COLOUR_Q},
                                files={"image": ("a.png", png_bytes())})
         assert response.status_code == 503 and response.headers["retry-after"] == "1"
-        SlowService.delay = 0.0
+        service.delay = 0.0
         time.sleep(0.6)
         ok = client.post("/v1/predict", data={"question": COLOUR_Q},
                          files={"image": ("a.png", png_bytes())})
         assert ok.status_code == 200
+
+
+def test_full_queue_answers_429_and_no_request_is_lost(served_run):
+    """With room for two waiting requests and a slow model, a burst of eight gets some 429s
+    (with Retry-After); every other request gets its answer."""
+    import httpx
+
+    service = load_service(served_run["run"])
+    service.__class__ = SlowService
+    service.delay = 0.3
+    app = create_app(service, ServeSettings(max_queue=2, workers=1))
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(*(client.post(
+                "/v1/predict", data={"question": COLOUR_Q},
+                files={"image": ("a.png", png_bytes())}) for _ in range(8)))
+
+    responses = asyncio.run(burst())
+    statuses = sorted(r.status_code for r in responses)
+    assert 429 in statuses and 200 in statuses and set(statuses) <= {200, 429}, statuses
+    refused = next(r for r in responses if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1" and "retry" in refused.json()["error"]["message"]
 
 
 def test_health_is_503_until_the_model_is_loaded(served_run):
