@@ -304,8 +304,9 @@ def report(r: dict) -> str:
 `{r['command']}` on {r['machine']}. The model is `{r['config']}`, trained for one epoch on a
 small generated Sort-of-CLEVR set (speed does not depend on accuracy), served by a real
 `mmfuse serve` process (uvicorn, `--runtime {r['runtime']} --max-batch-size 32 --max-wait-ms 5`,
-other settings at their defaults: `--workers 2 --decode-threads 2`) on loopback; the load generator runs in the benchmark process on the same 2 cores, so the served
-figures include the client's cost. Requests are multipart uploads of the test PNGs with their
+other settings at their defaults: `--workers 2 --decode-threads 2`) on loopback; the load
+generator runs in the benchmark process on the same 2 cores, so the served figures include the
+client's cost. Requests are multipart uploads of the test PNGs with their
 questions.
 
 Raw pipeline in-process, same run, with the server idle: batches of 32 decoded rows (encode,
