@@ -142,3 +142,34 @@ def test_export_cli_and_onnx_runtime_serve_the_same_answers(served_run, tmp_path
                 assert got["probabilities"][label] == pytest.approx(p, abs=1e-4)
     finally:
         stop_server(process)
+
+
+def test_curl_a_client_that_is_not_ours(live_server, served_run):
+    """curl (libcurl's own multipart encoder and HTTP stack) gets the same answers and errors."""
+    import shutil
+    import subprocess
+
+    import mmfuse
+
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed")
+    image = served_run["data"] / "img/test_0002.png"
+
+    def curl(*args: str) -> tuple[int, dict]:
+        out = subprocess.run(["curl", "-s", "-w", "\n%{http_code}", *args], capture_output=True,
+                             text=True, timeout=30, check=True).stdout
+        body, status = out.rsplit("\n", 1)
+        return int(status), json.loads(body)
+
+    status, body = curl("-F", f"image=@{image}", "-F", f"question={COLOUR_Q}",
+                        live_server + "/v1/predict")
+    expected = mmfuse.Model.load(served_run["run"]).predict(
+        [{"image": str(image), "question": COLOUR_Q}])[0]
+    assert status == 200 and body["outputs"]["answer"]["prediction"] == \
+        expected["answer"]["prediction"]
+    status, body = curl("-F", f"image=@{served_run['train']};type=image/png", "-F",
+                        f"question={COLOUR_Q}", live_server + "/v1/predict")  # a CSV as PNG
+    assert status == 422 and body["error"]["field"] == "image"
+    status, body = curl("-H", "Content-Type: application/json", "-d", '{"rows": "x"}',
+                        live_server + "/v1/predict/batch")
+    assert status == 422 and body["error"]["field"] == "rows"

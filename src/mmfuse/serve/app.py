@@ -113,7 +113,6 @@ def create_app(load: Service | Callable[[], Service],
             raise RequestError(401, "Authorization", "missing or wrong API key; send the header "
                                "'Authorization: Bearer KEY'")
 
-
     async def infer(rows: list[dict], prefix: str = "") -> list[dict]:
         svc = service()
         started = time.perf_counter()
