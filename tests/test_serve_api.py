@@ -428,3 +428,45 @@ def test_decoded_rows_match_the_table_path(served_run):
     from_values = model.pipeline.logits(model.pipeline.encode_values(prepared.values))
     np.testing.assert_allclose(from_values["answer"].numpy(), from_table["answer"].numpy(),
                                atol=1e-6)
+
+
+def test_two_forward_workers_answer_a_burst_of_text_requests(served_run, caplog):
+    """Two forward passes at once share the model and one tokenizer (behind a lock): every
+    request of a burst gets its answer, and no pass fails and is retried row by row."""
+    import httpx
+
+    app = create_app(load_service(served_run["run"]), ServeSettings(workers=2, max_batch_size=2))
+    questions = [COLOUR_Q, SHAPE_Q, "what colour?", "which shape is it?"]
+
+    async def burst():
+        transport = httpx.ASGITransport(app=app)
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+                transport=transport, base_url="http://test") as client:
+            return await asyncio.gather(*(client.post(
+                "/v1/predict", data={"question": questions[i % 4]},
+                files={"image": ("a.png", png_bytes())}) for i in range(24)))
+
+    assert [r.status_code for r in asyncio.run(burst())] == [200] * 24
+    assert "forward pass failed" not in caplog.text
+
+
+def test_deeply_nested_json_and_blank_text_are_4xx(client):
+    nested = client.post("/v1/predict/batch", content=b"[" * 100_000,
+                         headers={"content-type": "application/json"})
+    assert nested.status_code == 400
+    blank = client.post("/v1/predict", data={"question": "   "},
+                        files={"image": ("a.png", png_bytes())})
+    assert blank.status_code == 422 and blank.json()["error"]["field"] == "question"
+
+
+def test_media_of_unknown_duration_is_refused(media_run, monkeypatch):
+    """Decoding a stream whose header gives no length could take any memory: refused."""
+    from mmfuse.serve import inputs
+
+    monkeypatch.setattr(inputs, "media_seconds", lambda path, kind: None)
+    service = load_service(media_run / "run")
+    with pytest.raises(inputs.RequestError) as refused:
+        service.prepare([{"audio": (media_run / "a1.wav").read_bytes(),
+                          "video": (media_run / "v1.mp4").read_bytes(), "prompt": "which way"}])
+    assert refused.value.status == 422 and refused.value.field == "audio"
+    assert "duration" in refused.value.message

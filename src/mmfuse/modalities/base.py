@@ -62,8 +62,9 @@ class Preprocessor:
         raise NotImplementedError
 
     def column_of(self, values: list[Any]) -> Column:
-        """Encode values given directly rather than read from a table (the server's rows): the
-        raw values (text), or for file inputs what :meth:`decode` returned; None is missing."""
+        """Encode values given directly rather than read from a table (the server's rows): here
+        the raw values (text); file inputs override it to take what their ``decode`` returned.
+        None is a missing value."""
         return self.encode(Table([{self.column: v} for v in values], Path.cwd(), "request",
                                  restrict=False))
 

@@ -8,6 +8,8 @@ becomes one token per character; punctuation is split off; words unseen in train
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import torch
 
@@ -48,6 +50,7 @@ class TextPreprocessor(Preprocessor):
         self.name, self.column = config.name, config.column
         self.options = TextOptions.model_validate(config.preprocess)
         self.kind = self.options.tokenizer or "word"
+        self._lock = threading.Lock()
         self.tokenizer = pretrained_tokenizer() if self.kind == "pretrained" else None
 
     def fit(self, table: Table) -> None:
@@ -75,9 +78,13 @@ class TextPreprocessor(Preprocessor):
         """Token ids ``[U, L]`` (padded with the pad id) and lengths ``[U]``."""
         if self.tokenizer is None:
             raise RuntimeError("the text preprocessor must be fitted or loaded before use")
-        # truncation inside the tokenizer keeps special tokens such as a final [SEP]
-        self.tokenizer.enable_truncation(self.options.max_length)
-        encodings = self.tokenizer.encode_batch(texts)
+        # The tokenizer is shared by threads (the server's forward workers): setting its
+        # truncation while another thread encodes fails ("Already borrowed"), so one at a time.
+        with self._lock:
+            # truncation inside the tokenizer keeps special tokens such as a final [SEP]
+            if (self.tokenizer.truncation or {}).get("max_length") != self.options.max_length:
+                self.tokenizer.enable_truncation(self.options.max_length)
+            encodings = self.tokenizer.encode_batch(texts)
         lengths = np.array([max(1, len(e.ids)) for e in encodings], dtype=np.int64)
         ids = np.full((len(texts), int(lengths.max(initial=1))), self.pad_id, dtype=np.int64)
         for i, enc in enumerate(encodings):

@@ -7,8 +7,13 @@ request checks in ``inputs.py``); :func:`serve` runs it with uvicorn.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..errors import MmfuseError, require
+
+if TYPE_CHECKING:
+    from .inputs import Limits
+    from .service import Service
 
 
 def keep_freed_memory() -> bool:
@@ -32,11 +37,10 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def load_service(source: str | Path, runtime: str = "torch", limits=None):
+def load_service(source: str | Path, runtime: str = "torch", limits: Limits | None = None
+                 ) -> Service:
     """Load a run directory or bundle (``torch``) or an ONNX export (``onnx``) as a Service."""
     from ..api import Model
-    from .inputs import Limits
-    from .service import Service
 
     if runtime == "torch":
         model = Model.load(source)
@@ -46,6 +50,9 @@ def load_service(source: str | Path, runtime: str = "torch", limits=None):
         model = load_exported(source)
     else:
         raise MmfuseError(f"unknown runtime {runtime!r}; use torch or onnx")
+    from .inputs import Limits
+    from .service import Service
+
     return Service(model, limits or Limits(), runtime, str(source))
 
 
@@ -66,4 +73,7 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime
     settings = settings or ServeSettings()
     keep_freed_memory()
     app = create_app(lambda: load_service(source, runtime, settings.limits), settings)
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+    # connections beyond the queue's room get uvicorn's 503 before their bodies are read, which
+    # bounds the memory that request bodies can take
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
+                limit_concurrency=settings.max_queue + 64)

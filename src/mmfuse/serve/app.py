@@ -120,10 +120,12 @@ def create_app(load: Service | Callable[[], Service],
             try:
                 prepared = await asyncio.wait_for(asyncio.get_running_loop().run_in_executor(
                     decoders, svc.prepare, rows, prefix), settings.timeout_s)
-            except TimeoutError:
+            except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 raise TimedOut(f"decoding took over {settings.timeout_s:g} s") from None
         metrics.decode.observe(prepared.seconds)
         remaining = settings.timeout_s - (time.perf_counter() - started)
+        if remaining <= 0:
+            raise TimedOut(f"decoding took over {settings.timeout_s:g} s; send smaller files")
         return await batcher.submit(prepared, remaining)
 
     @app.exception_handler(RequestError)
@@ -141,6 +143,12 @@ def create_app(load: Service | Callable[[], Service],
         return JSONResponse(RequestError(503, None, str(exc)).body(), status_code=503,
                             headers={"Retry-After": "1"})
 
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unexpected error on %s", request.url.path, exc_info=exc)
+        body = RequestError(500, None, "internal error; the server log has the details").body()
+        return JSONResponse(body, status_code=500)
+
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         message = {404: f"no route {request.url.path}; see GET / or GET /v1/model",
@@ -151,6 +159,9 @@ def create_app(load: Service | Callable[[], Service],
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        if not batcher.alive:
+            return JSONResponse({"status": "failed", "error": "the batching loop stopped"},
+                                status_code=503)
         if state["service"] is not None:
             svc = state["service"]
             return JSONResponse({"status": "ok", "runtime": svc.runtime, "source": svc.source})
@@ -178,7 +189,9 @@ def create_app(load: Service | Callable[[], Service],
     async def predict_batch(request: Request) -> JSONResponse:
         authorised(request)
         svc = service()
-        rows = parse_batch(await request.body(), svc, settings.limits)
+        body = await request.body()  # JSON parsing and base64 decoding run off the event loop
+        rows = await asyncio.get_running_loop().run_in_executor(
+            decoders, parse_batch, body, svc, settings.limits)
         outputs = await infer(rows, "rows[{r}].")
         return JSONResponse({"rows": [{"outputs": o} for o in outputs]})
 
@@ -283,7 +296,7 @@ def parse_batch(body: bytes, service: Service, limits: Limits) -> list[dict]:
     """Rows of a ``{"rows": [...]}`` request with base64 file values decoded to bytes."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise RequestError(400, None, f"the body is not valid JSON ({exc}); send "
                            '{"rows": [{"input": value, ...}, ...]}') from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):

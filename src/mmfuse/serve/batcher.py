@@ -12,7 +12,7 @@ the next request. A lone client is not held back for company that is not coming,
 server answers as fast as the plain pipeline.
 
 The queue is bounded (:class:`Overloaded`, answered 429) and every request has a deadline
-(:class:`TimedOut`, answered 503); a job whose client gave up is skipped, not computed.
+(:class:`TimedOut`, answered 503); a job whose deadline passed is skipped, not computed.
 """
 
 from __future__ import annotations
@@ -101,6 +101,16 @@ class DynamicBatcher:
         self._queue = asyncio.Queue()
         self._slots = asyncio.Semaphore(self.workers)
         self._task = asyncio.create_task(self._loop(), name="mmfuse-batcher")
+        self._task.add_done_callback(self._loop_ended)
+
+    def _loop_ended(self, task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the batching loop died", exc_info=task.exception())
+
+    @property
+    def alive(self) -> bool:
+        """Whether the batching loop is running (``/health`` reports it)."""
+        return self._task is not None and not self._task.done()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -109,8 +119,10 @@ class DynamicBatcher:
                 await self._task
         if self._batches:  # let the passes in progress answer their clients
             await asyncio.gather(*self._batches, return_exceptions=True)
+        left = [self._carry] if self._carry is not None else []
         while self._queue is not None and not self._queue.empty():
-            job = self._queue.get_nowait()
+            left.append(self._queue.get_nowait())
+        for job in left:
             if not job.future.done():
                 job.future.set_exception(TimedOut("the server is shutting down"))
         self._executor.shutdown(wait=True)
@@ -157,7 +169,7 @@ class DynamicBatcher:
         self._note_open()
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
-        except TimeoutError:
+        except asyncio.TimeoutError:
             job.abandoned = True
             raise TimedOut(f"no answer within {timeout:.1f} s; the server is busy, "
                            "retry shortly") from None
@@ -185,6 +197,9 @@ class DynamicBatcher:
         try:
             results = await asyncio.get_running_loop().run_in_executor(
                 self._executor, self._run_safely, [j.prepared for j in batch], self._running)
+        except Exception:  # the executor itself failed: no job may be left waiting
+            log.exception("running a batch failed")
+            results = [RuntimeError("the model failed on this request")] * len(batch)
         finally:
             self._running -= 1
             self._slots.release()
@@ -202,8 +217,9 @@ class DynamicBatcher:
     async def _gather(self) -> list[_Job]:
         """The next batch: the oldest job plus whatever arrives within the wait."""
         assert self._queue is not None
-        # when at least half the expected jobs queued up during the last forward pass, they go
-        # at once: the model is the bottleneck then, and waiting would only leave it idle
+        # when jobs for at least half the expected rows queued up during the last forward pass
+        # (a job has a row or more), they go at once: the model is the bottleneck then, and
+        # waiting would only leave it idle
         expected = self._expected_rows()
         queued = self._queue.qsize() + (self._carry is not None)
         backlog = queued > 0 and 2 * queued >= expected
@@ -219,7 +235,7 @@ class DynamicBatcher:
                     break  # nothing else is expected, or waited long enough
                 try:
                     job = await asyncio.wait_for(self._queue.get(), remaining)
-                except TimeoutError:
+                except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                     break
             else:
                 job = self._queue.get_nowait()
@@ -232,9 +248,9 @@ class DynamicBatcher:
 
     def _run_safely(self, jobs: list[Prepared], running: int = 1) -> list[Any]:
         """Run a batch; if it fails, run its jobs one by one so one bad job fails alone."""
-        if self.share_cores is not None:
-            self.share_cores(running)
         try:
+            if self.share_cores is not None:
+                self.share_cores(running)
             return self.run(jobs)
         except Exception:
             if len(jobs) == 1:

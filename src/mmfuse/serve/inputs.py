@@ -97,7 +97,8 @@ class RowChecker:
             raise RequestError(422, where + unknown[0],
                                f"unknown field {unknown[0]!r}; this model's inputs are: "
                                f"{', '.join(self.types)}")
-        given = {n for n, v in row.items() if v is not None and v != "" and v != b""}
+        given = {n for n, v in row.items()
+                 if v is not None and v != b"" and not (isinstance(v, str) and not v.strip())}
         required = [n for n in self.types if n not in self.optional and n not in given]
         if required:
             raise RequestError(422, where + required[0],
@@ -165,7 +166,7 @@ class RowChecker:
             raise RequestError(422, field_name, "not an image file: its content is not a "
                                "format Pillow reads (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)"
                                ) from None
-        except (OSError, ValueError, SyntaxError) as exc:
+        except Exception as exc:  # a crafted header may break Pillow's parser in any way
             raise RequestError(422, field_name, f"not a readable image file ({exc})") from None
         if width * height > cap:
             raise RequestError(413, field_name, f"image of {width}x{height} pixels is over the "
@@ -174,14 +175,18 @@ class RowChecker:
     def _check_media(self, path: Path, field_name: str, kind: str) -> None:
         seconds = media_seconds(path, kind)
         cap = self.limits.max_media_seconds
-        if seconds is not None and seconds > cap:
+        if seconds is None:  # decoding a stream of unknown length could take any memory
+            raise RequestError(422, field_name, f"not a readable {kind} file, or its header "
+                               "does not give its duration; send WAV, FLAC, OGG, MP3, M4A, "
+                               "MP4, WebM or another file whose header states its length")
+        if seconds > cap:
             raise RequestError(413, field_name, f"{kind} of {seconds:.1f} s is over the limit of "
                                f"{cap:g} s; send a shorter clip")
 
 
 def media_seconds(path: Path, kind: str) -> float | None:
     """Duration of an audio or video file from its header (None when the header has none or the
-    file is not readable: decoding then reports it)."""
+    file is not readable)."""
     if kind == "audio":
         try:
             import soundfile
