@@ -50,19 +50,22 @@ async def submit(batcher: DynamicBatcher, prepared: Prepared, timeout: float = 5
     return await batcher.submit(prepared, timeout)
 
 
-def test_concurrent_requests_share_batches_up_to_the_maximum():
-    async def scenario():
-        recorder = Recorder()
-        recorder.gate.clear()  # hold the first batch so the others queue up behind it
-        batcher = await started(recorder, max_batch_size=4, max_wait_ms=50)
-        tasks = [asyncio.create_task(submit(batcher, job(f"r{i}"))) for i in range(9)]
-        await asyncio.sleep(0.1)
-        recorder.gate.set()
-        results = await asyncio.gather(*tasks)
-        await batcher.stop()
-        return recorder, results
+async def held_burst(jobs: list[Prepared], max_batch_size: int) -> tuple[Recorder, list]:
+    """Submit ``jobs`` at once while the model holds the first batch, so the others queue up
+    behind it; then let the model run and collect every job's outputs."""
+    recorder = Recorder()
+    recorder.gate.clear()
+    batcher = await started(recorder, max_batch_size=max_batch_size, max_wait_ms=50)
+    tasks = [asyncio.create_task(submit(batcher, j)) for j in jobs]
+    await asyncio.sleep(0.1)
+    recorder.gate.set()
+    results = await asyncio.gather(*tasks)
+    await batcher.stop()
+    return recorder, results
 
-    recorder, results = run_async(scenario())
+
+def test_concurrent_requests_share_batches_up_to_the_maximum():
+    recorder, results = run_async(held_burst([job(f"r{i}") for i in range(9)], 4))
     assert [r[0]["echo"] for r in results] == [f"r{i}.0" for i in range(9)]
     assert all(len(b) <= 4 for b in recorder.batches)
     assert len(recorder.batches) <= 4  # 9 rows in batches of up to 4, not 9 passes
@@ -70,19 +73,8 @@ def test_concurrent_requests_share_batches_up_to_the_maximum():
 
 
 def test_multi_row_jobs_are_kept_whole_and_in_order():
-    async def scenario():
-        recorder = Recorder()
-        recorder.gate.clear()
-        batcher = await started(recorder, max_batch_size=5, max_wait_ms=50)
-        tasks = [asyncio.create_task(submit(batcher, job(t, n)))
-                 for t, n in (("a", 3), ("b", 3), ("c", 2), ("d", 7))]
-        await asyncio.sleep(0.1)
-        recorder.gate.set()
-        results = await asyncio.gather(*tasks)
-        await batcher.stop()
-        return recorder, results
-
-    recorder, results = run_async(scenario())
+    jobs = [job(t, n) for t, n in (("a", 3), ("b", 3), ("c", 2), ("d", 7))]
+    recorder, results = run_async(held_burst(jobs, 5))
     assert [len(r) for r in results] == [3, 3, 2, 7]
     assert results[3][6] == {"echo": "d.6"}
     for batch in recorder.batches:  # no job is split across batches

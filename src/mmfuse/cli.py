@@ -176,12 +176,13 @@ def serve(
         min=1, help="rows of one /v1/predict/batch request")] = 64,
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn) with dynamic batching."""
+    from .serve import RUNTIMES
     from .serve import serve as run_server
     from .serve.app import ServeSettings
     from .serve.inputs import Limits
 
-    if runtime not in ("torch", "onnx"):
-        raise MmfuseError(f"--runtime {runtime!r}: use torch or onnx")
+    if runtime not in RUNTIMES:  # checked here too: the model loads after the server starts
+        raise MmfuseError(f"--runtime {runtime!r}: use one of: {', '.join(RUNTIMES)}")
     _check_servable(run_dir, runtime)
     limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,
                     max_batch_rows)

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import MmfuseError, require
 
+RUNTIMES = ("torch", "onnx")  # what runs the model: PyTorch, or onnxruntime on an export
+
 if TYPE_CHECKING:
     from .inputs import Limits
     from .service import Service
@@ -49,7 +51,7 @@ def load_service(source: str | Path, runtime: str = "torch", limits: Limits | No
 
         model = load_exported(source)
     else:
-        raise MmfuseError(f"unknown runtime {runtime!r}; use torch or onnx")
+        raise MmfuseError(f"unknown runtime {runtime!r}; use one of: {', '.join(RUNTIMES)}")
     from .inputs import Limits
     from .service import Service
 

@@ -95,7 +95,6 @@ def create_app(load: Service | Callable[[], Service],
                   openapi_url=None)
     app.add_middleware(BodyLimit, max_bytes=settings.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)  # outermost: sees every status
-    app.state.batcher = batcher
 
     def service() -> Service:
         if state["service"] is None:
@@ -201,10 +200,11 @@ def create_app(load: Service | Callable[[], Service],
         body, content_type = metrics.render()
         return Response(body, media_type=content_type)
 
+    html = resources.files(__package__).joinpath("static/index.html").read_text("utf-8")
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> HTMLResponse:
-        return HTMLResponse(resources.files(__package__).joinpath("static/index.html")
-                            .read_text(encoding="utf-8"))
+        return HTMLResponse(html)
 
     return app
 

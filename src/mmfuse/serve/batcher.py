@@ -148,15 +148,17 @@ class DynamicBatcher:
         finally:
             self._preparing -= 1
 
+    def _recent_peak(self) -> float:
+        """The most requests open at once, halving for every second since it was seen."""
+        return self._peak * 0.5 ** (time.perf_counter() - self._peak_at)
+
     def _note_open(self) -> None:
-        now = time.perf_counter()
-        decayed = self._peak * 0.5 ** (now - self._peak_at)
-        self._peak, self._peak_at = max(decayed, self._preparing + self._waiting), now
+        self._peak = max(self._recent_peak(), self._preparing + self._waiting)
+        self._peak_at = time.perf_counter()
 
     def _expected_rows(self) -> int:
         """Rows worth waiting for: the recent peak of open requests, at most a full batch."""
-        decayed = self._peak * 0.5 ** (time.perf_counter() - self._peak_at)
-        return min(self.max_batch_size, max(1, int(decayed)))
+        return min(self.max_batch_size, max(1, int(self._recent_peak())))
 
     async def submit(self, prepared: Prepared, timeout: float) -> list[dict]:
         """Queue a decoded request and wait for its outputs (one dict per row)."""

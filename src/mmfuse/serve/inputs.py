@@ -97,8 +97,7 @@ class RowChecker:
             raise RequestError(422, where + unknown[0],
                                f"unknown field {unknown[0]!r}; this model's inputs are: "
                                f"{', '.join(self.types)}")
-        given = {n for n, v in row.items()
-                 if v is not None and v != b"" and not (isinstance(v, str) and not v.strip())}
+        given = {n for n, v in row.items() if not blank(v)}
         required = [n for n in self.types if n not in self.optional and n not in given]
         if required:
             raise RequestError(422, where + required[0],
@@ -117,11 +116,11 @@ class RowChecker:
         if len(value) > self.limits.max_text_chars:
             raise RequestError(413, field_name, f"text of {len(value)} characters is over the "
                                f"limit of {self.limits.max_text_chars}; shorten it")
-        return value if value.strip() else None  # an empty cell is a missing input
+        return None if blank(value) else value
 
     def _file(self, value: Any, name: str, field_name: str) -> Any:
         kind = self.types[name]
-        if value is None or value == b"":
+        if blank(value):
             return None
         if not isinstance(value, bytes):
             raise RequestError(422, field_name, f"expected an uploaded {kind} file for "
@@ -182,6 +181,12 @@ class RowChecker:
         if seconds > cap:
             raise RequestError(413, field_name, f"{kind} of {seconds:.1f} s is over the limit of "
                                f"{cap:g} s; send a shorter clip")
+
+
+def blank(value: Any) -> bool:
+    """Whether a request value counts as missing, as an empty cell of a table does: None, no
+    bytes, or text of nothing but whitespace."""
+    return value is None or value == b"" or (isinstance(value, str) and not value.strip())
 
 
 def media_seconds(path: Path, kind: str) -> float | None:
