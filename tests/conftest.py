@@ -56,6 +56,40 @@ def make_shapes_qa(folder: Path, n_images: int, lang: str = "en", seed: int = 0,
     return table
 
 
+FRENCH = {"red": "rouge", "green": "vert", "blue": "bleu",
+          "circle": "un cercle", "square": "un carré", "triangle": "un triangle"}
+PROMPTS = ("describe the picture", "décris l'image")
+
+
+def caption(colour: str, shape: str, prompt: str) -> str:
+    """The caption a prompt asks for: "a red circle" or "un cercle rouge"."""
+    if prompt == PROMPTS[0]:
+        return f"a {colour} {shape}"
+    return f"{FRENCH[shape]} {FRENCH[colour]}"
+
+
+def make_shapes_captions(folder: Path, n_images: int, seed: int = 0,
+                         name: str = "train.csv") -> Path:
+    """A captioning table that is not a built-in one: ``image,prompt,caption``, one row per
+    prompt ("describe the picture" in English, "décris l'image" in French)."""
+    rng = np.random.default_rng(seed)
+    (folder / "img").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n_images):
+        colour = list(COLOURS)[int(rng.integers(3))]
+        shape = SHAPES[int(rng.integers(3))]
+        path = f"img/{name.split('.')[0]}_{i:04d}.png"
+        draw_shape(colour, shape, rng).save(folder / path)
+        rows += [{"image": path, "prompt": p, "caption": caption(colour, shape, p)}
+                 for p in PROMPTS]
+    table = folder / name
+    with table.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=["image", "prompt", "caption"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return table
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own preprocessing cache, so no test sees another's entries."""

@@ -13,6 +13,7 @@ from mmfuse.training.metrics import (
     RunningMean,
     accuracy,
     category_metrics,
+    category_scorer,
     evaluate_outputs,
     majority_baseline,
 )
@@ -89,8 +90,7 @@ def test_category_metrics_without_known_labels_has_nan_loss():
 
 
 def test_evaluate_outputs_without_groups():
-    result = evaluate_outputs({"answer": LOGITS}, {"answer": TARGET}, {"answer": LABELS},
-                              {"answer": TRUTH})
+    result = evaluate_outputs({"answer": category_scorer(LOGITS, TARGET, LABELS, TRUTH)}, 4)
     assert set(result) == {"n", "outputs"}
     assert result["n"] == 4
     assert set(result["outputs"]) == {"answer"}
@@ -99,8 +99,8 @@ def test_evaluate_outputs_without_groups():
 
 def test_evaluate_outputs_with_groups():
     groups = ["relational", "plain", "plain", "relational"]
-    result = evaluate_outputs({"answer": LOGITS}, {"answer": TARGET}, {"answer": LABELS},
-                              {"answer": TRUTH}, groups=groups)
+    result = evaluate_outputs({"answer": category_scorer(LOGITS, TARGET, LABELS, TRUTH)}, 4,
+                              groups=groups)
 
     assert result["n"] == 4
     assert list(result["groups"]) == ["plain", "relational"]
@@ -117,7 +117,7 @@ def test_evaluate_outputs_with_groups():
 def test_evaluate_outputs_with_two_outputs():
     logits = {"a": LOGITS, "b": LOGITS.flip(-1)}
     targets = {"a": np.array([0, 1, 0, 1]), "b": np.array([0, 1, 0, 1])}
-    result = evaluate_outputs(logits, targets, {"a": LABELS, "b": LABELS},
-                              {"a": TRUTH, "b": TRUTH})
+    result = evaluate_outputs({n: category_scorer(logits[n], targets[n], LABELS, TRUTH)
+                               for n in logits}, 4)
     assert result["outputs"]["a"]["accuracy"] == 1.0
     assert result["outputs"]["b"]["accuracy"] == 0.0

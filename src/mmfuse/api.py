@@ -24,7 +24,7 @@ from .errors import DataError, MmfuseError
 from .modalities.category import label_text
 from .pipeline import EncodedTable, Pipeline
 from .training.loop import train
-from .training.metrics import evaluate_outputs
+from .training.metrics import category_scorer, evaluate_outputs, text_scorer, token_stats
 from .training.threads import configure_threads
 
 TableLike = str | Path | list[dict] | Table
@@ -137,11 +137,21 @@ class Model:
         encoded: EncodedTable = self.pipeline.encode(table)
         if drop:
             encoded = self.pipeline.without(encoded, drop)
-        logits = self.pipeline.logits(encoded, batch_size)
-        labels = {n: p.labels for n, p in self.pipeline.outputs.items()}
-        truth = {n: [label_text(v) for v in table.column(p.column)]
-                 for n, p in self.pipeline.outputs.items()}
-        result = evaluate_outputs(logits, encoded.targets, labels, truth, groups)
+        outputs = self.pipeline.logits(encoded, batch_size)
+        text_outputs = [o.name for o in self.config.outputs if o.type == "text"]
+        teacher = self.pipeline.logits(encoded, batch_size, teacher=True) if text_outputs else {}
+        scorers = {}
+        for name, prep in self.pipeline.outputs.items():
+            column = table.column(prep.column)
+            if name in text_outputs:
+                targets = prep.target_tensor(encoded.targets[name])
+                references = [None if v is None else prep.normalize(str(v)) for v in column]
+                texts = [h[0][0] for h in self.pipeline.model.heads[name].texts(outputs[name])]
+                scorers[name] = text_scorer(texts, references, token_stats(teacher[name], targets))
+            else:
+                scorers[name] = category_scorer(outputs[name], encoded.targets[name], prep.labels,
+                                                [label_text(v) for v in column])
+        result = evaluate_outputs(scorers, len(table), groups)
         if drop:
             result["dropped"] = list(drop)
         return result

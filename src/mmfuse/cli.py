@@ -98,17 +98,18 @@ def _validation_table(run_dir: Path):
 
 
 def print_evaluation(result: dict, by: str | None) -> None:
-    """A table per output: accuracy and majority baseline overall and per group."""
+    """A table per output, overall and per group: accuracy and majority baseline of a category
+    output; exact match, token accuracy, BLEU and chrF of a text output."""
     for name, metrics in result["outputs"].items():
         table = RichTable(title=f"{name}: {result['n']} rows")
         table.add_column(by or "")
-        for col in ("n", "accuracy", "majority baseline", "loss"):
-            table.add_column(col, justify="right")
+        table.add_column("n", justify="right")
+        for key in metrics:
+            table.add_column(key.replace("_", " "), justify="right")
         rows = [("all", result["n"], metrics)]
         rows += [(g, v["n"], v["outputs"][name]) for g, v in result.get("groups", {}).items()]
         for group, n, m in rows:
-            table.add_row(str(group), str(n), f"{m['accuracy']:.4f}",
-                          f"{m['majority_baseline']:.4f}", f"{m['loss']:.4f}")
+            table.add_row(str(group), str(n), *(f"{m[key]:.4f}" for key in metrics))
         out.print(table)
 
 
@@ -140,8 +141,10 @@ def predict(
         return
     for name, result in outputs.items():
         out.print(f"[bold]{name}[/bold]: {result['prediction']}")
-        for label, p in result["probabilities"].items():
+        for label, p in result.get("probabilities", {}).items():
             out.print(f"  {label:>20} {p:7.4f} {'█' * round(p * 40)}")
+        for hypothesis in result.get("hypotheses", []):
+            out.print(f"  {hypothesis['score']:9.4f}  {hypothesis['text']}")
 
 
 @app.command()
@@ -230,13 +233,14 @@ def export(
 
 @app.command()
 def datasets(
-    name: Annotated[str, typer.Argument(help="sort-of-clevr or av-digits")],
+    name: Annotated[str, typer.Argument(
+        help="sort-of-clevr, av-digits, moving-shapes or spoken-numbers")],
     out_dir: Annotated[Path, typer.Argument(help="folder to write")],
     train_size: Annotated[int | None, typer.Option(
-        "--train", help="training images (sort-of-clevr, default 9800) or rows "
-        "(av-digits, default 3000)")] = None,
+        "--train", help="training images (sort-of-clevr, default 9800), rows (av-digits, "
+        "default 3000) or clips (moving-shapes 2000, spoken-numbers 4000)")] = None,
     test_size: Annotated[int | None, typer.Option(
-        "--test", help="test images (default 200) or rows (default 1000)")] = None,
+        "--test", help="test images (default 200), rows (1000) or clips (300, 500)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     missing: Annotated[float | None, typer.Option(
         "--missing", metavar="FRACTION",
@@ -244,7 +248,7 @@ def datasets(
     = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Generate a built-in dataset: sort-of-clevr or av-digits."""
+    """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes or spoken-numbers."""
     from .datasets import DATASETS
 
     if name not in DATASETS:
@@ -270,13 +274,23 @@ def _generate_dataset(name: str, out_dir: Path, train: int | None, test: int | N
         s = generate_sort_of_clevr(out_dir, seed=seed, **_given(n_train=train, n_test=test))
         return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
                    f"({s['train_images']} + {s['test_images']} images) to {out_dir}")
-    from .datasets.av_digits import generate_av_digits
+    if name == "av-digits":
+        from .datasets.av_digits import generate_av_digits
 
-    s = generate_av_digits(out_dir, seed=seed, **_given(train_size=train, test_size=test,
-                                                        missing_fraction=missing))
-    return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows to {out_dir} "
-               f"in {s['seconds']:.1f}s; missing images {sum(s['missing_image'].values())}, "
-               f"missing audio {sum(s['missing_audio'].values())}")
+        s = generate_av_digits(out_dir, seed=seed, **_given(train_size=train, test_size=test,
+                                                            missing_fraction=missing))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows to "
+                   f"{out_dir} in {s['seconds']:.1f}s; missing images "
+                   f"{sum(s['missing_image'].values())}, missing audio "
+                   f"{sum(s['missing_audio'].values())}")
+    if name == "moving-shapes":
+        from .datasets.moving_shapes import generate_moving_shapes as generate
+    else:
+        from .datasets.spoken_numbers import generate_spoken_numbers as generate
+    s = generate(out_dir, seed=seed, **_given(train_size=train, test_size=test))
+    return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
+               f"({s['train_clips']} + {s['test_clips']} clips) to {out_dir} "
+               f"in {s['seconds']:.1f}s")
 
 
 def _given(**options: object) -> dict:

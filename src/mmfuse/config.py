@@ -195,12 +195,27 @@ class InputConfig(StrictModel):
         return self
 
 
+class TextTargetOptions(StrictModel):
+    """Text output preprocessing: a tokenizer fitted on the training split's targets."""
+
+    tokenizer: Literal["word", "char"] = Field(
+        "word", description="'word': words, single digits, single CJK characters and "
+        "punctuation; 'char': every character")
+    lowercase: bool = False
+    min_frequency: int = Field(1, ge=1, description="rarer tokens become [UNK]")
+    max_vocab: int | None = Field(None, gt=4)
+
+
 class OutputConfig(StrictModel):
     """One model output: a table column to predict and its head."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    type: Literal["category"]
+    type: Literal["category", "text"]
     column: str | None = None
+    preprocess: dict[str, Any] = Field(
+        default_factory=dict, description="text outputs: the output tokenizer's options")
+    decoder: Literal["gru", "transformer"] | None = Field(
+        None, description="text outputs: shorthand for head.decoder")
     head: dict[str, Any] = Field(default_factory=dict)
     loss_weight: float = Field(1.0, gt=0)
 
@@ -208,7 +223,24 @@ class OutputConfig(StrictModel):
     def _resolve(self) -> OutputConfig:
         if self.column is None:
             self.column = self.name
-        self.head = resolve_component(HEADS, {"type": self.type, **self.head})
+        head = dict(self.head)
+        if self.type != "text":
+            for key in ("preprocess", "decoder"):
+                if getattr(self, key):
+                    raise ValueError(f"{key} applies to text outputs only; drop it from the "
+                                     f"{self.type} output {self.name!r}")
+        else:
+            try:
+                self.preprocess = TextTargetOptions.model_validate(self.preprocess).model_dump()
+            except ValidationError as exc:
+                raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
+            if self.decoder is not None:
+                if head.get("decoder", self.decoder) != self.decoder:
+                    raise ValueError(f"decoder: {self.decoder!r} and head.decoder: "
+                                     f"{head['decoder']!r} disagree; give one of them")
+                head["decoder"] = self.decoder
+        self.head = resolve_component(HEADS, {"type": self.type, **head})
+        self.decoder = self.head.get("decoder")
         return self
 
 

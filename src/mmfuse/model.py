@@ -44,12 +44,17 @@ class MultimodalModel(nn.Module):
                 for name, enc in self.encoders.items()}
         self.fusion = build_component(FUSIONS, config.fusion, dims)
         self.heads = nn.ModuleDict(
-            {o.name: build_component(HEADS, o.head, self.fusion.out_dim, output_labels[o.name])
+            {o.name: build_component(HEADS, o.head, self.fusion.out_dim, output_labels[o.name],
+                                     dims)
              for o in config.outputs}
         )
 
-    def forward(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    def forward(self, inputs: dict[str, dict[str, torch.Tensor]],
+                targets: dict[str, torch.Tensor] | None = None) -> dict:
         """Logits per output for a batch.
+
+        A text head also reads the inputs' features: given ``targets`` it returns
+        teacher-forced logits, without them the texts it generates.
 
         Each input's tensors hold its *unique* items plus ``index`` [B] mapping rows to them, so
         an image shared by many rows of the batch is encoded once. A serial fusion (FiLM) names a
@@ -66,7 +71,9 @@ class MultimodalModel(nn.Module):
         if target is not None:
             features[target] = self._modulated(inputs[target], features[source], target)
         fused = self.fusion(features)
-        return {name: head(fused) for name, head in self.heads.items()}
+        return {name: head(fused, features, (targets or {}).get(name))
+                if getattr(head, "generates", False) else head(fused)
+                for name, head in self.heads.items()}
 
     def _modulated(self, tensors: dict, source, target: str):
         """The FiLM target encoded per row, each row modulated by its own source features;

@@ -50,6 +50,20 @@ class EncodedTable:
         return np.where(index == MISSING, -1 - np.arange(len(index)), index)
 
 
+def concat(parts: list) -> torch.Tensor | dict:
+    """Batches of one output joined along rows: tensors, or dicts of tensors (generated text).
+    Tensors that differ past the row axis (texts of other lengths) are padded with zeros,
+    which is ``[PAD]`` for token ids and a padded position for teacher-forced logits."""
+    if isinstance(parts[0], dict):
+        return {key: concat([p[key] for p in parts]) for key in parts[0]}
+    shape = [max(sizes) for sizes in zip(*(p.shape for p in parts), strict=True)]
+    padded = []
+    for p in parts:
+        pad = [x for d in reversed(range(1, p.dim())) for x in (0, shape[d] - p.shape[d])]
+        padded.append(torch.nn.functional.pad(p, pad) if any(pad) else p)
+    return torch.cat(padded)
+
+
 class Pipeline:
     """Preprocessors for every input and output, and the model between them."""
 
@@ -124,7 +138,8 @@ class Pipeline:
             row_items = self._drop_inputs(row_items, generator)
         inputs = {name: prep.batch(data.inputs[name], row_items[name], train, generator)
                   for name, prep in self.inputs.items()}
-        targets = {name: torch.from_numpy(t[rows]) for name, t in data.targets.items()}
+        targets = {name: self.outputs[name].target_tensor(t[rows])
+                   for name, t in data.targets.items()}
         return inputs, targets
 
     def _drop_inputs(self, row_items: dict[str, np.ndarray],
@@ -166,15 +181,18 @@ class Pipeline:
         return EncodedTable(data.table, columns, data.targets)
 
     @torch.no_grad()
-    def logits(self, data: EncodedTable, batch_size: int = 256) -> dict[str, torch.Tensor]:
-        """Logits of every output for every row, in table order (model in eval mode)."""
+    def logits(self, data: EncodedTable, batch_size: int = 256,
+               teacher: bool = False) -> dict:
+        """Outputs of every output for every row, in table order (model in eval mode): logits
+        of category outputs; for text outputs the generated texts' ids and scores, or with
+        ``teacher`` (which needs targets) the teacher-forced logits."""
         self.model.eval()
-        parts: dict[str, list[torch.Tensor]] = {name: [] for name in self.outputs}
+        parts: dict[str, list] = {name: [] for name in self.outputs}
         for rows in sequential_batches(len(data), batch_size):
-            inputs, _ = self.batch(data, rows)
-            for name, out in self.model(inputs).items():
+            inputs, targets = self.batch(data, rows)
+            for name, out in self.model(inputs, targets if teacher else None).items():
                 parts[name].append(out)
-        return {name: torch.cat(p) for name, p in parts.items()}
+        return {name: concat(p) for name, p in parts.items()}
 
     def postprocess(self, logits: dict[str, torch.Tensor]) -> list[dict]:
         """Per row: ``{output: {"prediction": ..., "probabilities": {...}}}``."""

@@ -119,7 +119,7 @@ _UtteranceKey = tuple[str, int, int, int]  # split, digit, voice index, setting 
 
 
 class MissingDependencyError(MmfuseError, RuntimeError):
-    """espeak-ng, the program AV-Digits speaks with, is not installed."""
+    """espeak-ng, the program AV-Digits (and Spoken-Numbers) speaks with, is not installed."""
 
 
 @dataclass(frozen=True)
@@ -208,14 +208,18 @@ def _check_fraction(value: object) -> float:
     return float(value)
 
 
-def _require_dependencies() -> str:
-    """Return the espeak-ng executable's path; raise if it or a Python package is missing."""
-    for module in ("sklearn", "soundfile", "soxr"):
-        require(module, "datasets", "generating av-digits")
+def _require_dependencies(dataset: str = "av-digits",
+                          modules: tuple[str, ...] = ("sklearn", "soundfile", "soxr")) -> str:
+    """Return the espeak-ng executable's path; raise if it or a Python package is missing.
+
+    ``dataset`` names the generator in the messages; ``modules`` are the packages it needs.
+    """
+    for module in modules:
+        require(module, "datasets", f"generating {dataset}")
     espeak = shutil.which("espeak-ng")
     if espeak is None:
         raise MissingDependencyError(
-            "av-digits needs the espeak-ng speech synthesizer, which is not on PATH; install it "
+            f"{dataset} needs the espeak-ng speech synthesizer, which is not on PATH; install it "
             "with `apt-get install espeak-ng` (`make setup` does).")
     return espeak
 
@@ -320,8 +324,12 @@ def _synthesize(espeak: str, keys: list[_UtteranceKey], seed: int
         return dict(zip(keys, pool.map(speak, keys), strict=True))
 
 
-def _speak(espeak: str, word: str, voice: str, speed: int, pitch: int) -> np.ndarray:
-    """One clean utterance: float32 at SAMPLE_RATE, silence trimmed, unit RMS."""
+def _speak(espeak: str, word: str, voice: str, speed: int, pitch: int,
+           max_seconds: float | None = CLIP_SECONDS) -> np.ndarray:
+    """One clean utterance: float32 at SAMPLE_RATE, silence trimmed, unit RMS.
+
+    The trimmed utterance is cut to ``max_seconds`` (``None``: never cut).
+    """
     import soundfile
     import soxr
 
@@ -332,7 +340,9 @@ def _speak(espeak: str, word: str, voice: str, speed: int, pitch: int) -> np.nda
                            f"{result.stderr.decode(errors='replace').strip()}")
     samples, rate = soundfile.read(io.BytesIO(result.stdout), dtype="float32")
     samples = soxr.resample(samples, rate, SAMPLE_RATE)
-    samples = _trim_silence(samples)[: round(CLIP_SECONDS * SAMPLE_RATE)]
+    samples = _trim_silence(samples)
+    if max_seconds is not None:
+        samples = samples[: round(max_seconds * SAMPLE_RATE)]
     return (samples / np.sqrt(np.mean(samples**2))).astype(np.float32)
 
 

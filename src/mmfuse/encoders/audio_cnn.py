@@ -8,7 +8,9 @@ pooled vector is the mean (or max) over the real steps. A clip's frame mask is d
 along with the time axis, so padding never reaches the pooled vector.
 
 Shapes: features ``[B, C, F, T]``, mask ``[B, T]`` -> tokens ``[B, T', dim]``, pooled ``[B, dim]``
-with ``T' ~ T / stride**len(channels)``.
+with ``T' ~ T / stride**len(channels)``. With ``temporal: gru`` a bidirectional GRU then runs over
+the real time steps (Amodei et al. 2016's Deep Speech 2 pairs convolutions with recurrent
+layers the same way), and the tokens are its states.
 """
 
 from __future__ import annotations
@@ -18,8 +20,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config_base import Options
+from ..errors import ConfigError
 from ..registry import ENCODERS
 from .base import Features, all_present, masked_max, masked_mean
 
@@ -31,6 +35,9 @@ class AudioCNNOptions(Options):
     dim: int = Field(128, ge=1, description="width of every token and of the pooled vector")
     pool: Literal["mean", "max"] = "mean"
     dropout: float = Field(0.0, ge=0, lt=1)
+    temporal: Literal["none", "gru"] = Field(
+        "none", description="'gru': a bidirectional GRU over the time tokens, so each token "
+        "knows its context (what was said before and after)")
 
 
 @ENCODERS.register("audio_cnn", AudioCNNOptions)
@@ -55,6 +62,10 @@ class AudioCNNEncoder(nn.Module):
                                      nn.Dropout(options.dropout))
         self.token_dim = self.pooled_dim = options.dim
         self.pool = options.pool
+        self.rnn = nn.GRU(options.dim, options.dim // 2, batch_first=True, bidirectional=True) \
+            if options.temporal == "gru" else None
+        if self.rnn is not None and options.dim % 2:
+            raise ConfigError(f"audio_cnn: temporal gru needs an even dim, not {options.dim}")
 
     def _shrink(self, size):
         """Length of an axis after one block (works on ints and tensors)."""
@@ -68,5 +79,10 @@ class AudioCNNEncoder(nn.Module):
             lengths = self._shrink(lengths)
         steps = torch.arange(tokens.shape[1], device=tokens.device)
         token_mask = steps.unsqueeze(0) < lengths.clamp(min=1).unsqueeze(1)
+        if self.rnn is not None:
+            packed = pack_padded_sequence(tokens, lengths.clamp(min=1).cpu(), batch_first=True,
+                                          enforce_sorted=False)
+            tokens = pad_packed_sequence(self.rnn(packed)[0], batch_first=True,
+                                         total_length=tokens.shape[1])[0]
         pooled = (masked_mean if self.pool == "mean" else masked_max)(tokens, token_mask)
         return Features(tokens, token_mask, pooled, all_present(tokens.shape[0], tokens.device))

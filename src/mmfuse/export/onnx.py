@@ -71,6 +71,11 @@ def export_onnx(source: str | Path, out_dir: str | Path) -> dict:
     start = time.perf_counter()
     bundle = find_bundle(source)
     model = Model.load(bundle)
+    text = [o.name for o in model.config.outputs if o.type == "text"]
+    if text:
+        raise MmfuseError(f"{bundle}: text output {text[0]!r} cannot be exported to ONNX yet "
+                          "(its search loops over generated tokens); serve the PyTorch model "
+                          f"with: mmfuse serve {source}")
     pipeline, net = model.pipeline, model.pipeline.model.eval()
     trace_batch = example_batch(pipeline, TRACE, seed=0)
     inputs = graph_inputs(model.config, trace_batch)

@@ -1,3 +1,3 @@
-"""Heads: turn the fused vector into one output each."""
+"""Heads: turn the fused representation into one output each."""
 
-from . import category  # noqa: F401  (registration)
+from . import category, text  # noqa: F401  (registration)

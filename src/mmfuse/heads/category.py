@@ -32,7 +32,8 @@ class CategoryOptions(Options):
 class CategoryHead(nn.Module):
     """Softmax classifier trained with cross-entropy on logits."""
 
-    def __init__(self, options: CategoryOptions, in_dim: int, labels: list[str]) -> None:
+    def __init__(self, options: CategoryOptions, in_dim: int, labels: list[str],
+                 input_dims: dict[str, dict] | None = None) -> None:
         super().__init__()
         self.labels = labels
         self.top_k = options.top_k
@@ -47,6 +48,13 @@ class CategoryHead(nn.Module):
         """Mean cross-entropy over rows with a known label."""
         return F.cross_entropy(logits, target, ignore_index=IGNORE_INDEX,
                                label_smoothing=label_smoothing)
+
+    @staticmethod
+    def accuracy(logits: torch.Tensor, target: torch.Tensor) -> float:
+        """Share of rows whose top label is right; rows with an unseen label count as wrong."""
+        if len(target) == 0:
+            return float("nan")
+        return (logits.argmax(-1) == target).float().mean().item()
 
     def postprocess(self, logits: torch.Tensor) -> list[dict]:
         """Per row: the predicted label and the top-k probabilities, highest first."""

@@ -26,7 +26,11 @@ def build_input_preprocessor(config: InputConfig) -> Preprocessor:
 
 
 def build_output_preprocessor(config: OutputConfig) -> Preprocessor:
-    """The preprocessor (label encoder) for one output."""
+    """The preprocessor (label encoder, or output tokenizer) for one output."""
+    if config.type == "text":
+        from .text_target import TextTargetPreprocessor
+
+        return TextTargetPreprocessor(config)
     from .category import CategoryPreprocessor
 
     return CategoryPreprocessor(config)

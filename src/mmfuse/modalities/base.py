@@ -72,6 +72,10 @@ class Preprocessor:
         """Turn a selection of unique items into the encoder's keyword arguments."""
         raise NotImplementedError
 
+    def target_tensor(self, values: np.ndarray) -> torch.Tensor:
+        """An output's encoded targets for a batch of rows, as the head's loss takes them."""
+        return torch.from_numpy(values)
+
     def state(self) -> dict:
         """Learned state as plain JSON-able data."""
         return {}

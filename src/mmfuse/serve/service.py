@@ -47,7 +47,8 @@ class Service:
         return results
 
     def describe(self) -> dict:
-        """``GET /v1/model``: inputs with their types and limits, outputs with their labels."""
+        """``GET /v1/model``: inputs with their types and limits, outputs with their labels (a
+        text output: its vocabulary size and decoding)."""
         config = self.model.config
         inputs = []
         for spec in config.inputs:
@@ -60,9 +61,14 @@ class Service:
             else:
                 entry["max_seconds"] = self.limits.max_media_seconds
             inputs.append(entry)
-        outputs = [{"name": o.name, "type": o.type,
-                    "labels": list(self.model.pipeline.outputs[o.name].labels)}
-                   for o in config.outputs]
+        outputs = []
+        for o in config.outputs:
+            labels = list(self.model.pipeline.outputs[o.name].labels)
+            if o.type == "text":  # the labels are the output vocabulary
+                outputs.append({"name": o.name, "type": o.type, "vocabulary_size": len(labels),
+                                **{k: o.head[k] for k in ("decoder", "decoding", "max_length")}})
+            else:
+                outputs.append({"name": o.name, "type": o.type, "labels": labels})
         return {"source": self.source, "runtime": self.runtime, "inputs": inputs,
                 "outputs": outputs,
                 "limits": {"max_body_bytes": self.limits.max_body_bytes,

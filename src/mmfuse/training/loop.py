@@ -21,7 +21,7 @@ import torch
 from ..config import TrainingConfig
 from ..data.sampler import grouped_batches, shuffled_batches
 from ..pipeline import EncodedTable, Pipeline
-from .metrics import RunningMean, accuracy
+from .metrics import RunningMean
 from .progress import EpochProgress
 
 
@@ -64,11 +64,16 @@ def batch_loss(pipeline: Pipeline, logits: dict, targets: dict, smoothing: float
 @torch.no_grad()
 def validation_metrics(pipeline: Pipeline, data: EncodedTable, cfg: TrainingConfig) -> dict:
     """Mean loss and accuracy (averaged over outputs) on the validation table."""
-    logits = pipeline.logits(data, cfg.eval_batch_size or max(256, cfg.batch_size))
-    targets = {n: torch.from_numpy(t) for n, t in data.targets.items()}
+    logits = pipeline.logits(data, cfg.eval_batch_size or max(256, cfg.batch_size), teacher=True)
+    targets = {n: pipeline.outputs[n].target_tensor(t) for n, t in data.targets.items()}
     loss = batch_loss(pipeline, logits, targets, 0.0).item()
-    accs = [accuracy(logits[n].argmax(-1), targets[n]) for n in logits]
-    return {"loss": loss, "accuracy": float(np.mean(accs))}
+    return {"loss": loss, "accuracy": mean_accuracy(pipeline, logits, targets)}
+
+
+def mean_accuracy(pipeline: Pipeline, logits: dict, targets: dict) -> float:
+    """Accuracy averaged over outputs (token accuracy for text outputs)."""
+    heads = pipeline.model.heads
+    return float(np.mean([heads[n].accuracy(out, targets[n]) for n, out in logits.items()]))
 
 
 def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable | None,
@@ -110,7 +115,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
             bar.start(epoch, cfg.epochs, len(batches))
             for rows in batches:
                 inputs, targets = pipeline.batch(train_data, rows, True, generator)
-                logits = model(inputs)
+                logits = model(inputs, targets)
                 loss = batch_loss(pipeline, logits, targets, cfg.label_smoothing)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -118,8 +123,8 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                     torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                 optimizer.step()
                 scheduler.step()
-                accs = [accuracy(out.argmax(-1), targets[n]) for n, out in logits.items()]
-                running.update(len(rows), loss=loss.item(), accuracy=float(np.mean(accs)))
+                running.update(len(rows), loss=loss.item(),
+                               accuracy=mean_accuracy(pipeline, logits, targets))
                 bar.advance(running.means(), running.examples_per_second())
                 if time.perf_counter() > deadline:
                     break  # out of time: validate what this epoch learned, then stop

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..errors import require
 from ..heads.category import IGNORE_INDEX
+from ..modalities.text_target import PAD_ID, has_cjk
 
 
 class RunningMean:
@@ -73,21 +76,76 @@ def category_metrics(logits: torch.Tensor, target: torch.Tensor, labels: list[st
     }
 
 
-def evaluate_outputs(logits: dict[str, torch.Tensor], targets: dict[str, np.ndarray],
-                     labels: dict[str, list[str]], truth: dict[str, list[str]],
+def category_scorer(logits: torch.Tensor, target: np.ndarray, labels: list[str],
+                    truth: list[str]) -> Callable[[np.ndarray], dict]:
+    """The metrics of a category output on any subset of rows."""
+    target_t = torch.from_numpy(target)
+    return lambda rows: category_metrics(logits[rows], target_t[rows], labels,
+                                         [truth[i] for i in rows])
+
+
+def token_stats(logits: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
+    """Per row of teacher-forced logits ``[N, T - 1, V]`` and targets ``[N, T]``: target tokens,
+    tokens predicted right, and summed cross-entropy (so subsets can be summed)."""
+    gold = target[:, 1: 1 + logits.shape[1]]
+    real = gold != PAD_ID
+    loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
+                           ignore_index=PAD_ID, reduction="none").view(gold.shape)
+    return {"tokens": real.sum(1).numpy(),
+            "correct": ((logits.argmax(-1) == gold) & real).sum(1).numpy(),
+            "loss": (loss * real).sum(1).double().numpy()}
+
+
+def text_metrics(hypotheses: list[str], references: list[str | None],
+                 stats: dict[str, np.ndarray]) -> dict:
+    """Exact match, BLEU and chrF of generated texts against references (rows without one are
+    left out), and teacher-forced token accuracy and loss per token.
+
+    BLEU and chrF are sacrebleu's corpus scores (0-100). BLEU splits Chinese into characters
+    (sacrebleu's ``zh`` tokenizer, the same as ``13a`` elsewhere) when any reference has CJK,
+    and uses the effective order: n-gram orders that no hypothesis is long enough to have are
+    left out of the geometric mean, so a corpus of three-word texts does not score 0.
+    """
+    require("sacrebleu", "text", "BLEU and chrF of text outputs")
+    from sacrebleu.metrics import BLEU, CHRF
+
+    rows = [i for i, r in enumerate(references) if r]
+    hyps, refs = [hypotheses[i] for i in rows], [references[i] for i in rows]
+    if not rows:
+        nan = float("nan")
+        return {"exact_match": nan, "token_accuracy": nan, "bleu": nan, "chrf": nan,
+                "loss": nan}
+    tokenize = "zh" if any(has_cjk(r) for r in refs) else "13a"
+    counted = max(1, int(stats["tokens"][rows].sum()))
+    return {
+        "exact_match": round(float(np.mean([h == r for h, r in zip(hyps, refs, strict=True)])),
+                             6),
+        "token_accuracy": round(float(stats["correct"][rows].sum()) / counted, 6),
+        "bleu": round(BLEU(tokenize=tokenize, effective_order=True).corpus_score(
+            hyps, [refs]).score, 4),
+        "chrf": round(CHRF().corpus_score(hyps, [refs]).score, 4),
+        "loss": round(float(stats["loss"][rows].sum()) / counted, 6),
+    }
+
+
+def text_scorer(hypotheses: list[str], references: list[str | None],
+                stats: dict[str, np.ndarray]) -> Callable[[np.ndarray], dict]:
+    """The metrics of a text output on any subset of rows."""
+    return lambda rows: text_metrics([hypotheses[i] for i in rows],
+                                     [references[i] for i in rows],
+                                     {k: v[rows] for k, v in stats.items()})
+
+
+def evaluate_outputs(scorers: dict[str, Callable[[np.ndarray], dict]], n: int,
                      groups: list[str] | None = None) -> dict:
-    """The ``evaluate --json`` object: overall metrics, and per group when ``groups`` is given."""
-    n = len(next(iter(targets.values())))
-    result: dict = {"n": n, "outputs": {}}
-    for name in logits:
-        result["outputs"][name] = category_metrics(
-            logits[name], torch.from_numpy(targets[name]), labels[name], truth[name])
+    """The ``evaluate --json`` object: each output's metrics over all ``n`` rows, and per group
+    of rows when ``groups`` (one value per row) is given."""
+    everything = np.arange(n)
+    result: dict = {"n": n, "outputs": {name: score(everything) for name, score in scorers.items()}}
     if groups is not None:
         result["groups"] = {}
         for value in sorted(set(groups)):
             rows = np.array([i for i, g in enumerate(groups) if g == value])
             result["groups"][value] = {"n": len(rows), "outputs": {
-                name: category_metrics(logits[name][rows], torch.from_numpy(targets[name][rows]),
-                                       labels[name], [truth[name][i] for i in rows])
-                for name in logits}}
+                name: score(rows) for name, score in scorers.items()}}
     return result
