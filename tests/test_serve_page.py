@@ -195,3 +195,24 @@ def test_a_prediction_logs_no_console_errors(page: Page, live_server: str, examp
     predict(page, example["image"], example["question"])
     expect(page.locator('.output[data-output="answer"] .bar-row')).not_to_have_count(0)
     assert problems == []
+
+
+def test_a_text_output_shows_its_text_and_beam_hypotheses(page: Page, live_server: str,
+                                                         example: dict):
+    # what the server answers for a text output decoded with beam search (test_text_cli.py
+    # checks that the server does answer this for a captioning model)
+    hypotheses = [{"text": "un carré vert", "score": -0.0307},
+                  {"text": "un cercle <b>vert</b>", "score": -4.0773}]
+    body = {"outputs": {"answer": {"prediction": "un carré vert", "score": -0.0307,
+                                   "hypotheses": hypotheses}}}
+    page.route("**/v1/predict", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(body)))
+    page.goto(live_server)
+    predict(page, example["image"], example["question"])
+    block = page.locator('.output[data-output="answer"]')
+    expect(block.locator(".prediction")).to_have_text("un carré vert")
+    assert block.locator(".bar-row").count() == 0
+    items = block.locator("ol.hypotheses li")
+    expect(items).to_have_count(2)
+    assert items.locator(".hypothesis").all_inner_texts() == [h["text"] for h in hypotheses]
+    assert items.locator(".num").all_inner_texts() == ["-0.031", "-4.077"]

@@ -124,3 +124,25 @@ def test_transformer_decoder_learns_the_captions(tmp_path):
     metrics = model.evaluate(test)["outputs"]["caption"]
     assert metrics["exact_match"] >= 0.5, metrics  # one caption in 9 fits a prompt
     assert "hypotheses" not in model.predict(test)[0]["caption"]  # greedy
+
+
+@pytest.mark.parametrize(("name", "header"), [
+    ("moving-shapes", ["video", "prompt", "caption", "objects"]),
+    ("spoken-numbers", ["audio", "prompt", "target", "number", "voice"]),
+])
+def test_cli_writes_the_text_datasets(tmp_path, name, header):
+    import csv
+    import shutil
+
+    if name == "spoken-numbers" and shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (make setup installs it)")
+    summary = json.loads(run("datasets", name, tmp_path, "--train", "3", "--test", "2",
+                             "--json").stdout)
+    assert (summary["train_clips"], summary["test_clips"]) == (3, 2)
+    with open(tmp_path / "train.csv", encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == header and len(rows) == summary["train_rows"]
+    shown = run("datasets", name, tmp_path / "again", "--train", "1", "--test", "1").stdout
+    assert "1 + 1 clips" in shown
+    refused = run("datasets", name, tmp_path / "bad", "--train", "0", check=False)
+    assert refused.returncode != 0 and "train_size" in refused.stderr

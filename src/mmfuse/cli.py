@@ -238,7 +238,7 @@ def datasets(
     out_dir: Annotated[Path, typer.Argument(help="folder to write")],
     train_size: Annotated[int | None, typer.Option(
         "--train", help="training images (sort-of-clevr, default 9800), rows (av-digits, "
-        "default 3000) or clips (moving-shapes 2000, spoken-numbers 4000)")] = None,
+        "default 3000) or clips (moving-shapes 24000, spoken-numbers 4000)")] = None,
     test_size: Annotated[int | None, typer.Option(
         "--test", help="test images (default 200), rows (1000) or clips (300, 500)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,

@@ -160,7 +160,7 @@ def caption(colour: str, shape: str, d1: str, d2: str) -> str:
 
 def generate_moving_shapes(
     out_dir: str | Path,
-    train_size: int = 2000,
+    train_size: int = 24000,
     test_size: int = 300,
     seed: int = 0,
 ) -> dict:
