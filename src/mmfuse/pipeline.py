@@ -190,7 +190,8 @@ class Pipeline:
         parts: dict[str, list] = {name: [] for name in self.outputs}
         for rows in sequential_batches(len(data), batch_size):
             inputs, targets = self.batch(data, rows)
-            for name, out in self.model(inputs, targets if teacher else None).items():
+            outputs = self.model(inputs, targets) if teacher else self.model(inputs)
+            for name, out in outputs.items():
                 parts[name].append(out)
         return {name: concat(p) for name, p in parts.items()}
 
