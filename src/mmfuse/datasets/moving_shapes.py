@@ -50,6 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import require
+from .av_digits import _check_int
 
 __all__ = [
     "COLOURS",
@@ -202,15 +203,6 @@ def generate_moving_shapes(
         summary[f"{split}_clips"] = len(clips)
     summary["seconds"] = round(time.perf_counter() - start, 2)
     return summary
-
-
-def _check_int(name: str, value: object, minimum: int, fix: str) -> int:
-    """Return ``value`` as an int, or raise ValueError naming it, if it is not an int >= min."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be an integer, got {value!r}; {fix}.")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}; {fix}.")
-    return int(value)
 
 
 def _offsets(d1: str, d2: str, speed: int) -> np.ndarray:
