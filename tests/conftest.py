@@ -37,20 +37,30 @@ def draw_shape(colour: str, shape: str, rng: np.random.Generator, size: int = 32
 def make_shapes_qa(folder: Path, n_images: int, lang: str = "en", seed: int = 0,
                    name: str = "train.csv") -> Path:
     """Write ``n_images`` PNGs and a CSV (image, question, answer, qtype), two questions each."""
+    rows = []
+    for path, colour, shape in drawn_shapes(folder, n_images, seed, name):
+        for qtype, answer in (("colour", colour), ("shape", shape)):
+            rows.append({"image": path, "question": QUESTIONS[lang][qtype], "answer": answer,
+                         "qtype": qtype})
+    return write_table(folder / name, rows)
+
+
+def drawn_shapes(folder: Path, n_images: int, seed: int, name: str):
+    """Draw ``n_images`` random shapes into ``folder/img``; yields (path, colour, shape)."""
     rng = np.random.default_rng(seed)
     (folder / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
     for i in range(n_images):
         colour = list(COLOURS)[int(rng.integers(3))]
         shape = SHAPES[int(rng.integers(3))]
         path = f"img/{name.split('.')[0]}_{i:04d}.png"
         draw_shape(colour, shape, rng).save(folder / path)
-        for qtype, answer in (("colour", colour), ("shape", shape)):
-            rows.append({"image": path, "question": QUESTIONS[lang][qtype], "answer": answer,
-                         "qtype": qtype})
-    table = folder / name
+        yield path, colour, shape
+
+
+def write_table(table: Path, rows: list[dict]) -> Path:
+    """Write ``rows`` as a UTF-8 CSV with their keys as the header."""
     with table.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "question", "answer", "qtype"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
     return table
@@ -72,22 +82,10 @@ def make_shapes_captions(folder: Path, n_images: int, seed: int = 0,
                          name: str = "train.csv") -> Path:
     """A captioning table that is not a built-in one: ``image,prompt,caption``, one row per
     prompt ("describe the picture" in English, "décris l'image" in French)."""
-    rng = np.random.default_rng(seed)
-    (folder / "img").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n_images):
-        colour = list(COLOURS)[int(rng.integers(3))]
-        shape = SHAPES[int(rng.integers(3))]
-        path = f"img/{name.split('.')[0]}_{i:04d}.png"
-        draw_shape(colour, shape, rng).save(folder / path)
-        rows += [{"image": path, "prompt": p, "caption": caption(colour, shape, p)}
-                 for p in PROMPTS]
-    table = folder / name
-    with table.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["image", "prompt", "caption"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return table
+    rows = [{"image": path, "prompt": p, "caption": caption(colour, shape, p)}
+            for path, colour, shape in drawn_shapes(folder, n_images, seed, name)
+            for p in PROMPTS]
+    return write_table(folder / name, rows)
 
 
 @pytest.fixture(autouse=True)
