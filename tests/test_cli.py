@@ -155,3 +155,58 @@ def test_path_outside_table_folder_is_rejected(tmp_path, minimal_config):
     assert out.returncode == 2 and "outside" in out.stderr and "--data-root" in out.stderr
 
 
+
+
+def run_main(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    """``mmfuse ARGS`` in this process: exit status and what it wrote to stderr."""
+    from mmfuse.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["mmfuse", *args])
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as exit_info:
+        main()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+VERBS = ["train", "evaluate", "predict", "serve", "export", "datasets", "list", "demo"]
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_unknown_option_prints_usage_and_exits_2(verb, monkeypatch, capsys):
+    code, stderr = run_main(monkeypatch, capsys, verb, "--bogus")
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert f"Usage: mmfuse {verb}" in stderr
+    assert "error: No such option: --bogus; options: " in stderr
+
+
+@pytest.mark.parametrize("verb", [v for v in VERBS if v != "demo"])  # demo needs no argument
+def test_missing_argument_prints_usage_and_exits_2(verb, monkeypatch, capsys):
+    code, stderr = run_main(monkeypatch, capsys, verb)
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert f"Usage: mmfuse {verb}" in stderr
+    assert "error: Missing argument" in stderr
+
+
+@pytest.mark.parametrize(("args", "hint"), [
+    (["trian"], "Did you mean 'train'?"),
+    (["evalute"], "Did you mean 'evaluate'?"),
+    (["train", "model.yaml", "--dta", "t.csv"], "(did you mean '--data'?)"),
+    (["predict", "runs/x", "--sett", "a=b"], "(did you mean '--set'?)"),
+    (["evaluate", "runs/x", "--jsn"], "(did you mean '--json'?)"),
+])
+def test_misspelt_command_or_option_gets_did_you_mean(args, hint, monkeypatch, capsys):
+    code, stderr = run_main(monkeypatch, capsys, *args)
+    assert code == 2
+    assert "Traceback" not in stderr
+    assert "Usage: mmfuse" in stderr
+    assert hint in stderr
+
+
+def test_usage_error_from_the_installed_command():
+    """The console script itself, not just main(): no traceback, status 2."""
+    result = run("trian", check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "Did you mean 'train'?" in result.stderr

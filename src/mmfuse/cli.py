@@ -352,20 +352,60 @@ def demo(
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one clear message and exit code 2."""
-    import click
     from rich.text import Text
 
+    usage_errors, click_errors, aborts = _click_exception_types()
     try:
-        app(standalone_mode=False)
+        app(standalone_mode=False, prog_name="mmfuse")
     except MmfuseError as exc:
         err.print(Text("error: ", style="bold red") + Text(str(exc)))
         sys.exit(2)
-    except (KeyboardInterrupt, click.exceptions.Abort):
+    except (KeyboardInterrupt, *aborts):
         err.print("interrupted")
         sys.exit(130)
-    except click.exceptions.ClickException as exc:  # usage errors: their own message and code
+    except usage_errors as exc:  # a misspelt command or option, a missing argument
+        sys.stderr.write(usage_message(exc) + "\n")
+        sys.exit(2)
+    except click_errors as exc:  # other click errors: their own message and code
         exc.show()
         sys.exit(exc.exit_code)
+
+
+def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """Usage-error, click-error and abort classes of click and of the click copy that newer
+    typer releases vendor as ``typer._click`` (raised instead of click's own)."""
+    import importlib
+
+    import typer
+
+    modules = []
+    for name in ("click.exceptions", "typer._click.exceptions"):
+        try:
+            modules.append(importlib.import_module(name))
+        except ImportError:
+            continue
+    return (tuple(m.UsageError for m in modules), tuple(m.ClickException for m in modules),
+            (typer.Abort, *(m.Abort for m in modules if hasattr(m, "Abort"))))
+
+
+def usage_message(exc: Exception) -> str:
+    """The usage line, where to find help, and the error with a did-you-mean for a misspelt
+    option (a misspelt command gets click's own "Did you mean")."""
+    from .config_base import did_you_mean
+
+    ctx = getattr(exc, "ctx", None)
+    lines = []
+    if ctx is not None:
+        lines += [ctx.get_usage(), f"Try '{ctx.command_path} --help' for help.", ""]
+    option = getattr(exc, "option_name", None)
+    if option and type(exc).__name__ == "NoSuchOption" and ctx is not None:
+        names = {o.lstrip("-"): o for p in ctx.command.params for o in getattr(p, "opts", [])
+                 if o.startswith("--")}
+        hint = did_you_mean(option.lstrip("-"), list(names)).replace("'", "'--", 1)
+        message = f"{exc.message}{hint or '; options: ' + ', '.join(sorted(names.values()))}"
+    else:
+        message = exc.format_message()
+    return "\n".join(lines + [f"error: {message}"])
 
 
 if __name__ == "__main__":
