@@ -8,9 +8,10 @@ pooled vector is the mean (or max) over the real steps. A clip's frame mask is d
 along with the time axis, so padding never reaches the pooled vector.
 
 Shapes: features ``[B, C, F, T]``, mask ``[B, T]`` -> tokens ``[B, T', dim]``, pooled ``[B, dim]``
-with ``T' ~ T / stride**len(channels)``. With ``temporal: gru`` a bidirectional GRU then runs over
-the real time steps (Amodei et al. 2016's Deep Speech 2 pairs convolutions with recurrent
-layers the same way), and the tokens are its states.
+with ``T' ~ T / stride**len(channels)``. With ``temporal: gru`` (the default) a bidirectional GRU
+then runs over the real time steps (Amodei et al. 2016's Deep Speech 2 pairs convolutions with
+recurrent layers the same way), and the tokens are its states: pooling the CNN's tokens
+directly (``temporal: none``) would be blind to the order of sounds.
 """
 
 from __future__ import annotations
@@ -36,8 +37,9 @@ class AudioCNNOptions(Options):
     pool: Literal["mean", "max"] = "mean"
     dropout: float = Field(0.0, ge=0, lt=1)
     temporal: Literal["none", "gru"] = Field(
-        "none", description="'gru': a bidirectional GRU over the time tokens, so each token "
-        "knows its context (what was said before and after)")
+        "gru", description="'gru' (default): a bidirectional GRU over the time tokens, so each "
+        "token knows its context and the pooled vector knows the order of sounds; 'none' "
+        "pools the CNN's tokens directly, which is blind to order ('rising' = 'falling')")
 
 
 @ENCODERS.register("audio_cnn", AudioCNNOptions)

@@ -1,10 +1,14 @@
 """``frame_cnn``: one image CNN shared by every frame, then a temporal model over the frames.
 
-The per-frame CNN is the ``cnn`` encoder (its pooled vector per frame); the temporal model is
+The per-frame CNN is the ``cnn`` encoder (its pooled vector per frame: by default a projection
+of the flattened grid, which keeps where things are in the frame); the temporal model is
 ``mean`` (order-free average, as the late-fusion baselines of Karpathy et al. 2014), ``gru``
 (a recurrent pass over the frames, as Donahue et al. 2015's LRCN) or ``transformer`` (self-
-attention over frames with learned frame positions). Only real frames go through the CNN, so a
-short clip costs less and its padding never reaches batch norm. Tokens are frames.
+attention over frames with learned frame positions). The default, ``pool: flatten`` with
+``temporal: gru``, sees where things are and the order of frames, so motion and the order of
+events can be learned; ``mean`` over mean-pooled frames sees neither. Only real frames go
+through the CNN, so a short clip costs less and its padding never reaches batch norm. Tokens
+are frames.
 
 Shapes: pixels ``[B, K, 3, H, W]``, mask ``[B, K]`` -> tokens ``[B, K, dim]``, pooled ``[B, dim]``.
 """
@@ -30,9 +34,13 @@ class FrameCNNOptions(CNNOptions):
     model."""
 
     channels: list[int] = Field([32, 64, 64], min_length=1)
-    pool: Literal["flatten", "mean", "max"] = "mean"
+    pool: Literal["flatten", "mean", "max"] = Field(
+        "flatten", description="per frame: 'flatten' keeps where things are in the frame; "
+        "'mean' / 'max' cannot tell left from right, so they cannot see motion")
     dim: int = Field(128, ge=1, description="width of frame vectors, tokens and pooled vector")
-    temporal: Literal["mean", "gru", "transformer"] = "mean"
+    temporal: Literal["mean", "gru", "transformer"] = Field(
+        "gru", description="over frames: 'gru' and 'transformer' (learned frame positions) see "
+        "their order; 'mean' is blind to it (no motion, no order of events)")
     layers: int = Field(1, ge=1, description="gru / transformer layers")
     heads: int = Field(4, ge=1, description="transformer heads; must divide dim")
 
