@@ -65,10 +65,13 @@ def test_minimal_config_validates_and_fills_defaults():
     assert config.training.epochs == 10 and config.training.optimizer == "adamw"
 
 
-def test_fusion_defaults_to_concat_when_omitted():
-    config = load_config(minimal(lambda d: d.pop("fusion")))
-    assert config.fusion["type"] == "concat"
-    assert config.fusion["hidden"] == [256, 256]
+def test_fusion_default_is_resolved_with_its_options_when_omitted():
+    config = load_config(minimal(lambda d: d.pop("fusion")))  # an image (cnn) and a question
+    assert config.fusion == {"type": "film", "target": None, "query": None, "hidden": [256],
+                             "dropout": 0.0}
+    image_only = load_config(minimal(lambda d: (d.pop("fusion"), d["inputs"].pop(1))))
+    assert image_only.fusion["type"] == "concat"
+    assert image_only.fusion["hidden"] == [256, 256]
 
 
 def test_encoder_defaults_by_modality_when_omitted():
@@ -93,7 +96,8 @@ def test_component_given_as_string_is_resolved():
 
 def test_training_section_is_optional():
     config = load_config(minimal(lambda d: d.pop("training")))
-    assert config.training.epochs == 10 and config.training.batch_size == 64
+    assert config.training.epochs == "auto" and config.training.batch_size == 64
+    assert config.training.early_stopping_patience == "auto"
 
 
 def test_minilm_encoder_selects_the_pretrained_tokenizer():
@@ -305,3 +309,40 @@ def test_every_example_config_loads(path):
 def test_impossible_image_sizes_are_rejected(preprocess):
     message = config_error(minimal(lambda d: d["inputs"][0].update(preprocess=preprocess)))
     assert "inputs.0" in message and "preprocess" in message
+
+
+# --- defaults that depend on the inputs -------------------------------------------------------
+
+def _types_only(*types: str, encoders: dict | None = None) -> dict:
+    inputs = [{"name": f"x{i}", "type": t, **({"encoder": encoders[t]} if encoders and t in
+                                              encoders else {})} for i, t in enumerate(types)]
+    return {"inputs": inputs, "outputs": [{"name": "y", "type": "category"}]}
+
+
+@pytest.mark.parametrize(("types", "encoders", "fusion"), [
+    (("image", "text"), None, "film"),
+    (("text", "image"), None, "film"),
+    (("image", "text", "audio"), None, "film"),
+    (("image", "text"), {"text": {"type": "bow"}}, "film"),
+    (("image",), None, "concat"),
+    (("video", "text"), None, "concat"),
+    (("audio", "text"), None, "concat"),
+    (("text",), None, "concat"),
+])
+def test_fusion_default_depends_on_the_inputs(types, encoders, fusion):
+    config = load_config(_types_only(*types, encoders=encoders))
+    assert config.fusion["type"] == fusion
+
+
+def test_a_named_fusion_is_kept():
+    data = _types_only("image", "text")
+    data["fusion"] = {"type": "concat"}
+    assert load_config(data).fusion["type"] == "concat"
+
+
+def test_video_and_audio_encoders_default_to_seeing_order():
+    config = load_config(_types_only("video", "audio"))
+    video, audio = (i.encoder for i in config.inputs)
+    assert video["pool"] == "flatten" and video["temporal"] == "gru"
+    assert audio["temporal"] == "gru"
+    assert config.inputs[0].encoder["type"] == "frame_cnn"

@@ -161,3 +161,29 @@ def test_max_minutes_stops_within_an_epoch(shapes_qa, minimal_config, monkeypatc
     summary = model.fit(shapes_qa["en_train"], threads=1)
     # 12 s of budget at one second per reading: stops during the first epoch, keeps its weights
     assert summary["epochs"] == 1 and summary["best_epoch"] == 1
+
+
+@pytest.mark.parametrize(("rows", "batch", "epochs", "patience"), [
+    (300, 64, 200, 20),        # 5 steps an epoch: 400 would be needed, capped at 200
+    (3000, 64, 43, 5),         # 47 steps an epoch: 2,000 steps
+    (196_000, 64, 10, 5),      # a large table keeps the old 10 epochs
+])
+def test_auto_epochs_give_a_small_table_enough_steps(rows, batch, epochs, patience):
+    from mmfuse.config import TrainingConfig
+    from mmfuse.training.loop import resolve_epochs
+
+    cfg = TrainingConfig(batch_size=batch)
+    assert resolve_epochs(cfg, -(-rows // batch)) == (epochs, patience)
+    fixed = TrainingConfig(epochs=7, early_stopping_patience=None)
+    assert resolve_epochs(fixed, 5) == (7, None)
+
+
+def test_early_stopping_counts_accuracy_gains_and_ignores_tiny_loss_gains():
+    from mmfuse.training.loop import improved
+
+    best = {"loss": 0.5, "accuracy": 0.8}
+    assert improved(0.6, 0.81, best)          # loss worse, accuracy better: still learning
+    assert improved(0.49, 0.8, best)          # loss 2% lower
+    assert not improved(0.498, 0.8, best)     # 0.4% lower: noise
+    assert not improved(0.0009, 1.0, {"loss": 0.001, "accuracy": 1.0})  # learned; stop
+

@@ -7,8 +7,9 @@ key, the bad value and what is allowed, e.g. ``training.epochz: unknown key (did
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
@@ -247,7 +248,10 @@ class OutputConfig(StrictModel):
 class TrainingConfig(StrictModel):
     """Optimisation settings; every one has a default."""
 
-    epochs: int = Field(10, ge=1)
+    epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="passes over the training table; 'auto': enough for at least "
+        "AUTO_MIN_STEPS optimizer steps (at least 10 epochs, at most AUTO_MAX_EPOCHS), so a "
+        "small table is not stopped before it has learned")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
@@ -258,12 +262,25 @@ class TrainingConfig(StrictModel):
     grad_clip: float | None = Field(1.0, gt=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     valid_fraction: float = Field(0.1, ge=0, lt=1)
-    early_stopping_patience: int | None = Field(5, ge=1)
+    early_stopping_patience: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        "auto", description="stop after this many epochs in which neither the validation loss "
+        "nor the validation accuracy improved; 'auto': a tenth of the epochs, at least 5; "
+        "null: never stop early")
     group_rows_by_file: bool | None = Field(
         None, description="keep rows that share a file in one batch; None = when files repeat"
     )
     max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
     seed: int = 0
+
+
+def default_fusion(inputs: list[InputConfig]) -> str:
+    """The fusion a config gets when it names none: ``film`` when a text input can condition an
+    image encoded by ``cnn`` (the question rescales the CNN's channels, so it can ask about
+    one object's colour or place; measured in ``benchmarks/results/default_fusion.md``), else
+    ``concat``."""
+    has_text = any(i.type == "text" for i in inputs)
+    has_cnn_image = any(i.type == "image" and i.encoder["type"] == "cnn" for i in inputs)
+    return "film" if has_text and has_cnn_image else "concat"
 
 
 class Config(StrictModel):
@@ -276,8 +293,14 @@ class Config(StrictModel):
 
     @field_validator("fusion", mode="after")
     @classmethod
-    def _resolve_fusion(cls, value: Any) -> dict:
-        return resolve_component(FUSIONS, value, "concat")
+    def _resolve_fusion(cls, value: Any) -> dict | None:
+        return None if value is None else resolve_component(FUSIONS, value, "concat")
+
+    @model_validator(mode="after")
+    def _default_fusion(self) -> Config:
+        if self.fusion is None:
+            self.fusion = resolve_component(FUSIONS, default_fusion(self.inputs))
+        return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -288,20 +311,26 @@ class Config(StrictModel):
         return self
 
 
+# pydantic names the member of a union that failed (``epochs.constrained-int``); not a key
+_UNION_MEMBER = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|"
+                           r"list\[.*\]|tuple\[.*\]|function-\w+\[.*\])$")
+
+
 def _format_errors(exc: ValidationError) -> list[str]:
-    lines = []
+    """One line per bad key: its path, what is wrong (the reasons of a union's members joined
+    with 'or') and the value given."""
+    problems: dict[tuple[str, str], list[str]] = {}
     for err in exc.errors():
-        loc = [str(p) for p in err["loc"]]
+        loc = [str(p) for p in err["loc"] if not _UNION_MEMBER.match(str(p))]
         if err["type"] == "unknown_key":
             loc.append(err["ctx"]["key"])
-            lines.append(f"{'.'.join(loc)}: {err['msg']}")
+            problems.setdefault((".".join(loc), ""), []).append(err["msg"])
             continue
-        msg = err["msg"].removeprefix("Value error, ")
-        where = ".".join(loc) or "(top level)"
         shown = err.get("input")
         value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
-        lines.append(f"{where}: {msg}{value}")
-    return lines
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.setdefault((".".join(loc) or "(top level)", value), []).append(msg)
+    return [f"{where}: {' or '.join(msgs)}{value}" for (where, value), msgs in problems.items()]
 
 
 def load_config(source: str | Path | dict) -> Config:

@@ -54,6 +54,35 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str,
     return max(0.0, 1.0 - progress)  # "onecycle": warm-up then linear decay to zero
 
 
+AUTO_MIN_STEPS = 2000  # ``epochs: auto`` trains for at least this many optimizer steps ...
+AUTO_MAX_EPOCHS = 200  # ... but for no more epochs than this
+
+
+def resolve_epochs(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[int, int | None]:
+    """Epochs and early-stopping patience for a table of ``steps_per_epoch`` batches.
+
+    ``epochs: auto`` gives at least 10 epochs and enough of them for ``AUTO_MIN_STEPS`` steps
+    (at most ``AUTO_MAX_EPOCHS``): a table of 300 rows has 5 batches an epoch, and 10 epochs
+    of it are 50 steps, too few to learn anything. ``early_stopping_patience: auto`` waits a
+    tenth of those epochs, at least 5, so the long runs of a small table are not cut by the
+    noise of its small validation split.
+    """
+    epochs = cfg.epochs
+    if epochs == "auto":
+        epochs = min(AUTO_MAX_EPOCHS, max(10, math.ceil(AUTO_MIN_STEPS / steps_per_epoch)))
+    patience = cfg.early_stopping_patience
+    if patience == "auto":
+        patience = max(5, epochs // 10)
+    return epochs, patience
+
+
+def improved(loss: float, accuracy: float, best: dict) -> bool:
+    """Whether an epoch still counts as progress for early stopping: validation accuracy
+    went up, or validation loss went down by more than 1% of the best loss (and 0.001), so the
+    last tiny gains of an overconfident model on a learned table do not keep it running."""
+    return accuracy > best["accuracy"] or loss < best["loss"] - max(1e-3, 0.01 * best["loss"])
+
+
 def batch_loss(pipeline: Pipeline, logits: dict, targets: dict, smoothing: float) -> torch.Tensor:
     """The weighted sum of every head's loss."""
     weights = {o.name: o.loss_weight for o in pipeline.config.outputs}
@@ -93,8 +122,9 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
     optimizer = make_optimizer(model, cfg)
     group = train_data.group_key() if cfg.group_rows_by_file is not False else None
     steps_per_epoch = math.ceil(len(train_data) / cfg.batch_size)
-    total_steps, warmup = steps_per_epoch * cfg.epochs, int(cfg.warmup_epochs * steps_per_epoch)
-    best = {"loss": math.inf, "epoch": 0, "state": None, "metrics": {}}
+    epochs, patience = resolve_epochs(cfg, steps_per_epoch)
+    total_steps, warmup = steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    best = {"loss": math.inf, "accuracy": -math.inf, "epoch": 0, "state": None, "metrics": {}}
     epochs_run, stalled, interrupted, started = 0, 0, False, time.perf_counter()
     deadline = started + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
 
@@ -107,12 +137,12 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
 
     # --- train
     try:
-        for epoch in range(1, cfg.epochs + 1):
+        for epoch in range(1, epochs + 1):
             model.train()
             running = RunningMean()
             batches = (grouped_batches(group, cfg.batch_size, rng) if group is not None
                        else shuffled_batches(len(train_data), cfg.batch_size, rng))
-            bar.start(epoch, cfg.epochs, len(batches))
+            bar.start(epoch, epochs, len(batches))
             for rows in batches:
                 inputs, targets = pipeline.batch(train_data, rows, True, generator)
                 logits = model(inputs, targets)
@@ -143,15 +173,15 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
 
             # --- keep the best
             score = valid["loss"] if valid else -epoch  # without validation, the last is best
+            accuracy = valid["accuracy"] if valid else -math.inf
+            stalled = 0 if not valid or improved(score, accuracy, best) else stalled + 1
+            best["accuracy"] = max(best["accuracy"], accuracy)
             if score < best["loss"]:
                 best.update(loss=score, epoch=epoch, metrics=record,
                             state=copy.deepcopy(model.state_dict()))
-                stalled = 0
                 if on_best:
                     on_best(epoch)
-            else:
-                stalled += 1
-            if cfg.early_stopping_patience and stalled >= cfg.early_stopping_patience:
+            if patience and stalled >= patience:
                 break
             if time.perf_counter() > deadline:
                 break
@@ -166,7 +196,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
     model.eval()
     return {"epochs": epochs_run, "best_epoch": best["epoch"], "best": best["metrics"],
             "seconds": round(time.perf_counter() - started, 2), "interrupted": interrupted,
-            "stopped_early": epochs_run < cfg.epochs and not interrupted}
+            "stopped_early": epochs_run < epochs and not interrupted}
 
 
 def _append_jsonl(path: Path | None, record: dict) -> None:
