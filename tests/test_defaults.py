@@ -1,0 +1,65 @@
+"""Every probe task, learned by the minimal config: only the types of the inputs and output.
+
+The model (encoders, fusion, heads) and its preprocessing stay at their defaults, which is
+what a new user's first run gets; to fit the suite's time budget the number of epochs is
+fixed (no early stopping), batches hold 32 rows (more steps for the same work) and video
+frames are resized to 32 px instead of 64. Each task probes a property its modality's default encoder must keep (the order of
+frames and of sounds, where things are, word order); ``benchmarks/defaults.py`` runs the same
+tasks at full size beside tuned configs.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import mmfuse
+from mmfuse.datasets.probes import PROBES, generate_probe, minimal_config
+
+# name: (training rows, test rows, epochs, margin over the majority baseline it must beat by)
+SIZES = {
+    "image_qa": (240, 90, 12, 0.25),
+    "image_count": (400, 80, 15, 0.2),
+    "image_caption": (240, 60, 15, 0.2),
+    "video_qa": (200, 80, 12, 0.25),
+    "video_count": (300, 80, 15, 0.2),
+    "video_caption": (200, 60, 12, 0.2),
+    "audio_order": (240, 60, 12, 0.2),
+    "audio_qa": (240, 90, 12, 0.25),
+    "audio_caption": (240, 60, 15, 0.2),
+    "text_order": (300, 80, 15, 0.3),
+    "text_negation": (300, 80, 15, 0.3),
+    "text_translate": (300, 60, 25, 0.3),
+}
+VIDEO_SIZE = 32  # frames resized to 32 px (default 64): a quarter of the suite's video time
+
+
+def test_every_probe_has_a_fixture():
+    assert set(SIZES) == set(PROBES)
+    for modality in ("image", "video", "audio", "text"):
+        probes = [p for p in PROBES.values() if p.modality == modality]
+        assert len(probes) >= 3
+        assert {p.output for p in probes} == {"category", "text"}
+
+
+def test_minimal_config_names_only_types():
+    config = minimal_config("video_qa")
+    assert config == {"inputs": [{"name": "video", "type": "video"},
+                                 {"name": "question", "type": "text"}],
+                      "outputs": [{"name": "answer", "type": "category"}]}
+
+
+@pytest.mark.parametrize("name", list(SIZES))
+def test_defaults_beat_the_majority_baseline(name, tmp_path):
+    n_train, n_test, epochs, margin = SIZES[name]
+    summary = generate_probe(name, tmp_path, n_train, n_test, seed=3)
+    config = minimal_config(name)
+    config["training"] = {"epochs": epochs, "early_stopping_patience": None, "batch_size": 32}
+    for spec in config["inputs"]:
+        if spec["type"] == "video":
+            spec["preprocess"] = {"size": VIDEO_SIZE}
+    model = mmfuse.Model.from_config(config)
+    model.fit(tmp_path / "train.csv", threads=1)
+    target = PROBES[name].target
+    metrics = model.evaluate(tmp_path / "test.csv")["outputs"][target]
+    score = metrics.get("exact_match", metrics.get("accuracy"))
+    assert score >= summary["majority_baseline"] + margin, (name, score, summary)
