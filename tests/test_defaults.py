@@ -3,9 +3,9 @@
 The model (encoders, fusion, heads) and its preprocessing stay at their defaults, which is
 what a new user's first run gets; to fit the suite's time budget the number of epochs is
 fixed (no early stopping), batches hold 32 rows (more steps for the same work) and video
-frames are resized to 32 px instead of 64. Each task probes a property its modality's default encoder must keep (the order of
-frames and of sounds, where things are, word order); ``benchmarks/defaults.py`` runs the same
-tasks at full size beside tuned configs.
+frames are resized to 32 px instead of 64. Each task probes a property its modality's default
+encoder must keep (the order of frames and of sounds, where things are, word order);
+``benchmarks/defaults.py`` runs the same tasks at full size beside tuned configs.
 """
 
 from __future__ import annotations
