@@ -136,7 +136,9 @@ class AudioOptions(StrictModel):
 class VideoOptions(ImageOptions):
     """Video preprocessing: decode, sample frames, then resize / crop / normalise like images."""
 
-    frames: PositiveInt = Field(8, description="frames kept per clip (at most, with 'rate')")
+    frames: PositiveInt = Field(
+        16, description="frames kept per clip (at most, with 'rate'); an event shorter than "
+        "the gap between two kept frames can be missed")
     sampling: Literal["uniform", "rate"] = Field(
         "uniform", description="'uniform': FRAMES spread over the clip; 'rate': every 1/FPS s")
     fps: float | None = Field(None, gt=0, description="frames per second with sampling: rate")
