@@ -17,7 +17,7 @@ The target: every task at the defaults within 10 points of its tuned config. Wri
 kept from the last run (same seed and options).
 
 Run: ``python benchmarks/defaults.py [--only image_qa ...] [--train 1000] [--test 300]
-[--seed 11] [--tuned-epochs 40] [--threads N]``
+[--seed 11] [--tuned-epochs 40] [--threads N] [--previous]``
 """
 
 from __future__ import annotations
@@ -63,6 +63,22 @@ TUNED: dict[str, dict] = {
 }
 
 
+# the defaults before issue 17: order-blind video and audio encoders, 8 frames, 10 epochs
+PREVIOUS = {"video": {"preprocess": {"frames": 8},
+                      "encoder": {"type": "frame_cnn", "pool": "mean", "temporal": "mean"}},
+            "audio": {"encoder": {"type": "audio_cnn", "temporal": "none"}}}
+
+
+def previous_config(name: str) -> dict:
+    """The minimal config as the previous release resolved it (``--previous``)."""
+    config = minimal_config(name)
+    for spec in config["inputs"]:
+        spec.update(copy.deepcopy(PREVIOUS.get(spec["type"], {})))
+    config["fusion"] = {"type": "concat"}
+    config["training"] = {"epochs": 10, "early_stopping_patience": 5}
+    return config
+
+
 def tuned_config(name: str, epochs: int) -> dict:
     """The minimal config with the task's tuned options and the shared training budget."""
     config = minimal_config(name)
@@ -82,15 +98,19 @@ def score(model: mmfuse.Model, table: Path, target: str) -> float:
 
 
 def run_probe(name: str, root: Path, n_train: int, n_test: int, seed: int,
-              tuned_epochs: int, threads: int | None) -> dict:
+              tuned_epochs: int, threads: int | None, only_previous: bool,
+              row: dict | None) -> dict:
+    """Train the task's configs and return its row (``only_previous``: add the previous
+    release's defaults to an existing row)."""
     probe = PROBES[name]
     data = root / name
     summary = generate_probe(name, data, n_train, n_test, seed)
-    row = {"task": name, "modality": probe.modality, "output": probe.output,
-           "properties": list(probe.properties), "train_rows": n_train, "test_rows": n_test,
-           "majority": summary["majority_baseline"]}
-    for label, config in (("defaults", minimal_config(name)),
-                          ("tuned", tuned_config(name, tuned_epochs))):
+    row = row or {"task": name, "modality": probe.modality, "output": probe.output,
+                  "properties": list(probe.properties), "train_rows": n_train,
+                  "test_rows": n_test, "majority": summary["majority_baseline"]}
+    runs = [("previous", previous_config(name))] if only_previous else [
+        ("defaults", minimal_config(name)), ("tuned", tuned_config(name, tuned_epochs))]
+    for label, config in runs:
         model = mmfuse.Model.from_config(config)
         start = time.perf_counter()
         fitted = model.fit(data / "train.csv", threads=threads)
@@ -104,10 +124,13 @@ def run_probe(name: str, root: Path, n_train: int, n_test: int, seed: int,
 def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     (RESULTS / "defaults.json").write_text(json.dumps(rows, indent=1) + "\n")
     table = markdown_table(
-        ["task", "output", "probes", "train rows", "majority", "defaults", "tuned",
+        ["task", "output", "probes", "train rows", "majority", "previous defaults",
+         "defaults", "tuned",
          "tuned - defaults (points)", "defaults: epochs, s", "tuned: epochs, s"],
         [[r["task"], r["output"], ", ".join(r["properties"]), r["train_rows"],
-          f"{r['majority']:.1%}", f"**{r['defaults']['score']:.1%}**",
+          f"{r['majority']:.1%}",
+          f"{r['previous']['score']:.1%}" if "previous" in r else "",
+          f"**{r['defaults']['score']:.1%}**",
           f"{r['tuned']['score']:.1%}", f"{100 * r['gap']:+.1f}",
           f"{r['defaults']['epochs']}, {r['defaults']['seconds']:.0f}",
           f"{r['tuned']['epochs']}, {r['tuned']['seconds']:.0f}"] for r in rows])
@@ -122,6 +145,9 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         f"rate {_LONG['learning_rate']}, batch {_LONG['batch_size']}, no early stopping). "
         "Test accuracy; exact match for text outputs. Seconds are wall time of `fit` "
         "(preprocessing included) and depend on the machine's load.\n\n"
+        "**previous defaults** (some tasks, `--previous`): the minimal config as the release "
+        "before resolved it: `frame_cnn` with `pool: mean, temporal: mean` over 8 frames, "
+        "`audio_cnn` with `temporal: none`, `concat`, 10 epochs, patience 5.\n\n"
         f"{table}\n\n**{within} of {len(rows)}** tasks at the defaults within 10 points of "
         "their tuned config.\n\n"
         f"Tuned options (merged into each input; `training` as above):\n\n{tuned}\n\n"
@@ -137,6 +163,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=11)
     parser.add_argument("--tuned-epochs", type=int, default=40)
     parser.add_argument("--threads", type=int, default=None, help="torch threads per fit")
+    parser.add_argument("--previous", action="store_true",
+                        help="only add the previous release's defaults to the kept rows")
     args = parser.parse_args()
     kept = RESULTS / "defaults.json"
     rows = {r["task"]: r for r in json.loads(kept.read_text())} if kept.is_file() else {}
@@ -144,7 +172,8 @@ def main() -> None:
         for name in args.only:
             n_train = args.train or TRAIN_ROWS[PROBES[name].modality]
             rows[name] = run_probe(name, Path(tmp), n_train, args.test, args.seed,
-                                   args.tuned_epochs, args.threads)
+                                   args.tuned_epochs, args.threads, args.previous,
+                                   rows.get(name) if args.previous else None)
             write_results([rows[n] for n in PROBES if n in rows], args)
 
 
