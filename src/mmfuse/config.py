@@ -252,7 +252,7 @@ class TrainingConfig(StrictModel):
 
     epochs: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
         "auto", description="passes over the training table; 'auto': enough for at least "
-        "AUTO_MIN_STEPS optimizer steps (at least 10 epochs, at most AUTO_MAX_EPOCHS), so a "
+        "2,000 optimizer steps (10 to 200 epochs; training/loop.py resolve_epochs), so a "
         "small table is not stopped before it has learned")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)

@@ -9,16 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mmfuse.datasets.probes import (
+from mmfuse.datasets.probe_rows import (
     COLOURS,
     FLASH_FRAMES,
-    PROBES,
     SAMPLE_RATES,
     SIZES,
     VIDEO_FRAMES,
     _french,
-    generate_probe,
 )
+from mmfuse.datasets.probes import PROBES, generate_probe
 from mmfuse.errors import MmfuseError
 
 N_TRAIN, N_TEST = 20, 10
