@@ -20,6 +20,7 @@ import torch
 from .bundle import load_bundle, save_bundle
 from .config import Config, load_config
 from .data.table import Table, as_table
+from .encoders.base import weights_from_bundle
 from .errors import DataError, MmfuseError
 from .modalities.category import label_text
 from .pipeline import EncodedTable, Pipeline
@@ -183,7 +184,8 @@ class Model:
         config = load_config(config_data)
         pipeline = Pipeline.from_config(config)
         pipeline.load_state(state)
-        pipeline.model = pipeline.build_model()
+        with weights_from_bundle():  # pretrained encoders skip their weight files
+            pipeline.model = pipeline.build_model()
         pipeline.model.load_state_dict(weights)
         pipeline.model.eval()
         return cls(config, pipeline)

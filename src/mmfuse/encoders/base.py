@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 
 import torch
@@ -101,3 +104,44 @@ def masked_mean(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 def masked_max(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Maximum of ``tokens [B, N, D]`` over the real positions of ``mask [B, N]``."""
     return tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+
+
+# --- Pretrained encoders -------------------------------------------------------------------
+#
+# An encoder that starts from pretrained weights implements, beside ``forward``:
+#
+#   pretrained_parameters() -> list[nn.Parameter]
+#       the parameters that came from the pretrained weights (``training.pretrained_lr_multiplier``
+#       scales their learning rate);
+#   default_preprocess(options) -> dict            (a classmethod / staticmethod)
+#       preprocessing the weights were trained with (e.g. size, mean, std); it applies to every
+#       key the config leaves out, and the resolved config (hence the bundle) records it;
+#   cacheable: bool
+#       True when the part run by ``frozen_features`` has no trainable parameter and is
+#       deterministic (frozen weights, batch norm and dropout in eval mode), so its outputs can be
+#       computed once per item and cached (``cache_features``);
+#   frozen_features(**tensors) -> dict[str, Tensor]
+#       the frozen part's outputs per item (each ``[U, ...]``);
+#   from_frozen(**frozen) -> Features
+#       the trainable rest; ``forward(**t) == from_frozen(**frozen_features(**t))``.
+#
+# While a bundle is loaded, its own weights replace the pretrained ones, so such an encoder
+# builds its architecture without reading the pretrained files (``reading_bundle()``): a bundle
+# loads without the package or folder that held the weights.
+
+_BUNDLE_WEIGHTS = ContextVar("mmfuse_bundle_weights", default=False)
+
+
+def reading_bundle() -> bool:
+    """True while a bundle's model is built: its weights will come from the bundle."""
+    return _BUNDLE_WEIGHTS.get()
+
+
+@contextmanager
+def weights_from_bundle() -> Iterator[None]:
+    """Build models inside this block without reading pretrained weight files."""
+    token = _BUNDLE_WEIGHTS.set(True)
+    try:
+        yield
+    finally:
+        _BUNDLE_WEIGHTS.reset(token)
