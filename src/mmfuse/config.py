@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, PositiveInt, ValidationError, field_validator, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, field_validator, model_validator
 
 from .config_base import StrictModel, did_you_mean
 from .errors import ConfigError
@@ -58,11 +58,19 @@ class ImageOptions(StrictModel):
     crop: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(
         None, description="centre crop after resizing")
     normalize: bool = Field(True, description="subtract mean / divide std of the training split")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="fixed per-channel mean on the 0-1 scale, instead of the training "
+        "split's (a pretrained encoder sets the one its weights were trained with)")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        None, description="fixed per-channel std on the 0-1 scale (with mean)")
     flip_horizontal: float = Field(0.0, ge=0, le=1, description="augmentation: flip probability")
     pad_crop: int = Field(0, ge=0, description="augmentation: pad by N px, random crop back")
 
     @model_validator(mode="after")
     def _crop_fits(self) -> ImageOptions:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both, or neither to use the "
+                             "training split's statistics")
         if self.crop is not None:
             size = (self.size, self.size) if isinstance(self.size, int) else self.size
             crop = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
@@ -178,16 +186,19 @@ class InputConfig(StrictModel):
     def _resolve(self) -> InputConfig:
         if self.column is None:
             self.column = self.name
-        try:
-            options = MODALITY_OPTIONS[self.type].model_validate(self.preprocess)
-        except ValidationError as exc:
-            raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
         self.encoder = resolve_component(ENCODERS, self.encoder, DEFAULT_ENCODERS[self.type])
         builder = ENCODERS.get(self.encoder["type"]).builder
         if self.type not in encoder_modalities(builder):
             raise ValueError(
                 f"encoder {self.encoder['type']!r} takes "
                 f"{' or '.join(encoder_modalities(builder))} inputs, not {self.type}")
+        # a pretrained encoder's own preprocessing (size, mean, std) fills what is left out
+        defaults = getattr(builder, "default_preprocess", None)
+        preprocess = {**(defaults(self.encoder) if defaults else {}), **self.preprocess}
+        try:
+            options = MODALITY_OPTIONS[self.type].model_validate(preprocess)
+        except ValidationError as exc:
+            raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
         if self.type == "text":
             needed = getattr(builder, "tokenizer", "word")
             if options.tokenizer not in (None, needed):

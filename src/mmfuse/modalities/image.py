@@ -76,6 +76,9 @@ class ImagePreprocessor(FilePreprocessor):
         self.options = ImageOptions.model_validate(config.preprocess)
         self.mean = [0.0, 0.0, 0.0]
         self.std = [1.0, 1.0, 1.0]
+        if self.options.normalize and self.options.mean is not None:  # fixed (a pretrained
+            # encoder's statistics)
+            self.mean, self.std = list(self.options.mean), list(self.options.std)
 
     def spec(self) -> dict:
         return {"channels": 3, "size": output_size(self.options), "modality": "image"}
@@ -90,8 +93,10 @@ class ImagePreprocessor(FilePreprocessor):
             raise UnreadableFile(str(exc)) from None
 
     def fit_stats(self, items: np.ndarray) -> None:
-        """Per-channel mean and std of (a sample of) the training images."""
-        self.mean, self.std = channel_stats(items)
+        """Per-channel mean and std of (a sample of) the training images, unless fixed ones
+        are given."""
+        if self.options.mean is None:
+            self.mean, self.std = channel_stats(items)
 
     def tensors(self, items: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         pixels = to_pixels(items, self.mean, self.std)

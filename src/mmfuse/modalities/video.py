@@ -73,6 +73,9 @@ class VideoPreprocessor(FilePreprocessor):
         self.options = VideoOptions.model_validate(config.preprocess)
         self.mean = [0.0, 0.0, 0.0]
         self.std = [1.0, 1.0, 1.0]
+        if self.options.normalize and self.options.mean is not None:  # fixed (a pretrained
+            # encoder's statistics)
+            self.mean, self.std = list(self.options.mean), list(self.options.std)
 
     def spec(self) -> dict:
         return {"channels": 3, "size": output_size(self.options), "frames": self.options.frames,
@@ -90,7 +93,10 @@ class VideoPreprocessor(FilePreprocessor):
         return pad_stack(decoded, axis=0, dtype=np.uint8)
 
     def fit_stats(self, items: tuple[np.ndarray, np.ndarray]) -> None:
-        """Per-channel mean and std of the real frames (not padding) of up to 500 clips."""
+        """Per-channel mean and std of the real frames (not padding) of up to 500 clips,
+        unless fixed ones are given."""
+        if self.options.mean is not None:
+            return
         clips, lengths = items
         step = max(1, len(clips) // 500)
         frames = [clips[i, : lengths[i]] for i in range(0, len(clips), step)]
