@@ -178,6 +178,10 @@ class InputConfig(StrictModel):
     encoder: Any = None
     modality_dropout: float = Field(
         0.0, ge=0, lt=1, description="training: probability of hiding this input from a row")
+    cache_features: Literal["auto"] | bool = Field(
+        "auto", description="encode each unique item once before training and train on the "
+        "stored features; 'auto': when the encoder's pretrained part is frozen and no random "
+        "augmentation is on (data/features.py)")
     missing: Literal["mask", "placeholder"] = Field(
         "mask", description="a row without this input: 'mask' marks it absent and the fusion "
         "leaves it out; 'placeholder' gives it a learned token and vector, fused like data")
@@ -268,6 +272,9 @@ class TrainingConfig(StrictModel):
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int | None = Field(None, ge=1)
     learning_rate: float = Field(1e-3, gt=0)
+    pretrained_lr_multiplier: float = Field(
+        1.0, gt=0, description="scales the learning rate of pretrained weights that train "
+        "(e.g. 0.1 fine-tunes them gently while new layers learn at the full rate)")
     weight_decay: float = Field(0.0, ge=0)
     optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
     lr_schedule: Literal["constant", "cosine", "onecycle"] = "constant"

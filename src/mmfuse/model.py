@@ -66,7 +66,10 @@ class MultimodalModel(nn.Module):
             if name != target:
                 tensors = dict(inputs[name])
                 index = tensors.pop("index")
-                items = encoder(**tensors) if tensors else None
+                if "frozen" in tensors:  # cached frozen features (data/features.py)
+                    items = encoder.from_frozen(**tensors["frozen"])
+                else:
+                    items = encoder(**tensors) if tensors else None
                 features[name] = self._expand(name, items, index)
         if target is not None:
             features[target] = self._modulated(inputs[target], features[source], target)

@@ -232,6 +232,10 @@ class AudioPreprocessor(FilePreprocessor):
         o = self.options
         return {"rate": o.sample_rate, "channels": o.channels, "max_seconds": o.max_seconds}
 
+    def augments(self) -> bool:
+        o = self.options
+        return bool(o.noise_snr_db or o.gain_db or o.time_shift or o.time_masks or o.freq_masks)
+
     def decode(self, path: Path) -> np.ndarray:
         return load_audio(path, self.options)
 

@@ -11,7 +11,7 @@ and the model masks the input out for that row (or gives it a learned placeholde
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ class Column:
     items: Any  # np.ndarray [U, ...] or a tuple of arrays
     index: np.ndarray  # [N] int64; MISSING where the row lacks this input
     is_file: bool = False  # items are decoded files (batches may group rows by them)
+    key: str | None = None  # what identifies the items (the decode cache's key), if known
 
     @property
     def sharing(self) -> float:
@@ -37,9 +38,15 @@ class Column:
         present = self.index[self.index != MISSING]
         return len(present) / max(1, len(np.unique(present)))
 
+    def item_tensors(self, prep: Preprocessor, unique: np.ndarray, train: bool,
+                     generator: torch.Generator) -> dict:
+        """The encoder's input for items ``unique``, made by the column's preprocessor (a
+        column of cached features makes its own: ``data/features.py``)."""
+        return prep.tensors(select(self.items, unique), train, generator)
+
     def without_rows(self) -> Column:
         """The same column with the input removed from every row (``evaluate --drop``)."""
-        return Column(self.items, np.full_like(self.index, MISSING), self.is_file)
+        return replace(self, index=np.full_like(self.index, MISSING))
 
 
 class Preprocessor:
@@ -76,6 +83,11 @@ class Preprocessor:
         """An output's encoded targets for a batch of rows, as the head's loss takes them."""
         return torch.from_numpy(values)
 
+    def augments(self) -> bool:
+        """Whether training batches are randomly augmented (cached features would freeze one
+        draw of the augmentation)."""
+        return False
+
     def state(self) -> dict:
         """Learned state as plain JSON-able data."""
         return {}
@@ -96,7 +108,7 @@ class Preprocessor:
         unique, inverse = np.unique(row_items[present], return_inverse=True)
         index = np.full(len(row_items), MISSING, dtype=np.int64)
         index[present] = inverse.reshape(-1)
-        out = self.tensors(select(column.items, unique), train, generator) if len(unique) else {}
+        out = column.item_tensors(self, unique, train, generator) if len(unique) else {}
         out["index"] = torch.from_numpy(index)
         return out
 

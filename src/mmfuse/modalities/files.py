@@ -87,7 +87,7 @@ class FilePreprocessor(Preprocessor):
         key = cache_key(self.kind, self.settings(), paths)
         arrays = cached_arrays(key, lambda: self._decode_all(table, unique, paths, first_row),
                                self.use_cache)
-        return Column(self.unpack(arrays), index, is_file=True)
+        return Column(self.unpack(arrays), index, is_file=True, key=key)
 
     def column_of(self, values: list[np.ndarray | None]) -> Column:
         """The column of already decoded files (one per row; None where the row misses the

@@ -86,6 +86,9 @@ class ImagePreprocessor(FilePreprocessor):
     def settings(self) -> dict:
         return {"size": _pair(self.options.size), "crop": self.options.crop}
 
+    def augments(self) -> bool:
+        return self.options.flip_horizontal > 0 or self.options.pad_crop > 0
+
     def decode(self, path: Path | BinaryIO) -> np.ndarray:
         try:
             return load_image(path, self.options)

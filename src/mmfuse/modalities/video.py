@@ -86,6 +86,9 @@ class VideoPreprocessor(FilePreprocessor):
         return {"size": _pair(o.size), "crop": o.crop, "frames": o.frames,
                 "sampling": o.sampling, "fps": o.fps}
 
+    def augments(self) -> bool:
+        return self.options.flip_horizontal > 0 or self.options.pad_crop > 0
+
     def decode(self, path: Path) -> np.ndarray:
         return read_frames(path, self.options)
 

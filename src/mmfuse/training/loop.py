@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..config import TrainingConfig
+from ..data.features import cache_frozen_features
 from ..data.sampler import grouped_batches, shuffled_batches
 from ..pipeline import EncodedTable, Pipeline
 from .metrics import RunningMean
@@ -26,14 +27,27 @@ from .progress import EpochProgress
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW (default), Adam or SGD with momentum over the trainable parameters."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    """AdamW (default), Adam or SGD with momentum over the trainable parameters; pretrained
+    weights that train get ``pretrained_lr_multiplier`` times the learning rate."""
+    params = parameter_groups(model, cfg.learning_rate, cfg.pretrained_lr_multiplier)
     # foreach=True updates all tensors in a few fused ops; on CPU torch defaults to a Python loop
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9,
                                weight_decay=cfg.weight_decay, foreach=True)
     cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     return cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def parameter_groups(model: torch.nn.Module, lr: float, multiplier: float) -> list[dict]:
+    """The trainable parameters in two groups: new ones at ``lr`` (first, so logs report its
+    rate), pretrained ones (those any encoder's ``pretrained_parameters()`` names) at
+    ``lr * multiplier``. Empty groups are left out."""
+    pretrained = {id(p) for m in model.modules() if hasattr(m, "pretrained_parameters")
+                  for p in m.pretrained_parameters()}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if id(p) not in pretrained], "lr": lr},
+              {"params": [p for p in trainable if id(p) in pretrained], "lr": lr * multiplier}]
+    return [g for g in groups if g["params"]]
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str,
@@ -116,6 +130,8 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
     """
     # --- setup
     model = pipeline.model
+    # frozen pretrained encoders run once per unique item here, not in every epoch
+    train_data, valid_data = cache_frozen_features(pipeline, [train_data, valid_data], progress)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -139,7 +155,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
     try:
         for epoch in range(1, epochs + 1):
             model.train()
-            running = RunningMean()
+            running, epoch_started = RunningMean(), time.perf_counter()
             batches = (grouped_batches(group, cfg.batch_size, rng) if group is not None
                        else shuffled_batches(len(train_data), cfg.batch_size, rng))
             bar.start(epoch, epochs, len(batches))
@@ -168,6 +184,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
             valid = validation_metrics(pipeline, valid_data, cfg) if valid_data else None
             if valid:
                 record.update({f"valid_{k}": v for k, v in valid.items()})
+            record["epoch_seconds"] = time.perf_counter() - epoch_started  # train + validate
             bar.finish(record)
             _append_jsonl(metrics_path, record)
 
