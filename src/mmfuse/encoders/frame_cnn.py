@@ -10,15 +10,20 @@ events can be learned; ``mean`` over mean-pooled frames sees neither. Only real 
 through the CNN, so a short clip costs less and its padding never reaches batch norm. Tokens
 are frames.
 
+``backbone: {type: efficientnet_lite0}`` (any image encoder) runs a pretrained network on each
+frame instead: its pooled vector per frame is projected to ``dim``. When that backbone is frozen,
+its frame vectors are what ``cache_features`` stores, and only the projection and the temporal
+model train.
+
 Shapes: pixels ``[B, K, 3, H, W]``, mask ``[B, K]`` -> tokens ``[B, K, dim]``, pooled ``[B, dim]``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -43,6 +48,27 @@ class FrameCNNOptions(CNNOptions):
         "their order; 'mean' is blind to it (no motion, no order of events)")
     layers: int = Field(1, ge=1, description="gru / transformer layers")
     heads: int = Field(4, ge=1, description="transformer heads; must divide dim")
+    backbone: Any = Field(
+        None, description="an image encoder run on every frame instead of the small CNN, e.g. "
+        "{type: efficientnet_lite0} (its pooled vector per frame, projected to dim)")
+
+    @field_validator("backbone", mode="after")
+    @classmethod
+    def _resolve_backbone(cls, value: Any) -> dict | None:
+        if value is None:
+            return None
+        from ..config import encoder_modalities, resolve_component
+
+        spec = resolve_component(ENCODERS, value)
+        if "image" not in encoder_modalities(ENCODERS.get(spec["type"]).builder):
+            images = [n for n in ENCODERS.names()
+                      if "image" in encoder_modalities(ENCODERS.get(n).builder)]
+            raise ValueError(f"{spec['type']!r} is not an image encoder; choose one of: "
+                             f"{', '.join(images)}")
+        if spec.get("dim") is not None and spec["type"] != "cnn":
+            raise ValueError("leave the backbone's dim out: frame_cnn projects each frame to "
+                             "its own dim")
+        return spec
 
 
 @ENCODERS.register("frame_cnn", FrameCNNOptions)
@@ -55,8 +81,17 @@ class FrameCNNEncoder(nn.Module):
         super().__init__()
         if options.temporal == "transformer" and options.dim % options.heads:
             raise ConfigError(f"frame_cnn: heads={options.heads} must divide dim={options.dim}")
-        frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
-        self.frame = CNNEncoder(frame, {"channels": spec["channels"], "size": spec["size"]})
+        image_spec = {"channels": spec["channels"], "size": spec["size"]}
+        if options.backbone is None:
+            frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
+            self.frame = CNNEncoder(frame, image_spec)
+        else:
+            from ..model import build_component
+
+            self.backbone = build_component(ENCODERS, options.backbone, image_spec)
+            self.frame_project = nn.Sequential(
+                nn.Linear(self.backbone.pooled_dim, options.dim), nn.ReLU(inplace=True),
+                nn.Dropout(options.dropout))
         self.temporal = options.temporal
         if options.temporal == "gru":
             self.rnn = nn.GRU(options.dim, options.dim, num_layers=options.layers,
@@ -68,11 +103,47 @@ class FrameCNNEncoder(nn.Module):
             self.attend = nn.TransformerEncoder(layer, options.layers, enable_nested_tensor=False)
         self.token_dim = self.pooled_dim = options.dim
 
+    @staticmethod
+    def default_preprocess(encoder: dict) -> dict:
+        """A backbone's own preprocessing (size, mean, std), if it has one."""
+        if encoder.get("backbone") is None:
+            return {}
+        rule = getattr(ENCODERS.get(encoder["backbone"]["type"]).builder, "default_preprocess",
+                       None)
+        return rule(encoder["backbone"]) if rule else {}
+
+    @property
+    def cacheable(self) -> bool:
+        """With a frozen pretrained backbone, its per-frame vectors can be cached."""
+        return bool(getattr(getattr(self, "backbone", None), "cacheable", False)) and not any(
+            p.requires_grad for p in self.backbone.parameters())
+
+    def frozen_features(self, pixels: torch.Tensor, mask: torch.Tensor) -> dict:
+        """The backbone's pooled vector of every real frame: ``frames [B, K, P]``, ``mask``."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cacheable):
+            real = self.backbone(pixels[mask]).pooled
+        frames = real.new_zeros(*mask.shape, real.shape[-1])
+        frames[mask] = real
+        return {"frames": frames, "mask": mask}
+
+    def from_frozen(self, frames: torch.Tensor, mask: torch.Tensor) -> Features:
+        """Project the backbone's frame vectors, then the temporal model."""
+        vectors = self.frame_project(frames) * mask.unsqueeze(-1)
+        return self._over_time(vectors, mask)
+
     def forward(self, pixels: torch.Tensor, mask: torch.Tensor) -> Features:
+        if hasattr(self, "backbone"):
+            return self.from_frozen(**self.frozen_features(pixels, mask))
         batch, frames = mask.shape
         real = self.frame(pixels[mask]).pooled  # [real frames, dim]
         vectors = real.new_zeros(batch, frames, real.shape[-1])
         vectors[mask] = real
+        return self._over_time(vectors, mask)
+
+    def _over_time(self, vectors: torch.Tensor, mask: torch.Tensor) -> Features:
+        """The temporal model over frame vectors ``[B, K, dim]``: frame tokens and a pooled
+        vector."""
+        batch, frames = mask.shape
         if self.temporal == "mean":
             tokens, pooled = vectors, masked_mean(vectors, mask)
         elif self.temporal == "gru":
