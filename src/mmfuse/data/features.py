@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,7 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modalities.base import Column, select
-from .cache import cached_arrays
+from .cache import cache_dir, cached_arrays
 
 BATCH = 32  # items per forward pass of the frozen part
 
@@ -105,17 +106,19 @@ def feature_column(pipeline, name: str, column: Column, progress: bool = False) 
     prep = pipeline.inputs[name]
     spec = next(i for i in pipeline.config.inputs if i.name == name)
     key = features_key(encoder, spec.encoder, spec.preprocess, prep.state(), column)
-    found: dict = {}
+    names_file = cache_dir() / f"{key}.names.json"
 
     def build() -> tuple[np.ndarray, ...]:
-        found.update(run_frozen(encoder, prep, column, f"caching {name} features", progress))
+        found = run_frozen(encoder, prep, column, f"caching {name} features", progress)
+        names_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = names_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(list(found)))
+        os.replace(tmp, names_file)  # before the entry counts as complete
         return tuple(found.values())
 
     arrays = cached_arrays(key, build)
-    if not found:  # read from the cache: the names come from one forward of a single item
-        found = run_frozen(encoder, prep, replace(column, items=select(column.items,
-                                                                       np.arange(1))))
-    return FeatureColumn(arrays, column.index, column.is_file, key, tuple(found))
+    return FeatureColumn(arrays, column.index, column.is_file, key,
+                         tuple(json.loads(names_file.read_text())))
 
 
 @torch.no_grad()
