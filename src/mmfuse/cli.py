@@ -234,13 +234,14 @@ def export(
 @app.command()
 def datasets(
     name: Annotated[str, typer.Argument(
-        help="sort-of-clevr, av-digits, moving-shapes or spoken-numbers")],
+        help="sort-of-clevr, av-digits, moving-shapes, spoken-numbers or photo-views")],
     out_dir: Annotated[Path, typer.Argument(help="folder to write")],
     train_size: Annotated[int | None, typer.Option(
-        "--train", help="training images (sort-of-clevr, default 9800), rows (av-digits, "
-        "default 3000) or clips (moving-shapes 24000, spoken-numbers 4000)")] = None,
+        "--train", help="training images (sort-of-clevr, default 9800; photo-views 800), rows "
+        "(av-digits, default 3000) or clips (moving-shapes 24000, spoken-numbers 4000)")] = None,
     test_size: Annotated[int | None, typer.Option(
-        "--test", help="test images (default 200), rows (1000) or clips (300, 500)")] = None,
+        "--test", help="test images (default 200; photo-views 400), rows (1000) or clips "
+        "(300, 500)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     missing: Annotated[float | None, typer.Option(
         "--missing", metavar="FRACTION",
@@ -248,7 +249,8 @@ def datasets(
     = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes or spoken-numbers."""
+    """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes, spoken-numbers or
+    photo-views."""
     from .datasets import DATASETS
 
     if name not in DATASETS:
@@ -283,6 +285,12 @@ def _generate_dataset(name: str, out_dir: Path, train: int | None, test: int | N
                    f"{out_dir} in {s['seconds']:.1f}s; missing images "
                    f"{sum(s['missing_image'].values())}, missing audio "
                    f"{sum(s['missing_audio'].values())}")
+    if name == "photo-views":
+        from .datasets.photo_views import generate_photo_views
+
+        s = generate_photo_views(out_dir, seed=seed, **_given(train_size=train, test_size=test))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test images of "
+                   f"{len(s['classes'])} photographs to {out_dir} in {s['seconds']:.1f}s")
     if name == "moving-shapes":
         from .datasets.moving_shapes import generate_moving_shapes as generate
     else:

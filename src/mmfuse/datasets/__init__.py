@@ -10,4 +10,6 @@ DATASETS = {
                      "prompt ('describe the red object') and a caption",
     "spoken-numbers": "speech translation: a spoken English number 0-999, a prompt ('to "
                       "french') and the number in French, Chinese or digits",
+    "photo-views": "natural images: 96x96 jittered crops of ten photographs shipped with "
+                   "scikit-image and scikit-learn (cat, coffee, rocket...), one class each",
 }
