@@ -25,7 +25,8 @@ VIDEO_FRAMES = [4, 2, 3]  # frames per clip, padded to 4
 CASES = [f"{e.name}/{m}" for e in ENCODERS.entries() for m in encoder_modalities(e.builder)]
 
 
-PRETRAINED = ("minilm", "hf_text", "hf_image")  # frozen by default
+PRETRAINED = ("minilm", "hf_text", "hf_image", "efficientnet_lite0", "efficientnet_lite1",
+              "efficientnet_lite2")  # frozen by default
 HF_OPTIONS: dict[str, dict] = {}  # a tiny saved model per Hugging Face encoder (see encoders)
 
 

@@ -65,6 +65,17 @@ ENCODER_CASES = {
     "frame_cnn[mean]": [with_encoder(CLIP, temporal="mean"), BOW],
     "frame_cnn[gru]": [with_encoder(CLIP, temporal="gru", pool="flatten"), BOW],
     "frame_cnn[transformer]": [with_encoder(CLIP, temporal="transformer"), BOW],
+    # pretrained ImageNet networks: frozen (the default), and with a projection and the last
+    # blocks training; as a video backbone (frames are 32 px: the network's 5 stride-2 layers)
+    "efficientnet_lite0": [{**IMAGE, "preprocess": {"size": 32},
+                            "encoder": {"type": "efficientnet_lite0"}}, BOW],
+    "efficientnet_lite1[dim,train_last_blocks]": [
+        {**IMAGE, "preprocess": {"size": 40},
+         "encoder": {"type": "efficientnet_lite1", "dim": 8, "train_last_blocks": 2}}, BOW],
+    "frame_cnn[efficientnet_lite0 backbone]": [
+        {**CLIP, "preprocess": {**CLIP["preprocess"], "size": 32},
+         "encoder": {"type": "frame_cnn", "dim": 8, "backbone": {"type": "efficientnet_lite0"}}},
+        BOW],
     "placeholder": [{**IMAGE, "missing": "placeholder"}, QUESTION,
                     {**AUDIO, "missing": "placeholder"}],
 }
@@ -173,8 +184,9 @@ def test_every_fusion_exports_with_pytorch_logits(tmp_path, table, case):
 
 def test_every_registered_encoder_and_fusion_is_covered():
     encoders = {spec["encoder"]["type"] for case in ENCODER_CASES.values() for spec in case}
-    # minilm: its own test below; hf_text, hf_image: tests/test_hf_encoders.py
-    assert set(ENCODERS.names()) <= encoders | {"minilm", "hf_text", "hf_image"}
+    # minilm, hf_text, hf_image and efficientnet_lite2: their own tests below
+    assert set(ENCODERS.names()) <= encoders | {"minilm", "hf_text", "hf_image",
+                                                "efficientnet_lite2"}
     assert set(FUSIONS.names()) <= {case.split("[")[0] for case in FUSION_OPTIONS}
 
 
@@ -183,6 +195,25 @@ def test_minilm_exports_with_pytorch_logits(tmp_path, table):
     pytest.importorskip("transformers")
     question = {"name": "question", "type": "text", "encoder": {"type": "minilm"}}
     fit_and_export(tmp_path, table, config([IMAGE, question]))
+    assert largest_difference(tmp_path, table) < TOLERANCE
+
+
+def test_efficientnet_lite2_with_a_relation_network_exports(tmp_path, table):
+    image = {**IMAGE, "preprocess": {"size": 48}, "encoder": {"type": "efficientnet_lite2"}}
+    fusion = {"type": "relation", "hidden_g": [8], "hidden_f": [8], "relative_position": True}
+    fit_and_export(tmp_path, table, config([image, BOW], fusion))
+    assert largest_difference(tmp_path, table) < TOLERANCE
+
+
+def test_hugging_face_encoders_export_with_pytorch_logits(tmp_path, table):
+    pytest.importorskip("transformers")
+    from hf_models import save_tiny_bert, save_tiny_vit
+
+    question = {"name": "question", "type": "text",
+                "encoder": {"type": "hf_text", "path": str(save_tiny_bert(tmp_path / "bert"))}}
+    image = {"name": "image", "type": "image",
+             "encoder": {"type": "hf_image", "path": str(save_tiny_vit(tmp_path / "vit"))}}
+    fit_and_export(tmp_path, table, config([image, question]))
     assert largest_difference(tmp_path, table) < TOLERANCE
 
 
