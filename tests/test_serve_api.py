@@ -470,3 +470,34 @@ def test_media_of_unknown_duration_is_refused(media_run, monkeypatch):
                           "video": (media_run / "v1.mp4").read_bytes(), "prompt": "which way"}])
     assert refused.value.status == 422 and refused.value.field == "audio"
     assert "duration" in refused.value.message
+
+
+def test_a_pretrained_encoder_serves_what_predict_gives(served_run, tmp_path):
+    """An ImageNet EfficientNet trained on cached features is served live: the server's
+    answers equal the bundle's ``predict``, and an image of another size is resized as in
+    training."""
+    import mmfuse
+
+    config = {"inputs": [{"name": "image", "type": "image", "preprocess": {"size": 64},
+                          "encoder": {"type": "efficientnet_lite0"}},
+                         {"name": "question", "type": "text", "encoder": {"type": "bow"}}],
+              "outputs": [{"name": "answer", "type": "category"}],
+              "training": {"epochs": 2}}
+    mmfuse.Model.from_config(config).fit(served_run["train"], out=tmp_path / "run", threads=1)
+    model = mmfuse.Model.load(tmp_path / "run")
+    images = sorted((served_run["data"] / "img").glob("test_*.png"))[:4]
+    with TestClient(create_app(load_service(tmp_path / "run"))) as client:
+        for i, image in enumerate(images):
+            question = COLOUR_Q if i % 2 else SHAPE_Q
+            served = client.post("/v1/predict", files={"image": ("a.png", image.read_bytes())},
+                                 data={"question": question})
+            assert served.status_code == 200, served.text
+            [expected] = model.predict([{"image": str(image), "question": question}])
+            assert served.json()["outputs"]["answer"]["prediction"] == \
+                expected["answer"]["prediction"]
+            for label, p in expected["answer"]["probabilities"].items():
+                assert served.json()["outputs"]["answer"]["probabilities"][label] == \
+                    pytest.approx(p, abs=1e-5)
+        odd = client.post("/v1/predict", files={"image": ("b.png", png_bytes(50, 30))},
+                          data={"question": COLOUR_Q})
+        assert odd.status_code == 200, odd.text
