@@ -349,3 +349,36 @@ def test_a_fitted_model_reloads_without_the_weight_file_and_exports(tmp_path, mo
     table = tmp_path / "table.csv"
     exported = load_exported(tmp_path / "onnx", threads=1).predict(table)
     assert [r["answer"] for r in exported] == [r["answer"] for r in reloaded.predict(table)]
+
+
+@pytest.mark.parametrize("fusion", [
+    {"type": "relation", "hidden_g": [16], "hidden_f": [16], "relative_position": True},
+    {"type": "attention", "dim": 16, "attention_dim": 16, "hidden": [16]},
+    {"type": "cross_attention", "dim": 16, "heads": 2, "hidden": [16]},
+    {"type": "transformer", "dim": 16, "heads": 2, "layers": 1},
+])
+def test_token_fusions_take_its_cells_as_they_take_cnn_cells(tmp_path, fusion):
+    """The 2x2 cells of a 64 px image, with their positions, feed every token fusion; the
+    fusion and heads learn (gradients reach them) while the backbone stays frozen."""
+    from conftest import make_shapes_qa
+    from mmfuse.config import load_config
+    from mmfuse.data.table import as_table
+    from mmfuse.pipeline import Pipeline
+
+    table = make_shapes_qa(tmp_path, 6)
+    config = load_config({
+        "inputs": [{"name": "image", "type": "image", "preprocess": {"size": 64},
+                    "encoder": {"type": "efficientnet_lite0"}},
+                   {"name": "question", "type": "text", "encoder": {"type": "bow"}}],
+        "fusion": fusion, "outputs": [{"name": "answer", "type": "category"}]})
+    pipeline = Pipeline.from_config(config)
+    data = pipeline.fit(as_table(str(table)))
+    encoder = pipeline.model.encoders["image"]
+    assert encoder.num_tokens == 4 and encoder.token_positions
+    inputs, targets = pipeline.batch(data, np.arange(len(data)))
+    pipeline.model.train()
+    logits = pipeline.model(inputs)["answer"]
+    assert logits.shape == (12, len(pipeline.outputs["answer"].labels))
+    torch.nn.functional.cross_entropy(logits, targets["answer"]).backward()
+    assert all(p.grad is not None for p in pipeline.model.fusion.parameters() if p.requires_grad)
+    assert all(p.grad is None for p in encoder.parameters())

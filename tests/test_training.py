@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 import mmfuse
 from conftest import TRAIN_IMAGES
@@ -188,3 +189,25 @@ def test_early_stopping_counts_accuracy_gains_and_ignores_tiny_loss_gains():
     assert not improved(0.498, 0.8, best)     # 0.4% lower: noise
     assert not improved(0.0009, 1.0, {"loss": 0.001, "accuracy": 1.0})  # learned; stop
 
+
+
+def test_pretrained_lr_multiplier_scales_only_the_pretrained_weights_that_train():
+    from mmfuse.config import TrainingConfig
+    from mmfuse.model import build_component
+    from mmfuse.registry import ENCODERS
+    from mmfuse.training.loop import make_optimizer
+
+    encoder = build_component(ENCODERS, {"type": "efficientnet_lite0", "train_last_blocks": 1,
+                                         "dim": 8}, {"channels": 3, "size": (64, 64)})
+    model = torch.nn.Sequential(encoder, torch.nn.Linear(8, 2))
+    optimizer = make_optimizer(model, TrainingConfig(learning_rate=0.01,
+                                                     pretrained_lr_multiplier=0.1))
+    new, pretrained = optimizer.param_groups
+    assert new["lr"] == 0.01 and pretrained["lr"] == pytest.approx(0.001)
+    trainable_pretrained = {id(p) for p in encoder.pretrained_parameters() if p.requires_grad}
+    assert {id(p) for p in pretrained["params"]} == trainable_pretrained
+    assert trainable_pretrained and len(new["params"]) == 4  # the projection and the Linear
+    frozen = make_optimizer(torch.nn.Sequential(build_component(
+        ENCODERS, {"type": "efficientnet_lite0"}, {"channels": 3, "size": (32, 32)}),
+        torch.nn.Linear(1280, 2)), TrainingConfig(pretrained_lr_multiplier=0.1))
+    assert len(frozen.param_groups) == 1  # nothing pretrained trains: one group
