@@ -143,7 +143,7 @@ def test_frozen_encoder_has_no_gradients_and_keeps_batch_norm_in_eval(frozen):
 
 def test_train_last_blocks_trains_those_blocks_and_the_head_only():
     encoder = build(train_last_blocks=2).train()
-    assert not encoder.cacheable
+    assert encoder.cacheable  # what comes before the trained blocks
     trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
     owners = {".".join(n.split(".")[1:3 if ".blocks." in n else 2]) for n in trainable}
     assert owners == {"blocks.14", "blocks.15", "head"}
@@ -382,3 +382,19 @@ def test_token_fusions_take_its_cells_as_they_take_cnn_cells(tmp_path, fusion):
     torch.nn.functional.cross_entropy(logits, targets["answer"]).backward()
     assert all(p.grad is not None for p in pipeline.model.fusion.parameters() if p.requires_grad)
     assert all(p.grad is None for p in encoder.parameters())
+
+
+def test_train_last_blocks_caches_the_map_before_the_trained_blocks():
+    """The frozen part ends before the last N blocks: its output is what gets cached, and
+    the trained blocks and head run on it, giving what the whole network gives."""
+    encoder = build(train_last_blocks=2).eval()
+    batch = pixels()
+    frozen = encoder.frozen_features(batch)["grid"]
+    before = encoder.backbone.stem(batch)
+    for block in encoder.backbone.blocks[:-2]:
+        before = block(before)
+    assert not frozen.requires_grad
+    torch.testing.assert_close(frozen, before)
+    whole = encoder(batch)
+    torch.testing.assert_close(encoder.from_frozen(frozen).tokens, whole.tokens)
+    torch.testing.assert_close(whole.pooled, encoder.backbone(batch).mean((2, 3)))

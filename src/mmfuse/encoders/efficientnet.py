@@ -316,8 +316,9 @@ class EfficientNetLiteEncoder(nn.Module):
 
     @property
     def cacheable(self) -> bool:
-        """True when the backbone has nothing to train: its grid can be cached per image."""
-        return self.freeze and not self.last_blocks
+        """True when the backbone is frozen: the output of its frozen part (the whole backbone,
+        or everything before the ``train_last_blocks``) can be cached per image."""
+        return self.freeze
 
     @classmethod
     def default_preprocess(cls, encoder: dict) -> dict:
@@ -341,12 +342,24 @@ class EfficientNetLiteEncoder(nn.Module):
         return self.backbone(pixels)
 
     def frozen_features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``{"grid": [U, 1280, h, w]}``, without gradients when the backbone is frozen."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cacheable):
+        """The frozen part's output, without gradients: ``{"grid": [U, 1280, h, w]}``, or with
+        ``train_last_blocks: N`` the map before the last N blocks; with ``freeze: false`` the
+        whole backbone, with gradients."""
+        if not self.freeze:
             return {"grid": self.backbone_features(pixels)}
+        with torch.no_grad():
+            x = self.backbone.stem(pixels)
+            for block in self.backbone.blocks[:len(self.backbone.blocks) - self.last_blocks]:
+                x = block(x)
+            return {"grid": x if self.last_blocks else self.backbone.head(x)}
 
     def from_frozen(self, grid: torch.Tensor) -> Features:
-        """Tokens (cells with positions), mask, mean-pooled vector and presence from a grid."""
+        """Tokens (cells with positions), mask, mean-pooled vector and presence from the frozen
+        part's output (first through the training blocks and head, if any)."""
+        if self.freeze and self.last_blocks:
+            for block in self.backbone.blocks[len(self.backbone.blocks) - self.last_blocks:]:
+                grid = block(grid)
+            grid = self.backbone.head(grid)
         cells = self.dropout(grid.flatten(2).transpose(1, 2))  # [U, h*w, 1280]
         if self.project is not None:
             cells = self.project(cells)
