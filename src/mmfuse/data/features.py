@@ -52,8 +52,8 @@ class FeatureColumn(Column):
         return {"frozen": frozen}
 
 
-def caching_inputs(pipeline) -> list[str]:
-    """The inputs whose features are cached, by each input's ``cache_features``.
+def caching_inputs(pipeline) -> list:
+    """The inputs (their configs) whose features are cached, by each one's ``cache_features``.
 
     Raises:
         ConfigError: ``cache_features: true`` on an input that cannot be cached (its encoder
@@ -68,13 +68,13 @@ def caching_inputs(pipeline) -> list[str]:
         why = None
         if not getattr(encoder, "cacheable", False):
             why = (f"its encoder {spec.encoder['type']!r} has no frozen pretrained part (set "
-                   "freeze: true and train_last_blocks: 0, where the encoder has them)")
+                   "freeze: true, where the encoder has it)")
         elif pipeline.inputs[spec.name].augments():
             why = "its preprocessing augments at random (turn the augmentation off)"
         elif spec.name == serial_target:
             why = "the fusion modulates its encoder per row"
         if why is None:
-            names.append(spec.name)
+            names.append(spec)
         elif spec.cache_features is True:
             raise ConfigError(f"inputs.{spec.name}.cache_features: true, but {why}; or use "
                               "cache_features: auto")
@@ -84,32 +84,28 @@ def caching_inputs(pipeline) -> list[str]:
 def cache_frozen_features(pipeline, tables: list, progress: bool = False) -> list:
     """``tables`` (EncodedTables, or None) with each caching input's column replaced by its
     cached frozen features; encodes what the on-disk cache lacks, with a progress bar."""
-    names = caching_inputs(pipeline)
-    if not names:
-        return tables
-    out = []
-    for table in tables:
-        if table is None:
-            out.append(None)
-            continue
-        columns = dict(table.inputs)
-        for name in names:
-            if columns[name].items is not None:
-                columns[name] = feature_column(pipeline, name, columns[name], progress)
-        out.append(replace(table, inputs=columns))
-    return out
+    columns = [dict(table.inputs) if table is not None else None for table in tables]
+    for spec in caching_inputs(pipeline):
+        encoder, prep = pipeline.model.encoders[spec.name], pipeline.inputs[spec.name]
+        encoding = encoder_digest(encoder, spec.encoder, spec.preprocess, prep.state())
+        for table_columns in columns:
+            if table_columns is not None and table_columns[spec.name].items is not None:
+                table_columns[spec.name] = feature_column(
+                    encoder, prep, table_columns[spec.name], encoding,
+                    f"caching {spec.name} features", progress)
+    return [replace(table, inputs=c) if table is not None else None
+            for table, c in zip(tables, columns, strict=True)]
 
 
-def feature_column(pipeline, name: str, column: Column, progress: bool = False) -> FeatureColumn:
-    """The frozen features of every item of ``column``, from the cache or computed now."""
-    encoder = pipeline.model.encoders[name]
-    prep = pipeline.inputs[name]
-    spec = next(i for i in pipeline.config.inputs if i.name == name)
-    key = features_key(encoder, spec.encoder, spec.preprocess, prep.state(), column)
+def feature_column(encoder: nn.Module, prep, column: Column, encoding: hashlib._Hash,
+                   label: str, progress: bool = False) -> FeatureColumn:
+    """The frozen features of every item of ``column``, from the cache or computed now;
+    ``encoding`` is :func:`encoder_digest` of the encoder and its preprocessing."""
+    key = features_key(encoding, column)
     names_file = cache_dir() / f"{key}.names.json"
 
     def build() -> tuple[np.ndarray, ...]:
-        found = run_frozen(encoder, prep, column, f"caching {name} features", progress)
+        found = run_frozen(encoder, prep, column, label, progress)
         names_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = names_file.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(list(found)))
@@ -153,14 +149,21 @@ def _join(parts: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(padded)
 
 
-def features_key(encoder: nn.Module, options: dict, preprocess: dict, state: dict,
-                 column: Column) -> str:
-    """The cache key: frozen weights, encoder options, preprocessing, item identity."""
+def encoder_digest(encoder: nn.Module, options: dict, preprocess: dict,
+                   state: dict) -> hashlib._Hash:
+    """A hash of the frozen weights, the encoder's options and the preprocessing, computed
+    once per input (a text encoder's weights run to tens of MB) and extended per column."""
     digest = hashlib.sha256(json.dumps([options, preprocess, state], sort_keys=True,
                                        default=str).encode())
     frozen = [p for p in encoder.parameters() if not p.requires_grad]
     for tensor in [*frozen, *encoder.buffers()]:
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest
+
+
+def features_key(encoding: hashlib._Hash, column: Column) -> str:
+    """The cache key: :func:`encoder_digest`, then the identity of the column's items."""
+    digest = encoding.copy()
     if column.key is not None:
         digest.update(column.key.encode())
     else:  # no file identities: the items themselves (token ids of a text column)

@@ -82,6 +82,7 @@ class FrameCNNEncoder(nn.Module):
         if options.temporal == "transformer" and options.dim % options.heads:
             raise ConfigError(f"frame_cnn: heads={options.heads} must divide dim={options.dim}")
         image_spec = {"channels": spec["channels"], "size": spec["size"]}
+        self.cacheable = False  # True for a backbone with nothing to train: frame vectors cache
         if options.backbone is None:
             frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
             self.frame = CNNEncoder(frame, image_spec)
@@ -89,6 +90,8 @@ class FrameCNNEncoder(nn.Module):
             from ..model import build_component
 
             self.backbone = build_component(ENCODERS, options.backbone, image_spec)
+            self.cacheable = getattr(self.backbone, "cacheable", False) and not any(
+                p.requires_grad for p in self.backbone.parameters())
             self.frame_project = nn.Sequential(
                 nn.Linear(self.backbone.pooled_dim, options.dim), nn.ReLU(inplace=True),
                 nn.Dropout(options.dropout))
@@ -112,11 +115,6 @@ class FrameCNNEncoder(nn.Module):
                        None)
         return rule(encoder["backbone"]) if rule else {}
 
-    @property
-    def cacheable(self) -> bool:
-        """With a frozen pretrained backbone, its per-frame vectors can be cached."""
-        return bool(getattr(getattr(self, "backbone", None), "cacheable", False)) and not any(
-            p.requires_grad for p in self.backbone.parameters())
 
     def frozen_features(self, pixels: torch.Tensor, mask: torch.Tensor) -> dict:
         """The backbone's pooled vector of every real frame: ``frames [B, K, P]``, ``mask``."""

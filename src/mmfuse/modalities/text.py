@@ -33,17 +33,6 @@ def word_tokenizer(lowercase: bool):
     return tokenizer
 
 
-def legacy_tokenizer():
-    """MiniLM's shipped WordPiece tokenizer: for bundles whose state lacks the tokenizer."""
-    from tokenizers import Tokenizer
-
-    from ..encoders.minilm import minilm_path
-
-    tokenizer = Tokenizer.from_file(str(minilm_path() / "tokenizer.json"))
-    tokenizer.no_padding()  # the shipped file pads to 128; batches pad to their longest text
-    return tokenizer
-
-
 class TextPreprocessor(Preprocessor):
     """Strings -> token ids ``[U, L]`` with lengths; batches get ids and a padding mask."""
 
@@ -132,8 +121,8 @@ class TextPreprocessor(Preprocessor):
 
         if "tokenizer" in state:
             self.tokenizer = Tokenizer.from_str(state["tokenizer"])
-        else:  # a bundle from before tokenizers were saved: only MiniLM was pretrained
-            self.tokenizer = legacy_tokenizer()
+        else:  # a bundle from before tokenizers were saved: its encoder (minilm) has one
+            self._read_pretrained()
         self.pad_token, self.unk_token = state.get("pad_token", PAD), state.get("unk_token", UNK)
 
     def tensors(self, items: tuple[np.ndarray, np.ndarray], train: bool,
