@@ -134,10 +134,21 @@ class Model:
         """
         self._require_fitted()
         table = as_table(data, data_root)
-        groups = [str(v) for v in table.column(by)] if by else None
         encoded: EncodedTable = self.pipeline.encode(table)
         if drop:
             encoded = self.pipeline.without(encoded, drop)
+        result = self.evaluate_encoded(encoded, by, batch_size)
+        if drop:
+            result["dropped"] = list(drop)
+        return result
+
+    def evaluate_encoded(self, encoded: EncodedTable, by: str | None = None,
+                         batch_size: int = 256) -> dict:
+        """:meth:`evaluate` on a table the pipeline has already encoded (with targets), so
+        callers that alter its columns (``mmfuse explain``'s drop and permute) decode once."""
+        self._require_fitted()
+        table = encoded.table
+        groups = [str(v) for v in table.column(by)] if by else None
         outputs = self.pipeline.logits(encoded, batch_size)
         text_outputs = [o.name for o in self.config.outputs if o.type == "text"]
         teacher = self.pipeline.logits(encoded, batch_size, teacher=True) if text_outputs else {}
@@ -152,10 +163,7 @@ class Model:
             else:
                 scorers[name] = category_scorer(outputs[name], encoded.targets[name], prep.labels,
                                                 [label_text(v) for v in column])
-        result = evaluate_outputs(scorers, len(table), groups)
-        if drop:
-            result["dropped"] = list(drop)
-        return result
+        return evaluate_outputs(scorers, len(table), groups)
 
     def predict(self, rows: TableLike, data_root: str | Path | None = None) -> list[dict]:
         """Predictions for rows keyed by input name (or column); file paths relative to cwd."""

@@ -1,4 +1,5 @@
-"""The ``mmfuse`` command: train, evaluate, predict, serve, export, datasets, list, demo.
+"""The ``mmfuse`` command: train, evaluate, predict, serve, export, datasets, list, tune, report,
+explain, demo.
 
 Every verb prints human-readable output; ``--json`` prints one JSON object instead. Errors a user
 can fix (bad config, bad table, altered bundle) print one clear message and exit with status 2,
@@ -340,6 +341,79 @@ def list_components(
         row = [e.name, *([", ".join(inputs(e))] if kind == "encoders" else []), e.summary]
         table.add_row(*row, ", ".join(e.options.model_fields))
     out.print(table)
+
+
+@app.command()
+def tune(
+    config: Annotated[Path, typer.Argument(help="model config (YAML) with a tune: section")],
+    data: Annotated[Path, typer.Option("--data", help="training table")],
+    out_dir: Annotated[Path, typer.Option("--out", help="study folder (rerun to resume)")],
+    trials: Annotated[int, typer.Option(
+        "--trials", min=1, help="the study's total trials, finished, pruned and failed alike")],
+    valid: Annotated[Path | None, typer.Option("--valid", help="validation table")] = None,
+    minutes: Annotated[float | None, typer.Option(
+        "--minutes", min=0.01, help="time budget of the whole study")] = None,
+    jobs: Annotated[int, typer.Option(
+        "--jobs", min=1, help="trials in parallel, splitting the cores between them")] = 1,
+    data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Search the config's tune: space with Optuna; writes trials.csv, best.yaml and best/."""
+    from .tuning import run_tune
+
+    summary = run_tune(config, data, out_dir, trials, valid=valid, minutes=minutes, jobs=jobs,
+                       data_root=data_root, live=not as_json)
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"{summary['trials']} trial(s) in {out_dir}: best {summary['metric']} "
+              f"{summary['best_value']:.4f} (trial {summary['best_trial']}); "
+              f"config: {out_dir / 'best.yaml'}, run: {out_dir / 'best'}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
+    out_path: Annotated[Path, typer.Option("--out", help="HTML file to write")],
+    data: Annotated[Path | None, typer.Option(
+        "--data", help="labelled table (default: the run's validation data)")] = None,
+    by: Annotated[str | None, typer.Option("--by", help="also report per value of COLUMN")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """One self-contained HTML report of a run: curves, metrics, plots, a gallery."""
+    from .report import write_report
+
+    table = data if data is not None else _validation_table(run_dir)
+    summary = write_report(run_dir, out_path, table, by=by, data_root=data_root)
+    if as_json:
+        _print_json(summary)
+        return
+    out.print(f"wrote {out_path} ({summary['bytes'] / 1e6:.2f} MB, "
+              f"{len(summary['sections'])} sections)")
+
+
+@app.command()
+def explain(
+    run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
+    data: Annotated[Path, typer.Option("--data", help="labelled table")],
+    rows: Annotated[str | None, typer.Option(
+        "--rows", help="rows to attribute, e.g. 0,5,9 (default: the first 5)")] = None,
+    out_dir: Annotated[Path | None, typer.Option(
+        "--out", help="folder for the heat-map PNGs")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Which input, and which of its tokens, drove the predictions."""
+    from .api import Model
+    from .explain.run import explain_run, print_explanation, row_numbers
+
+    model = Model.load(run_dir)
+    result = explain_run(model, data, row_numbers(rows), out_dir, data_root=data_root)
+    if as_json:
+        _print_json(result)
+    else:
+        print_explanation(result, out)
 
 
 @app.command()
