@@ -93,7 +93,7 @@ def test_summary_and_files(dataset: tuple[Path, dict]) -> None:
 def test_csv_structure(dataset: tuple[Path, dict], split: str, n_images: int) -> None:
     out, _ = dataset
     header, rows = _read_csv(out / f"{split}.csv")
-    assert header == ["image", "question", "answer", "qtype", "family"]
+    assert header == ["image", "question", "answer", "qtype", "family", "target_x", "target_y"]
     assert len(rows) == n_images * ROWS_PER_IMAGE
     for i in range(n_images):
         block = rows[i * ROWS_PER_IMAGE : (i + 1) * ROWS_PER_IMAGE]
@@ -182,6 +182,9 @@ def _check_answers_against_pixels(out: Path, split: str, n_images: int, s: int) 
         for r in block:
             color = next(c for c in COLORS if f" {c} object" in r["question"])
             me = objs[color]
+            # the named object's centre, as fractions of the image side (explain's ground truth)
+            assert float(r["target_x"]) == pytest.approx(me["cx"] / size, abs=1e-4)
+            assert float(r["target_y"]) == pytest.approx(me["cy"] / size, abs=1e-4)
             fam = r["family"]
             if fam == "shape":
                 expected = me["shape"]
@@ -259,7 +262,7 @@ def test_empty_splits(tmp_path: Path) -> None:
     summary = generate_sort_of_clevr(tmp_path, n_train=0, n_test=0)
     assert summary["train_rows"] == summary["test_rows"] == 0
     header, rows = _read_csv(tmp_path / "train.csv")
-    assert header == ["image", "question", "answer", "qtype", "family"]
+    assert header == ["image", "question", "answer", "qtype", "family", "target_x", "target_y"]
     assert rows == []
 
 

@@ -13,8 +13,11 @@ This module writes a real on-disk dataset::
         train.csv
         test.csv
 
-Each CSV has the columns ``image,question,answer,qtype,family``; ``image`` is
-the PNG path relative to ``out_dir``. Every image gets 10 non-relational and
+Each CSV has the columns ``image,question,answer,qtype,family,target_x,target_y``;
+``image`` is the PNG path relative to ``out_dir``; ``target_x`` and ``target_y`` are the centre
+of the object the question names (by colour), as fractions of the image's width and height
+(x from the left, y from the top): the ground truth that ``mmfuse explain``'s heat maps are
+checked against. Every image gets 10 non-relational and
 10 relational questions, written as 20 consecutive rows.
 
 Geometry conventions: an object occupies an ``object_size`` x ``object_size``
@@ -61,7 +64,8 @@ NON_RELATIONAL_FAMILIES: tuple[str, str, str] = ("shape", "left", "top")
 RELATIONAL_FAMILIES: tuple[str, str, str] = ("closest", "furthest", "count")
 """Question families with ``qtype == "relational"``."""
 
-CSV_HEADER: tuple[str, ...] = ("image", "question", "answer", "qtype", "family")
+CSV_HEADER: tuple[str, ...] = ("image", "question", "answer", "qtype", "family", "target_x",
+                               "target_y")
 
 _N_NON_RELATIONAL = 10
 _N_RELATIONAL = 10
@@ -286,7 +290,9 @@ def _generate_split(
                 obj = colors[q]
                 question = _TEMPLATES[family].format(_COLOR_NAMES[obj])
                 answer = _answer(family, obj, centres2, d2, shapes, image_size)
-                writer.writerow((rel_path, question, answer, qtype, family))
+                target_x, target_y = (centres2[obj] / (2 * image_size)).tolist()
+                writer.writerow((rel_path, question, answer, qtype, family,
+                                 f"{target_x:.4f}", f"{target_y:.4f}"))
                 rows += 1
     return rows, n_images
 
@@ -303,7 +309,8 @@ def generate_sort_of_clevr(
 
     Writes ``images/{split}_{i:05d}.png`` (RGB, white background, six objects:
     one square or circle per colour in ``COLORS``) and ``train.csv`` /
-    ``test.csv`` with columns ``image,question,answer,qtype,family``. Each image
+    ``test.csv`` with columns ``image,question,answer,qtype,family,target_x,target_y``
+    (the named object's centre as fractions of the image side). Each image
     has 10 non-relational questions (families ``shape``, ``left``, ``top``) and
     10 relational questions (families ``closest``, ``furthest``, ``count``),
     each about an independently sampled colour, written as 20 consecutive rows.
