@@ -66,6 +66,7 @@ class AudioCNNEncoder(nn.Module):
         self.pool = options.pool
         self.rnn = nn.GRU(options.dim, options.dim // 2, batch_first=True, bidirectional=True) \
             if options.temporal == "gru" else None
+        self.token_features = nn.Identity()  # explain: attributions are taken here
         if self.rnn is not None and options.dim % 2:
             raise ConfigError(f"audio_cnn: temporal gru needs an even dim, not {options.dim}")
 
@@ -75,7 +76,7 @@ class AudioCNNEncoder(nn.Module):
 
     def forward(self, features: torch.Tensor, mask: torch.Tensor) -> Features:
         grid = self.body(features)  # [B, C', F', T']
-        tokens = self.project(grid.flatten(1, 2).transpose(1, 2))  # [B, T', dim]
+        tokens = self.token_features(self.project(grid.flatten(1, 2).transpose(1, 2)))  # [B,T',d]
         lengths = mask.sum(1)
         for _ in range(self.blocks):
             lengths = self._shrink(lengths)

@@ -62,9 +62,10 @@ class BagOfWordsEncoder(nn.Module):
         self.pool = options.pool
         self.token_dim = options.embedding_dim
         self.pooled_dim = options.dim
+        self.token_features = nn.Identity()  # explain: attributions are taken here
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Features:
-        tokens = self.embed(ids)
+        tokens = self.token_features(self.embed(ids))
         real = mask.unsqueeze(-1)
         if self.pool == "max":
             bag = tokens.masked_fill(~real, float("-inf")).amax(1)

@@ -70,6 +70,27 @@ class CNNEncoder(nn.Module):
             nn.Linear(pool_in, options.dim), nn.ReLU(inplace=True), nn.Dropout(options.dropout)
         )
         self.pooled_dim = options.dim
+        self.grid = (h, w)
+        self.image_size = tuple(spec["size"])
+        self.kernel_size, self.stride = options.kernel_size, options.stride
+        self.token_features = nn.Identity()  # explain: attributions are taken here
+
+    def token_centres(self) -> torch.Tensor:
+        """Each token's receptive-field centre ``[h*w, 2]`` as (x, y) fractions of the image's
+        width and height (0..1, x from the left, y from the top).
+
+        A stride-``s`` layer with kernel ``k`` and padding ``p`` centres output cell ``j`` on
+        input position ``s * j - p + (k - 1) / 2``; composing the layers maps a token back to
+        pixels. (The ``(x, y)`` channels the tokens carry are a -1..1 grid, for the fusion.)"""
+        k, s = self.kernel_size, self.stride
+        axes = []
+        for cells, pixels in zip(self.grid, self.image_size, strict=True):
+            centre = torch.arange(cells, dtype=torch.float64)
+            for _ in self.body:
+                centre = s * centre - k // 2 + (k - 1) / 2
+            axes.append(((centre + 0.5) / pixels).float())
+        ys, xs = torch.meshgrid(axes[0], axes[1], indexing="ij")
+        return torch.stack([xs, ys], -1).reshape(-1, 2)
 
     def _grid(self, pixels: torch.Tensor, film: list | None) -> torch.Tensor:
         x = pixels
@@ -84,7 +105,7 @@ class CNNEncoder(nn.Module):
     def forward(self, pixels: torch.Tensor, film: list | None = None) -> Features:
         """Encode images; ``film`` optionally holds one ``(gamma, beta)`` ``[B, C]`` per block."""
         grid = self._grid(pixels, film)
-        cells = grid.flatten(2).transpose(1, 2)  # [B, h*w, C]
+        cells = self.token_features(grid.flatten(2).transpose(1, 2))  # [B, h*w, C]
         tokens = torch.cat([cells, self.coords.expand(cells.shape[0], -1, -1)], dim=-1)
         if self.pool == "flatten":
             summary = tokens.flatten(1)

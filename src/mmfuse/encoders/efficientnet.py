@@ -294,6 +294,8 @@ class EfficientNetLiteEncoder(nn.Module):
         self.pooled_dim = options.dim or HEAD_CHANNELS
         self.token_dim = self.pooled_dim + 2
         self.num_tokens = h * w
+        self.grid = (h, w)
+        self.token_features = nn.Identity()  # explain: attributions are taken here
         self.train()
 
     def _check_trainable(self, name: str, size: tuple[int, int]) -> None:
@@ -363,6 +365,7 @@ class EfficientNetLiteEncoder(nn.Module):
         cells = self.dropout(grid.flatten(2).transpose(1, 2))  # [U, h*w, 1280]
         if self.project is not None:
             cells = self.project(cells)
+        cells = self.token_features(cells)
         tokens = torch.cat([cells, self.coords.expand(cells.shape[0], -1, -1)], dim=-1)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         return Features(tokens, mask, cells.mean(1), all_present(tokens.shape[0], tokens.device))

@@ -105,6 +105,7 @@ class FrameCNNEncoder(nn.Module):
                                                options.dropout, batch_first=True)
             self.attend = nn.TransformerEncoder(layer, options.layers, enable_nested_tensor=False)
         self.token_dim = self.pooled_dim = options.dim
+        self.token_features = nn.Identity()  # explain: attributions are taken here
 
     @staticmethod
     def default_preprocess(encoder: dict) -> dict:
@@ -142,6 +143,7 @@ class FrameCNNEncoder(nn.Module):
         """The temporal model over frame vectors ``[B, K, dim]``: frame tokens and a pooled
         vector."""
         batch, frames = mask.shape
+        vectors = self.token_features(vectors)
         if self.temporal == "mean":
             tokens, pooled = vectors, masked_mean(vectors, mask)
         elif self.temporal == "gru":

@@ -305,6 +305,7 @@ class HFEncoder(nn.Module):
         self.pool = options.pool
         self.model.requires_grad_(not options.freeze)
         self.token_dim = self.pooled_dim = self.model.config.hidden_size
+        self.token_features = nn.Identity()  # explain: attributions are taken here
 
     @property
     def cacheable(self) -> bool:
@@ -325,6 +326,7 @@ class HFEncoder(nn.Module):
             return self.model(**inputs).last_hidden_state
 
     def _features(self, tokens: torch.Tensor, mask: torch.Tensor) -> Features:
+        tokens = self.token_features(tokens)
         pooled = tokens[:, 0] if self.pool == "cls" else masked_mean(tokens, mask)
         return Features(tokens, mask, pooled, all_present(tokens.shape[0], tokens.device))
 

@@ -58,6 +58,7 @@ class RNNEncoder(nn.Module):
         self.token_dim = self.pooled_dim = options.hidden_size * dirs
         self.dirs = dirs
         self.pool = options.pool
+        self.token_features = nn.Identity()  # explain: attributions are taken here
 
     def forward(self, ids: torch.Tensor | None = None, mask: torch.Tensor | None = None,
                 features: torch.Tensor | None = None) -> Features:
@@ -66,6 +67,7 @@ class RNNEncoder(nn.Module):
             steps = self.embed(features.flatten(1, 2).transpose(1, 2))
         else:
             steps = self.embed(ids)
+        steps = self.token_features(steps)
         lengths = mask.sum(1).clamp(min=1)
         packed = pack_padded_sequence(self.dropout(steps), lengths.cpu(), batch_first=True,
                                       enforce_sorted=False)

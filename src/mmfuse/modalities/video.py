@@ -28,6 +28,16 @@ def read_frames(path: Path, options: VideoOptions) -> np.ndarray:
     Raises:
         UnreadableFile: the file is not a video FFmpeg can decode, or it has no frames.
     """
+    return read_clip(path, options)[0]
+
+
+def read_clip(path: Path, options: VideoOptions) -> tuple[np.ndarray, list[float]]:
+    """A clip's sampled frames (uint8 ``[K, H, W, 3]``) and the time of each, in seconds from
+    the clip's first frame (what ``mmfuse explain`` reports for a video token).
+
+    Raises:
+        UnreadableFile: the file is not a video FFmpeg can decode, or it has no frames.
+    """
     av = require("av", "video", "reading video files")
     frames: list[np.ndarray] = []
     times: list[float] = []
@@ -45,7 +55,8 @@ def read_frames(path: Path, options: VideoOptions) -> np.ndarray:
         raise UnreadableFile(f"not a readable video file ({exc})") from None
     if not frames:
         raise UnreadableFile("the file holds no video frames")
-    return np.stack([frames[i] for i in sample_frames(times, options)])
+    chosen = sample_frames(times, options)
+    return np.stack([frames[i] for i in chosen]), [times[i] - times[0] for i in chosen]
 
 
 def sample_frames(times: list[float], options: VideoOptions) -> list[int]:

@@ -1,0 +1,163 @@
+"""Per-row attribution over each input's tokens.
+
+Two methods:
+
+- ``integrated_gradients`` (Sundararajan et al. 2017, "Axiomatic Attribution for Deep
+  Networks"): every encoder passes its token features through ``token_features`` (an
+  ``nn.Identity`` placed where each token is still one token: a cnn grid cell, a word
+  embedding, an audio time step, a video frame vector). The features ``x`` are scaled along the
+  straight path from a zero baseline, ``alpha * x`` for ``steps`` midpoints ``alpha`` in (0, 1),
+  everything downstream (the encoder's pooling and temporal model, the fusion, the heads) is
+  run on them as one batch, and the attribution of token ``n`` is
+  ``sum_d x[n, d] * mean_alpha(d score / d z[n, d])`` at ``z = alpha * x``. The score is the
+  logit of the predicted class (category outputs), or the log-probability of the generated
+  text (text outputs). By completeness, the attributions of one input sum to
+  ``score(x) - score(0)`` up to the path's discretisation. One input is scaled at a time; the
+  others keep their values.
+- ``attention``: the weights of a fusion that attends over one input's tokens (``relation``
+  with ``pairs: anchored``: the question-driven anchor over the objects). Only that input's
+  tokens get values.
+
+Both run in eval mode on one row at a time (the ``steps`` copies of it form the batch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.table import Table
+from ..errors import MmfuseError
+from ..pipeline import EncodedTable, Pipeline
+
+METHODS = ("integrated_gradients", "attention")
+
+
+def replicate(inputs: dict[str, dict], copies: int) -> dict[str, dict]:
+    """A one-row batch ``inputs`` as ``copies`` rows, each with its own copy of every item (so
+    each copy can be scaled on its own)."""
+    out = {}
+    for name, tensors in inputs.items():
+        if int(tensors["index"][0]) < 0:  # the row lacks this input
+            out[name] = {"index": torch.full((copies,), -1, dtype=torch.long)}
+            continue
+        items = {k: v.repeat(copies, *[1] * (v.dim() - 1)) for k, v in tensors.items()
+                 if k != "index"}
+        out[name] = {**items, "index": torch.arange(copies)}
+    return out
+
+
+def has_attention(pipeline: Pipeline) -> str | None:
+    """The input whose tokens the fusion attends over with weights it exposes, or None."""
+    fusion = pipeline.model.fusion
+    return fusion.context if getattr(fusion, "anchored", False) else None
+
+
+def prediction_scores(pipeline: Pipeline, inputs: dict, row_outputs: dict) -> dict:
+    """Per output, a function of a batch's model outputs giving each copy's score toward this
+    row's prediction, and the targets the forward pass needs (teacher forcing for text)."""
+    scores, targets = {}, {}
+    for o in pipeline.config.outputs:
+        predicted = row_outputs[o.name]
+        if o.type == "category":
+            cls = int(predicted.argmax(-1)[0])
+            scores[o.name] = lambda out, c=cls: out[:, c]
+        else:  # text: the log-probability of the generated text, teacher-forced
+            prep = pipeline.outputs[o.name]
+            text = pipeline.model.heads[o.name].texts(predicted)[0][0][0]
+            table = Table([{prep.column: text}], Path.cwd(), "explain", restrict=False)
+            ids = prep.target_tensor(prep.encode(table).index)  # [1, T]
+            targets[o.name] = ids
+            scores[o.name] = lambda out, t=ids: _sequence_logprob(out, t)
+    return {"scores": scores, "targets": targets}
+
+
+def _sequence_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Per copy, the summed log-probability of ``ids`` ``[1, T]`` under teacher-forced
+    ``logits`` ``[m, T - 1, V]`` (padding left out)."""
+    from ..modalities.text_target import PAD_ID
+
+    gold = ids[:, 1: 1 + logits.shape[1]].expand(logits.shape[0], -1)
+    logp = logits.log_softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    return (logp * (gold != PAD_ID)).sum(-1)
+
+
+def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns: dict,
+                         targets: dict, steps: int = 32) -> tuple[dict, torch.Tensor]:
+    """Attributions ``{output: [N]}`` of input ``name``'s tokens for a one-row batch, and the
+    token mask ``[N]`` (padding False)."""
+    net = pipeline.model
+    encoder = net.encoders[name]
+    alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
+    captured: dict = {}
+
+    def scale(module, args, output):
+        x = output.detach()
+        z = (x * alphas.view(-1, *[1] * (x.dim() - 1)).to(x.dtype)).requires_grad_(True)
+        captured.update(x=x[0], z=z)
+        return z
+
+    def keep_mask(module, args, output):
+        captured["mask"] = output.mask[0].detach()
+
+    handles = [encoder.token_features.register_forward_hook(scale),
+               encoder.register_forward_hook(keep_mask)]
+    try:
+        with torch.enable_grad():
+            rows = replicate(inputs, steps)
+            copies = {k: v.expand(steps, *v.shape[1:]) for k, v in targets.items()}
+            outputs = net(rows, copies) if copies else net(rows)
+            if "z" not in captured:
+                raise MmfuseError(f"explain: the encoder of input {name!r} did not run")
+            result = {}
+            for out_name, fn in score_fns.items():
+                grad, = torch.autograd.grad(fn(outputs[out_name]).sum(), captured["z"],
+                                            retain_graph=True, allow_unused=True)
+                if grad is None:  # the output does not read this input's tokens
+                    grad = torch.zeros_like(captured["z"])
+                result[out_name] = (captured["x"] * grad.mean(0)).sum(-1)
+    finally:
+        for handle in handles:
+            handle.remove()
+    mask = captured.get("mask", torch.ones(captured["x"].shape[0], dtype=torch.bool))
+    return result, mask
+
+
+def attention_weights(pipeline: Pipeline, inputs: dict, name: str) -> torch.Tensor:
+    """The fusion's attention ``[N]`` over input ``name``'s tokens for a one-row batch."""
+    with torch.no_grad():
+        pipeline.model(inputs)
+    return pipeline.model.fusion.last_attention[0]
+
+
+def attribute_row(pipeline: Pipeline, data: EncodedTable, row: int, method: str,
+                  steps: int = 32) -> dict:
+    """``{"method", "outputs": {output: {"logits": ..., "scores": {input: np.ndarray}}},
+    "masks": {input: np.ndarray}, "inputs": tensors}`` for one row of an encoded table."""
+    net = pipeline.model
+    net.eval()
+    inputs, _ = pipeline.batch(data, np.array([row]))
+    with torch.no_grad():
+        row_outputs = net(inputs)
+    present = [n for n, t in inputs.items() if int(t["index"][0]) >= 0]
+    scores: dict[str, dict[str, np.ndarray]] = {o: {} for o in row_outputs}
+    masks: dict[str, np.ndarray] = {}
+    if method == "attention":
+        context = has_attention(pipeline)
+        if context in present:
+            weights = attention_weights(pipeline, inputs, context).numpy()
+            masks[context] = np.ones(len(weights), dtype=bool)
+            for out in scores:
+                scores[out][context] = weights
+    else:
+        plan = prediction_scores(pipeline, inputs, row_outputs)
+        for name in present:
+            per_output, mask = integrated_gradients(pipeline, inputs, name, plan["scores"],
+                                                    plan["targets"], steps)
+            masks[name] = mask.numpy()
+            for out, values in per_output.items():
+                scores[out][name] = values.detach().numpy()
+    return {"method": method, "row_outputs": row_outputs, "scores": scores, "masks": masks,
+            "inputs": inputs}

@@ -1,0 +1,150 @@
+"""``mmfuse explain``: modality importance over a table and per-row token attributions.
+
+The JSON it prints (``--json``)::
+
+    {"modality_importance": {OUTPUT: {INPUT: {"drop": d, "permute": p}}},
+     "metric": {OUTPUT: "accuracy" | "bleu"}, "baseline": {OUTPUT: value},
+     "rows": [{"row": i, "method": "integrated_gradients" | "attention",
+               "outputs": {OUTPUT: {"prediction": ...,
+                                    "tokens": {INPUT: [{"position": [x, y] | "time": t |
+                                                        "token": w, "importance": v}, ...]},
+                                    "heatmaps": {INPUT: "PATH.png"}}}}]}
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ..data.table import as_table, resolve_file
+from ..errors import MmfuseError
+from .attribution import METHODS, attribute_row, has_attention
+from .heatmap import draw_heatmap
+from .importance import modality_importance
+from .tokens import describe_tokens, heat_points
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from ..api import Model
+
+DEFAULT_ROWS = 5
+
+
+def row_numbers(text: str | None) -> list[int] | None:
+    """``"0,5,9"`` -> ``[0, 5, 9]``; None -> None (the default rows)."""
+    if text is None:
+        return None
+    try:
+        rows = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise MmfuseError(f"--rows {text!r}: expected row numbers separated by commas, "
+                          "e.g. --rows 0,5,9") from None
+    if not rows or min(rows) < 0:
+        raise MmfuseError(f"--rows {text!r}: expected row numbers from 0, e.g. --rows 0,5,9")
+    return rows
+
+
+def default_method(model: Model) -> str:
+    """``integrated_gradients``: it works with every fusion and passed the ground-truth checks
+    (``benchmarks/results/explain.md``)."""
+    return "integrated_gradients"
+
+
+def explain_run(model: Model, data, rows: list[int] | None, out_dir: Path | None,
+                data_root=None, method: str | None = None, steps: int = 32,
+                importance: bool = True) -> dict:
+    """The ``mmfuse explain`` result for a table (see the module docstring)."""
+    method = method or default_method(model)
+    if method not in METHODS:
+        raise MmfuseError(f"--method {method!r}: use one of: {', '.join(METHODS)}")
+    if method == "attention" and has_attention(model.pipeline) is None:
+        raise MmfuseError(f"--method attention: fusion {model.config.fusion['type']!r} exposes "
+                          "no attention over tokens (relation with pairs: anchored does); use "
+                          "--method integrated_gradients")
+    table = as_table(data, data_root)
+    rows = list(range(min(DEFAULT_ROWS, len(table)))) if rows is None else rows
+    beyond = [r for r in rows if r >= len(table)]
+    if beyond:
+        raise MmfuseError(f"--rows {beyond[0]}: {table.source} has {len(table)} rows "
+                          f"(0 to {len(table) - 1})")
+    encoded = model.pipeline.encode(table)
+    result: dict = {}
+    if importance:
+        measured = modality_importance(model, encoded)
+        result = {"modality_importance": measured["importance"], "metric": measured["metric"],
+                  "baseline": measured["baseline"]}
+    result["rows"] = [explain_row(model, encoded, r, method, out_dir, steps) for r in rows]
+    return result
+
+
+def explain_row(model: Model, encoded, row: int, method: str, out_dir: Path | None,
+                steps: int = 32) -> dict:
+    """One entry of ``rows``: prediction and token attributions per output."""
+    pipeline = model.pipeline
+    found = attribute_row(pipeline, encoded, row, method, steps)
+    predictions = pipeline.postprocess(found["row_outputs"])[0]
+    outputs = {}
+    for out, per_input in found["scores"].items():
+        tokens, heatmaps = {}, {}
+        for name, values in per_input.items():
+            real = np.flatnonzero(found["masks"][name])
+            described = describe_tokens(pipeline, encoded, row, name, found["inputs"],
+                                        len(values))
+            tokens[name] = [{**described[i], "importance": round(float(values[i]), 6)}
+                            for i in real]
+            if out_dir is not None and pipeline.model.encoders[name].modality == "image":
+                heatmaps[name] = str(_heatmap(pipeline, encoded, row, name, out, tokens[name],
+                                              out_dir))
+        entry = {"prediction": predictions[out]["prediction"], "tokens": tokens}
+        if heatmaps:
+            entry["heatmaps"] = heatmaps
+        outputs[out] = entry
+    return {"row": row, "method": found["method"], "outputs": outputs}
+
+
+def _heatmap(pipeline, encoded, row: int, name: str, out: str, tokens: list[dict],
+             out_dir: Path) -> Path:
+    column = pipeline.inputs[name].column
+    image = resolve_file(encoded.table.rows[row].get(column), encoded.table, row, column)
+    points, values = heat_points(tokens, np.array([t["importance"] for t in tokens]))
+    return draw_heatmap(image, points, values, Path(out_dir) / f"row{row}_{out}_{name}.png")
+
+
+def top_token(tokens: list[dict]) -> dict | None:
+    """The token with the largest attribution."""
+    return max(tokens, key=lambda t: t["importance"], default=None)
+
+
+def print_explanation(result: dict, console: Console) -> None:
+    """Modality importance as a table per output, then each row's prediction and top tokens."""
+    from rich.table import Table as RichTable
+
+    for out, per_input in result.get("modality_importance", {}).items():
+        table = RichTable(title=f"{out}: drop in {result['metric'][out]} "
+                                f"(all inputs: {result['baseline'][out]:.4f})")
+        for column in ("input", "drop", "permute"):
+            table.add_column(column, justify="left" if column == "input" else "right")
+        for name, v in per_input.items():
+            table.add_row(name, f"{v['drop']:+.4f}", f"{v['permute']:+.4f}")
+        console.print(table)
+    for entry in result["rows"]:
+        for out, found in entry["outputs"].items():
+            console.print(f"[bold]row {entry['row']}[/bold] {out}: {found['prediction']} "
+                          f"({entry['method']})")
+            for name, tokens in found["tokens"].items():
+                best = sorted(tokens, key=lambda t: -t["importance"])[:5]
+                shown = ", ".join(f"{_where(t)} {t['importance']:+.3f}" for t in best)
+                console.print(f"  {name}: {shown}")
+            for name, path in found.get("heatmaps", {}).items():
+                console.print(f"  {name} heat map: {path}")
+
+
+def _where(token: dict) -> str:
+    if "position" in token:
+        return f"({token['position'][0]:.2f}, {token['position'][1]:.2f})"
+    if "time" in token:
+        return f"{token['time']:.2f}s"
+    return repr(token.get("token"))

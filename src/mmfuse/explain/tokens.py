@@ -1,0 +1,99 @@
+"""What each token of an input stands for: a place in the image, a time in the clip, a word.
+
+One describer per modality (the encoder's ``modality``), each returning one dict per token:
+
+- image: ``{"position": [x, y]}``, the token's centre as fractions of the image's width and
+  height (0..1, x from the left, y from the top). ``cnn`` gives its receptive-field centres
+  (``token_centres``); other grids (EfficientNet, ViT patches) are taken as evenly spaced
+  cells; a class token (a grid of n*n + 1 tokens) gets ``{"token": "[class]"}``. A centre crop
+  is mapped back to the uncropped image.
+- text: ``{"token": word}``, the tokenizer's token.
+- audio: ``{"time": t}``, the centre of the token's span in seconds from the clip's start.
+- video: ``{"time": t}``, the time its frame was sampled at.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+
+from ..data.table import resolve_file
+from ..pipeline import EncodedTable, Pipeline
+
+
+def image_positions(encoder, options, count: int) -> list[list[float] | None]:
+    """(x, y) fractions per token (None for a class token)."""
+    if hasattr(encoder, "token_centres"):
+        centres = encoder.token_centres().tolist()
+    else:
+        h, w = getattr(encoder, "grid", (0, 0))
+        extra = 0
+        if h * w != count:
+            side = math.isqrt(count)
+            extra = 0 if side * side == count else 1  # a class token before the patches
+            side = math.isqrt(count - extra)
+            h = w = side
+        ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
+        centres = [None] * extra + np.stack([xs, ys], -1).reshape(-1, 2).tolist()
+    if getattr(options, "crop", None) is not None:  # back to the uncropped (resized) image
+        size = options.size if isinstance(options.size, list | tuple) else [options.size] * 2
+        crop = options.crop if isinstance(options.crop, list | tuple) else [options.crop] * 2
+        (height, width), (ch, cw) = size, crop
+        left, top = (width - cw) // 2, (height - ch) // 2
+        centres = [None if c is None else [(left + c[0] * cw) / width, (top + c[1] * ch) / height]
+                   for c in centres]
+    return centres
+
+
+def _image(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
+           count: int) -> list[dict]:
+    positions = image_positions(pipeline.model.encoders[name], pipeline.inputs[name].options,
+                                count)
+    return [{"token": "[class]"} if p is None else {"position": [round(v, 4) for v in p]}
+            for p in positions]
+
+
+def _text(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
+          count: int) -> list[dict]:
+    tokenizer = pipeline.inputs[name].tokenizer
+    ids = inputs[name]["ids"][0].tolist()
+    return [{"token": tokenizer.id_to_token(int(i)) or "[UNK]"} for i in ids[:count]]
+
+
+def _audio(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
+           count: int) -> list[dict]:
+    frames = inputs[name]["features"].shape[-1]  # spectrogram frames of the padded item
+    hop = pipeline.inputs[name].options.hop_ms / 1000
+    per_token = frames / max(1, count)
+    return [{"time": round((i + 0.5) * per_token * hop, 4)} for i in range(count)]
+
+
+def _video(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
+           count: int) -> list[dict]:
+    from ..modalities.video import read_clip
+
+    prep = pipeline.inputs[name]
+    value = data.table.rows[row].get(prep.column)
+    times = read_clip(resolve_file(value, data.table, row, prep.column), prep.options)[1]
+    return [{"time": round(times[i], 4) if i < len(times) else None} for i in range(count)]
+
+
+DESCRIBERS: dict[str, Callable[..., list[dict]]] = {
+    "image": _image, "text": _text, "audio": _audio, "video": _video}
+
+
+def describe_tokens(pipeline: Pipeline, data: EncodedTable, row: int, name: str,
+                    inputs: dict, count: int) -> list[dict]:
+    """One dict per token of input ``name`` in ``row`` (see the module docstring)."""
+    modality = pipeline.model.encoders[name].modality
+    return DESCRIBERS[modality](pipeline, data, row, name, inputs, count)
+
+
+def heat_points(tokens: list[dict], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The tokens that have a position: ``[K, 2]`` positions and their values."""
+    keep = [i for i, t in enumerate(tokens) if "position" in t]
+    return (np.array([tokens[i]["position"] for i in keep], dtype=np.float64).reshape(-1, 2),
+            np.asarray(values, dtype=np.float64)[keep])
+
