@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,8 @@ class Model:
 
     def fit(self, train_data: TableLike, valid: TableLike | None = None, *,
             out: str | Path | None = None, data_root: str | Path | None = None,
-            threads: int | None = None, progress: bool = False) -> dict:
+            threads: int | None = None, progress: bool = False,
+            on_epoch: Callable[[dict], None] | None = None) -> dict:
         """Fit preprocessors on the training split, train, and keep the best weights.
 
         Args:
@@ -62,6 +64,8 @@ class Model:
             data_root: folder that relative paths start from (default: each table's folder).
             threads: torch threads (default: the CPUs this process may use).
             progress: show a progress bar.
+            on_epoch: called with each epoch's metrics record (the line written to
+                ``metrics.jsonl``); an exception it raises stops training and propagates.
 
         Returns:
             The training summary (epochs, best epoch and metrics, seconds).
@@ -94,7 +98,7 @@ class Model:
             self.pipeline, train_encoded, valid_encoded, cfg,
             metrics_path=run / "metrics.jsonl" if run else None,
             on_best=(lambda epoch: self.save(run / "model")) if run else None,
-            progress=progress,
+            progress=progress, on_epoch=on_epoch,
         )
         if run is not None:
             self.save(run / "model")  # the best weights, restored by train()

@@ -24,6 +24,7 @@ from pydantic import (
 from .config_base import StrictModel, did_you_mean
 from .errors import ConfigError
 from .registry import ENCODERS, FUSIONS, HEADS, Registry
+from .tuning.space import TuneSection
 
 DEFAULT_ENCODERS = {"image": "cnn", "text": "gru", "audio": "audio_cnn", "video": "frame_cnn"}
 
@@ -317,6 +318,9 @@ class Config(StrictModel):
     fusion: Any = None
     outputs: list[OutputConfig] = Field(min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    tune: TuneSection = Field(
+        None, description="mmfuse tune's search space, metric, sampler and pruner "
+        "(tuning/space.py); other commands ignore it")
 
     @field_validator("fusion", mode="after")
     @classmethod

@@ -121,8 +121,13 @@ def mean_accuracy(pipeline: Pipeline, logits: dict, targets: dict) -> float:
 
 def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable | None,
           cfg: TrainingConfig, metrics_path: Path | None = None,
-          on_best: Callable[[int], None] | None = None, progress: bool = False) -> dict:
+          on_best: Callable[[int], None] | None = None, progress: bool = False,
+          on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``pipeline.model`` in place and leave it holding the best weights.
+
+    ``on_epoch`` gets each epoch's record once it is written (``mmfuse tune`` reports it to
+    Optuna); an exception it raises, such as ``optuna.TrialPruned``, ends training and
+    propagates to the caller.
 
     Returns:
         A summary: epochs run, best epoch, best validation metrics, seconds, whether stopped early
@@ -187,6 +192,8 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
             record["epoch_seconds"] = time.perf_counter() - epoch_started  # train + validate
             bar.finish(record)
             _append_jsonl(metrics_path, record)
+            if on_epoch:
+                on_epoch(record)
 
             # --- keep the best
             score = valid["loss"] if valid else -epoch  # without validation, the last is best

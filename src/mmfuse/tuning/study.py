@@ -1,0 +1,224 @@
+"""Run a study: open or resume ``DIR/study.db``, run the missing trials, write the outputs.
+
+The study is Optuna's, stored in SQLite under a fixed name, so rerunning the command resumes
+it: ``--trials N`` is the study's total (finished, pruned and failed alike), a trial an
+interrupted run left RUNNING is marked failed, and a study of another config is refused.
+Trials run here (``--jobs 1``) or in spawned worker processes that each run their share
+against the same storage, with the CPUs split between them. Each trial trains into
+``DIR/trials/NNNN/`` through :meth:`mmfuse.Model.fit`, reporting every epoch's validation metric
+to Optuna's pruner; a trial a user error stops (a bad combination of values, say) is recorded as
+failed with that error and the study goes on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import multiprocessing
+import multiprocessing.connection
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..config import Config, load_config
+from ..errors import ConfigError, DataError, MmfuseError, require
+from ..training.threads import available_cpus
+from .outputs import TrialTable, write_outputs
+from .space import TuneConfig
+from .trial import Search, run_share
+
+STUDY_NAME = "mmfuse-tune"
+EXAMPLE = """tune:
+  metric: valid_accuracy        # or valid_loss (the default)
+  parameters:
+    training.learning_rate: {space: loguniform, low: 1.0e-4, high: 1.0e-2}
+    fusion.type: {space: choice, values: [concat, gated]}
+    inputs.0.encoder.dim: {space: int, low: 32, high: 128, step: 32}"""
+
+
+def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, trials: int, *,
+             valid: str | Path | None = None, minutes: float | None = None, jobs: int = 1,
+             data_root: str | Path | None = None, live: bool = True) -> dict:
+    """Run (or resume) the study of ``config``'s ``tune:`` section until it has ``trials``.
+
+    Args:
+        config: a config path or dict with a ``tune:`` section.
+        data, valid: training and validation tables (without ``valid``, each trial holds out
+            ``training.valid_fraction`` of the training table).
+        out_dir: the study folder: ``study.db``, ``trials.csv``, ``best.yaml``, ``best/``.
+        trials: the study's total number of trials, counting those of earlier runs.
+        minutes: time budget of this run; a trial running at the deadline stops there too.
+        jobs: worker processes; each trains with ``usable CPUs // jobs`` threads.
+        data_root: folder that relative file paths in the tables start from.
+        live: show a live table of the trials.
+
+    Returns:
+        The summary ``mmfuse tune --json`` prints (see outputs.py ``write_outputs``).
+    """
+    optuna = require("optuna", "tune", "mmfuse tune")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # the table and trials.csv report trials
+    started = time.time()
+    raw, config = read_config(config)
+    tune = config.tune
+    check_inputs(config, data, valid)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    storage = open_storage(optuna, out)
+    study = open_study(optuna, storage, tune, worker=0)
+    check_same_search(study, raw, out)
+    fail_interrupted(optuna, storage, study)
+    done = len(study.trials)
+    study = open_study(optuna, storage, tune, 0, done)  # seeded so a resume draws anew
+
+    target = min(trials, math.prod(len(v) for v in tune.grid().values())) \
+        if tune.sampler == "grid" else trials  # a grid's extra trials would only repeat points
+    remaining = max(0, target - done)
+    workers = min(jobs, remaining)
+    search = Search(raw={k: v for k, v in raw.items() if k != "tune"},
+                    resolved=config.model_dump(mode="json", exclude={"tune"}), tune=tune,
+                    train=Path(data), valid=Path(valid) if valid else None,
+                    data_root=Path(data_root) if data_root else None, out=out,
+                    deadline=started + 60 * minutes if minutes else math.inf,
+                    threads=max(1, available_cpus() // max(1, workers)), done=done)
+    crashed: list[str] = []
+    with TrialTable(study, tune, enabled=live) as table:
+        if workers == 1:
+            run_share(study, search, remaining, worker=0, on_trial=table.refresh)
+        elif workers > 1:
+            crashed = run_workers(search, shares(remaining, workers), table)
+    if crashed:  # a bug, not a user error: report it even when no trial completed
+        with contextlib.suppress(MmfuseError):
+            write_outputs(study, search.raw, search.resolved, tune, out, started)
+        raise RuntimeError(f"{', '.join(crashed)}; its traceback is above (trials.csv lists "
+                           "the trials that ended)")
+    return write_outputs(study, search.raw, search.resolved, tune, out, started)
+
+
+def read_config(source: str | Path | dict) -> tuple[dict, Config]:
+    """The config as written and validated; one without ``tune:`` is an error showing one."""
+    config = load_config(source)
+    if config.tune is None:
+        raise ConfigError(f"{source if not isinstance(source, dict) else 'the config'} has no "
+                          f"tune: section; mmfuse tune searches the space it declares, e.g.\n"
+                          f"{EXAMPLE}")
+    raw = source if isinstance(source, dict) else yaml.safe_load(
+        Path(source).read_text(encoding="utf-8"))
+    return raw, config
+
+
+def check_inputs(config: Config, data: str | Path, valid: str | Path | None) -> None:
+    """Fail before any trial when no trial could run: a missing table, no validation split."""
+    for name, table in (("--data", data), ("--valid", valid)):
+        if table is not None and not Path(table).exists():
+            raise DataError(f"{name} {str(table)!r}: no such file")
+    tunes_fraction = "training.valid_fraction" in config.tune.parameters
+    if valid is None and config.training.valid_fraction == 0 and not tunes_fraction:
+        raise ConfigError("mmfuse tune scores each trial on validation data: pass --valid "
+                          "TABLE or set training.valid_fraction above 0")
+
+
+def open_storage(optuna: Any, out: Path) -> Any:
+    """The SQLite storage ``out/study.db``; writers wait up to a minute for each other."""
+    return optuna.storages.RDBStorage(f"sqlite:///{(out / 'study.db').resolve()}",
+                                      engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def open_study(optuna: Any, storage: Any, tune: TuneConfig, worker: int, done: int = 0) -> Any:
+    """The study in ``storage`` (created on first use) with this worker's sampler."""
+    return optuna.create_study(
+        storage=storage, study_name=STUDY_NAME, direction=tune.direction,
+        sampler=make_sampler(optuna, tune, worker, done), pruner=make_pruner(optuna, tune),
+        load_if_exists=True)
+
+
+def make_sampler(optuna: Any, tune: TuneConfig, worker: int, done: int = 0) -> Any:
+    """TPE, random or grid. The seed of TPE and random mixes in the worker and the number of
+    trials the study already has, so neither parallel workers nor a resumed run draw the
+    values drawn before; the grid keeps one seed, as its order maps trial numbers to points."""
+    if tune.sampler == "grid":
+        return optuna.samplers.GridSampler(tune.grid(), seed=tune.seed)
+    seed = int(np.random.SeedSequence([tune.seed, done, worker]).generate_state(1)[0])
+    if tune.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def make_pruner(optuna: Any, tune: TuneConfig) -> Any:
+    """The pruner of ``tune.pruner``. Steps are epochs, counted from 1, so a trial trains
+    ``warmup_epochs`` epochs before the first step it can be pruned at."""
+    cfg = tune.pruner
+    if cfg.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=cfg.startup_trials,
+                                           n_warmup_steps=cfg.warmup_epochs + 1)
+    if cfg.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=cfg.warmup_epochs + 1)
+    return optuna.pruners.NopPruner()
+
+
+def check_same_search(study: Any, raw: dict, out: Path) -> None:
+    """Record the config a new study searches; refuse to resume a study of another one.
+
+    The sampler, its seed and the pruner may change between runs (they do not change what a
+    finished trial measured); anything else would mix trials of different searches.
+    """
+    tune = {k: v for k, v in (raw.get("tune") or {}).items()
+            if k not in ("sampler", "seed", "pruner")}
+    fingerprint = json.loads(json.dumps({**raw, "tune": tune}, sort_keys=True, default=str))
+    recorded = study.user_attrs.get("config")
+    if recorded is None:
+        study.set_user_attr("config", fingerprint)
+        return
+    changed = [f"tune.{k}" for k in sorted({*recorded.get("tune", {}), *tune})
+               if recorded.get("tune", {}).get(k) != fingerprint["tune"].get(k)]
+    changed += [k for k in sorted({*recorded, *fingerprint} - {"tune"})
+                if recorded.get(k) != fingerprint.get(k)]
+    if changed:
+        raise ConfigError(f"{out / 'study.db'} holds a study of another config (changed: "
+                          f"{', '.join(changed)}); rerun with the config it started with, or "
+                          "tune into a new --out folder")
+
+
+def fail_interrupted(optuna: Any, storage: Any, study: Any) -> None:
+    """Mark the trials an interrupted run left RUNNING as failed, saying why."""
+    study_id = storage.get_study_id_from_name(STUDY_NAME)
+    for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, trial.number)
+        storage.set_trial_user_attr(trial_id, "error", "interrupted: the study stopped while "
+                                    "this trial was running")
+        storage.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+
+
+def shares(total: int, workers: int) -> list[int]:
+    """``total`` trials split as evenly as possible between ``workers``."""
+    return [total // workers + (1 if k < total % workers else 0) for k in range(workers)]
+
+
+def run_workers(search: Search, counts: list[int], table: TrialTable) -> list[str]:
+    """Run each share in a spawned process; returns a line per worker that crashed."""
+    context = multiprocessing.get_context("spawn")  # no forked torch or SQLite state
+    processes = [context.Process(target=worker_main, args=(search, count, k),
+                                 name=f"mmfuse-tune-{k}") for k, count in enumerate(counts)]
+    for process in processes:
+        process.start()
+    try:
+        while alive := [p.sentinel for p in processes if p.is_alive()]:
+            multiprocessing.connection.wait(alive, timeout=1.0)  # a worker ended, or 1 s
+            table.refresh()
+    finally:
+        for process in processes:  # on Ctrl-C the workers got it too; let them finish
+            process.join()
+    return [f"tuning worker {k} exited with code {p.exitcode}"
+            for k, p in enumerate(processes) if p.exitcode != 0]
+
+
+def worker_main(search: Search, count: int, worker: int) -> None:
+    """A worker process: open the study with its own sampler and run ``count`` trials."""
+    optuna = require("optuna", "tune", "mmfuse tune")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = open_study(optuna, open_storage(optuna, search.out), search.tune, worker,
+                       search.done)
+    run_share(study, search, count, worker)
