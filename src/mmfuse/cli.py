@@ -401,6 +401,9 @@ def explain(
         "--rows", help="rows to attribute, e.g. 0,5,9 (default: the first 5)")] = None,
     out_dir: Annotated[Path | None, typer.Option(
         "--out", help="folder for the heat-map PNGs")] = None,
+    method: Annotated[str | None, typer.Option(
+        "--method", help="auto (default: the fusion's attention where it has one, integrated "
+        "gradients elsewhere), integrated_gradients or attention")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -409,7 +412,8 @@ def explain(
     from .explain.run import explain_run, print_explanation, row_numbers
 
     model = Model.load(run_dir)
-    result = explain_run(model, data, row_numbers(rows), out_dir, data_root=data_root)
+    result = explain_run(model, data, row_numbers(rows), out_dir, data_root=data_root,
+                         method=method)
     if as_json:
         _print_json(result)
     else:

@@ -1,10 +1,14 @@
 """``mmfuse explain``: modality importance over a table and per-row token attributions.
 
+``method`` is ``attention`` when the fusion's attention explained an input of the row (the
+other inputs then get integrated gradients; ``methods`` says which input got which).
+
 The JSON it prints (``--json``)::
 
     {"modality_importance": {OUTPUT: {INPUT: {"drop": d, "permute": p}}},
      "metric": {OUTPUT: "accuracy" | "bleu"}, "baseline": {OUTPUT: value},
      "rows": [{"row": i, "method": "integrated_gradients" | "attention",
+               "methods": {INPUT: "integrated_gradients" | "attention"},
                "outputs": {OUTPUT: {"prediction": ...,
                                     "tokens": {INPUT: [{"position": [x, y] | "time": t |
                                                         "token": w, "importance": v}, ...]},
@@ -47,17 +51,11 @@ def row_numbers(text: str | None) -> list[int] | None:
     return rows
 
 
-def default_method(model: Model) -> str:
-    """``integrated_gradients``: it works with every fusion and passed the ground-truth checks
-    (``benchmarks/results/explain.md``)."""
-    return "integrated_gradients"
-
-
 def explain_run(model: Model, data, rows: list[int] | None, out_dir: Path | None,
                 data_root=None, method: str | None = None, steps: int = 32,
                 importance: bool = True) -> dict:
     """The ``mmfuse explain`` result for a table (see the module docstring)."""
-    method = method or default_method(model)
+    method = method or "auto"
     if method not in METHODS:
         raise MmfuseError(f"--method {method!r}: use one of: {', '.join(METHODS)}")
     if method == "attention" and has_attention(model.pipeline) is None:
@@ -102,7 +100,8 @@ def explain_row(model: Model, encoded, row: int, method: str, out_dir: Path | No
         if heatmaps:
             entry["heatmaps"] = heatmaps
         outputs[out] = entry
-    return {"row": row, "method": found["method"], "outputs": outputs}
+    return {"row": row, "method": found["method"], "methods": found["methods"],
+            "outputs": outputs}
 
 
 def _heatmap(pipeline, encoded, row: int, name: str, out: str, tokens: list[dict],
