@@ -150,6 +150,51 @@ def test_film_target_missing_in_some_rows(shapes_qa, minimal_config):
     assert len(model.predict(rows[:6])) == 6
 
 
+def film_fusion():
+    from mmfuse.registry import FUSIONS
+
+    entry = FUSIONS.get("film")
+    dims = {"image": {"token_dim": 6, "pooled_dim": 5, "modality": "image",
+                      "film_channels": [3, 4]},
+            "question": {"token_dim": 5, "pooled_dim": 5, "modality": "text"}}
+    fusion = entry.builder(entry.options.model_validate({}), dims)
+    torch.nn.init.normal_(fusion.generator.weight)
+    torch.nn.init.normal_(fusion.generator.bias)
+    return fusion
+
+
+def test_film_gives_a_missing_query_the_mean_querys_modulation():
+    fusion = film_fusion()
+    query = features(4, dim=5)
+    query.present = torch.tensor([True, True, False, True])
+    fusion.train()
+    fusion.modulation(query)  # the first batch sets the running mean
+    torch.testing.assert_close(fusion.query_mean, query.pooled[query.present].mean(0))
+    fusion.eval()
+    expected = fusion.generator(fusion.query_mean)  # the mean modulation (linear generator)
+    out = fusion.modulation(query)
+    torch.testing.assert_close(out[0][0][2], expected[:3])  # the missing row's gamma, block 0
+    torch.testing.assert_close(out[1][1][2], expected[3 + 3 + 4:])  # its beta, block 1
+    assert not torch.allclose(out[0][0][0], expected[:3])  # a present row keeps its own
+    fused = fusion({"image": features(4, seed=1), "question": query})
+    mean_query = Features(query.tokens, query.mask, fusion.query_mean.expand(4, -1),
+                          torch.ones(4, dtype=torch.bool))
+    alone = fusion({"image": features(4, seed=1), "question": mean_query})
+    torch.testing.assert_close(fused[2], alone[2])
+
+
+def test_film_bundle_without_the_running_mean_keeps_the_identity_modulation():
+    fusion = film_fusion()
+    old = {k: v for k, v in fusion.state_dict().items() if not k.startswith("query_")}
+    fusion.query_mean.fill_(3.0)
+    fusion.load_state_dict(old)  # an older bundle: no query_mean, no query_tracked
+    query = features(2, dim=5)
+    query.present = torch.tensor([True, False])
+    fusion.eval()
+    gamma, beta = fusion.modulation(query)[0]
+    assert float((gamma[1].abs().sum() + beta[1].abs().sum()).detach()) == 0.0
+
+
 def test_placeholder_mode_fills_missing_rows_with_learned_vectors():
     from mmfuse.encoders.base import Placeholder
 

@@ -10,6 +10,14 @@ The fused vector is ``MLP([pooled target; pooled query])``.
 The model runs the other encoders first, asks :meth:`FiLMFusion.modulation` for the
 ``(gamma, beta)`` pairs, then runs the target encoder with them (see ``model.py``).
 
+A row without the query gets the modulation of the *average* query: during training the fusion
+keeps a running mean of the query's pooled vector (like batch norm's running statistics), and
+the generator is linear, so ``generator(mean q)`` is the mean modulation. A model that never
+saw the query missing then sees the target as it usually does, not unmodulated, and an input
+it learned to ignore does not matter when it is removed (``mmfuse explain``'s ``drop``). The
+fused MLP reads the same mean for a missing query. (A bundle saved before the running mean
+existed keeps the identity modulation and zeros.)
+
 Shapes: query pooled ``[B, Q]`` -> ``(gamma, beta)`` ``[B, C_l]`` per block;
 ``{name: Features}`` -> ``[B, hidden[-1]]``.
 """
@@ -24,6 +32,8 @@ from ..config_base import Options
 from ..errors import ConfigError
 from ..registry import FUSIONS
 from .base import mlp, pick_query
+
+MOMENTUM = 0.1  # of the query's running mean, as batch norm's
 
 
 class FiLMOptions(Options):
@@ -54,22 +64,43 @@ class FiLMFusion(nn.Module):
         self.generator = nn.Linear(input_dims[self.query]["pooled_dim"], 2 * sum(self.channels))
         nn.init.zeros_(self.generator.weight)  # start as the identity modulation
         nn.init.zeros_(self.generator.bias)
+        self.register_buffer("query_mean", torch.zeros(input_dims[self.query]["pooled_dim"]))
+        self.register_buffer("query_tracked", torch.zeros(()))  # 1 once the mean has data
         width = input_dims[target]["pooled_dim"] + sum(
             input_dims[n]["pooled_dim"] for n in self.others)
         self.mlp, self.out_dim = mlp(width, options.hidden, options.dropout)
 
     def modulation(self, query) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Per target block, ``(gamma, beta)`` of shape ``[B, C]`` (zeros where q is missing)."""
+        """Per target block, ``(gamma, beta)`` of shape ``[B, C]``; a row where q is missing
+        gets the mean query's (see the module docstring)."""
+        if self.training and not torch.onnx.is_in_onnx_export() and bool(query.present.any()):
+            self._track(query.pooled.detach()[query.present].mean(0))
         params = self.generator(query.pooled)
-        params = torch.where(query.present.unsqueeze(-1), params, 0.0)
+        stand_in = self.generator(self.query_mean) * self.query_tracked
+        params = torch.where(query.present.unsqueeze(-1), params, stand_in)
         out, start = [], 0
         for c in self.channels:
             out.append((params[:, start:start + c], params[:, start + c:start + 2 * c]))
             start += 2 * c
         return out
 
+    @torch.no_grad()
+    def _track(self, mean: torch.Tensor) -> None:
+        """Update the running mean of the query's pooled vector (the first batch sets it)."""
+        weight = MOMENTUM if bool(self.query_tracked) else 1.0
+        self.query_mean.lerp_(mean, weight)
+        self.query_tracked.fill_(1.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a bundle from before the running mean: keep its behaviour (identity, zeros)
+        state_dict.setdefault(prefix + "query_mean", torch.zeros_like(self.query_mean))
+        state_dict.setdefault(prefix + "query_tracked", torch.zeros(()))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def forward(self, features: dict) -> torch.Tensor:
-        parts = [features[self.target].pooled] + [
-            torch.where(features[n].present.unsqueeze(-1), features[n].pooled, 0.0)
-            for n in self.others]
+        parts = [features[self.target].pooled]
+        for n in self.others:
+            stand_in = self.query_mean * self.query_tracked if n == self.query else 0.0
+            parts.append(torch.where(features[n].present.unsqueeze(-1), features[n].pooled,
+                                     stand_in))
         return self.mlp(torch.cat(parts, dim=-1))
