@@ -16,7 +16,7 @@
 
 Writes ``benchmarks/results/explain.md`` and ``explain.json``.
 
-Run: ``python benchmarks/explain.py [--run RUN_DIR] [--data DIR] [--minutes 10]``
+Run: ``python benchmarks/explain.py [--run RUN_DIR] [--data DIR] [--minutes 10] [--noise-only]``
 (without ``--run`` it trains the best config for ``--minutes`` first, as ``mmfuse demo`` does).
 """
 
@@ -160,7 +160,8 @@ def write(results: dict) -> None:
 
 {machine()}
 
-Command: `{command()}`
+Commands: `{results["commands"]["localisation"]}` (localisation),
+`{results["commands"]["noise"]}` (noise table)
 
 ## Where is the object the question names? (Sort-of-CLEVR, best config)
 
@@ -199,20 +200,27 @@ def main() -> None:
     parser.add_argument("--run", help="a trained Sort-of-CLEVR best-config run")
     parser.add_argument("--data", type=Path, default=Path("data/sort-of-clevr"))
     parser.add_argument("--minutes", type=float, default=10.0)
+    parser.add_argument("--noise-only", action="store_true",
+                        help="measure only the noise table; keep explain.json's localisation")
     parser.add_argument("--render", action="store_true",
                         help="rewrite explain.md from explain.json without measuring")
     args = parser.parse_args()
     if args.render:
         write(json.loads((RESULTS / "explain.json").read_text()))
         return
-    run = trained_run(args)
-    if not (args.data / "test.csv").is_file():
-        generate_sort_of_clevr(args.data, n_train=0)
-    results = {"localisation": localisation(run, args.data / "test.csv"),
-               "run_note": f"`{run}`" + ("" if args.run else
-                                         f", the best config trained for {args.minutes:g} min")}
+    if args.noise_only:
+        results = json.loads((RESULTS / "explain.json").read_text())
+    else:
+        run = trained_run(args)
+        if not (args.data / "test.csv").is_file():
+            generate_sort_of_clevr(args.data, n_train=0)
+        results = {"localisation": localisation(run, args.data / "test.csv"),
+                   "run_note": f"`{run}`" + ("" if args.run else
+                                             f", the best config trained for {args.minutes:g} min"),
+                   "commands": {"localisation": command()}}
     with tempfile.TemporaryDirectory() as folder:
         results["noise"] = noise_importance(Path(folder))
+    results.setdefault("commands", {}).update(noise=command())
     write(results)
 
 

@@ -252,59 +252,20 @@ def datasets(
 ) -> None:
     """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes, spoken-numbers or
     photo-views."""
-    from .datasets import DATASETS
+    from .datasets import DATASETS, generate_dataset
 
     if name not in DATASETS:
         raise MmfuseError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if missing is not None and name != "av-digits":
         raise MmfuseError(f"--missing applies only to av-digits, not {name}; drop --missing")
     try:
-        summary, line = _generate_dataset(name, out_dir, train_size, test_size, seed, missing)
+        summary, line = generate_dataset(name, out_dir, train_size, test_size, seed, missing)
     except ValueError as exc:
         raise MmfuseError(str(exc)) from None
     if as_json:
         _print_json(summary)
     else:
         out.print(line)
-
-
-def _generate_dataset(name: str, out_dir: Path, train: int | None, test: int | None, seed: int,
-                      missing: float | None) -> tuple[dict, str]:
-    """Run the named generator, which keeps its own default for each None; summary and a line."""
-    if name == "sort-of-clevr":
-        from .datasets.sort_of_clevr import generate_sort_of_clevr
-
-        s = generate_sort_of_clevr(out_dir, seed=seed, **_given(n_train=train, n_test=test))
-        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
-                   f"({s['train_images']} + {s['test_images']} images) to {out_dir}")
-    if name == "av-digits":
-        from .datasets.av_digits import generate_av_digits
-
-        s = generate_av_digits(out_dir, seed=seed, **_given(train_size=train, test_size=test,
-                                                            missing_fraction=missing))
-        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows to "
-                   f"{out_dir} in {s['seconds']:.1f}s; missing images "
-                   f"{sum(s['missing_image'].values())}, missing audio "
-                   f"{sum(s['missing_audio'].values())}")
-    if name == "photo-views":
-        from .datasets.photo_views import generate_photo_views
-
-        s = generate_photo_views(out_dir, seed=seed, **_given(train_size=train, test_size=test))
-        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test images of "
-                   f"{len(s['classes'])} photographs to {out_dir} in {s['seconds']:.1f}s")
-    if name == "moving-shapes":
-        from .datasets.moving_shapes import generate_moving_shapes as generate
-    else:
-        from .datasets.spoken_numbers import generate_spoken_numbers as generate
-    s = generate(out_dir, seed=seed, **_given(train_size=train, test_size=test))
-    return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
-               f"({s['train_clips']} + {s['test_clips']} clips) to {out_dir} "
-               f"in {s['seconds']:.1f}s")
-
-
-def _given(**options: object) -> dict:
-    """The options that are not None."""
-    return {k: v for k, v in options.items() if v is not None}
 
 
 @app.command("list")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 DATASETS = {
     "sort-of-clevr": "Sort-of-CLEVR (Santoro et al. 2017): 75x75 images, 20 questions each",
     "av-digits": "audio-visual digits like AV-MNIST (Vielzeuf et al. 2018): degraded 28x28 "
@@ -13,3 +15,42 @@ DATASETS = {
     "photo-views": "natural images: 96x96 jittered crops of ten photographs shipped with "
                    "scikit-image and scikit-learn (cat, coffee, rocket...), one class each",
 }
+
+
+def generate_dataset(name: str, out_dir: Path, train: int | None, test: int | None, seed: int,
+                     missing: float | None) -> tuple[dict, str]:
+    """Run the named generator, which keeps its own default for each None; summary and a line."""
+    if name == "sort-of-clevr":
+        from .sort_of_clevr import generate_sort_of_clevr
+
+        s = generate_sort_of_clevr(out_dir, seed=seed, **given(n_train=train, n_test=test))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
+                   f"({s['train_images']} + {s['test_images']} images) to {out_dir}")
+    if name == "av-digits":
+        from .av_digits import generate_av_digits
+
+        s = generate_av_digits(out_dir, seed=seed, **given(train_size=train, test_size=test,
+                                                            missing_fraction=missing))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows to "
+                   f"{out_dir} in {s['seconds']:.1f}s; missing images "
+                   f"{sum(s['missing_image'].values())}, missing audio "
+                   f"{sum(s['missing_audio'].values())}")
+    if name == "photo-views":
+        from .photo_views import generate_photo_views
+
+        s = generate_photo_views(out_dir, seed=seed, **given(train_size=train, test_size=test))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test images of "
+                   f"{len(s['classes'])} photographs to {out_dir} in {s['seconds']:.1f}s")
+    if name == "moving-shapes":
+        from .moving_shapes import generate_moving_shapes as generate
+    else:
+        from .spoken_numbers import generate_spoken_numbers as generate
+    s = generate(out_dir, seed=seed, **given(train_size=train, test_size=test))
+    return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test rows "
+               f"({s['train_clips']} + {s['test_clips']} clips) to {out_dir} "
+               f"in {s['seconds']:.1f}s")
+
+
+def given(**options: object) -> dict:
+    """The options that are not None."""
+    return {k: v for k, v in options.items() if v is not None}
