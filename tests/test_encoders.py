@@ -135,6 +135,21 @@ def test_features_have_the_documented_shapes(encoders, case):
 
 
 @pytest.mark.parametrize("case", CASES)
+def test_every_encoder_passes_one_feature_per_token_through_token_features(encoders, case):
+    # mmfuse explain scales what token_features gives; it must line up with the tokens
+    encoder = encoders[case]
+    encoder.eval()
+    seen = []
+    handle = encoder.token_features.register_forward_hook(lambda m, a, out: seen.append(out))
+    try:
+        features = encoder(**batch_for(encoder))
+    finally:
+        handle.remove()
+    assert len(seen) == 1, f"{case}: token_features ran {len(seen)} times"
+    assert seen[0].shape[:2] == features.tokens.shape[:2], case
+
+
+@pytest.mark.parametrize("case", CASES)
 def test_gradients_reach_every_trainable_parameter(encoders, case):
     encoder = encoders[case]
     name = case.split("/")[0]

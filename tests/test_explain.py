@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import re
 from pathlib import Path
@@ -309,6 +310,23 @@ def test_explain_rejects_bad_requests(scenes_run, args, message):
     assert result.returncode == 2, result.stderr
     assert message in " ".join(result.stderr.split()), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_explain_attributes_an_unlabelled_table_without_importance(scenes_run):
+    test = Path(scenes_run["test"])
+    rows = list(csv.DictReader(test.open()))[:3]
+    unlabelled = write_table(test.parent / "unlabelled.csv",  # beside the images it names
+                             [{"image": r["image"], "question": r["question"]} for r in rows])
+    refused = run("explain", scenes_run["run"], "--data", unlabelled, check=False)
+    assert refused.returncode == 2
+    assert "no column 'answer'" in " ".join(refused.stderr.split())
+    assert "--no-importance" in refused.stderr
+    result = json.loads(run("explain", scenes_run["run"], "--data", unlabelled,
+                            "--no-importance", "--json").stdout)
+    assert "modality_importance" not in result
+    assert [r["row"] for r in result["rows"]] == [0, 1, 2]
+    assert all(r["outputs"]["answer"]["prediction"] in ("square", "circle")
+               for r in result["rows"])
 
 
 def test_explain_attention_needs_a_fusion_that_attends(noise_run):

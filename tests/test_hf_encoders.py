@@ -378,3 +378,24 @@ def test_bundle_predicts_the_same_after_the_model_folders_are_deleted(folders, t
     for g, e in zip(got, expected, strict=True):
         for label, p in e["answer"]["probabilities"].items():
             assert g["answer"]["probabilities"][label] == pytest.approx(p, abs=1e-6)
+
+
+def test_explain_places_vit_patches_on_their_grid_and_names_the_class_token(folders, tmp_path):
+    from mmfuse.data.table import read_table
+    from mmfuse.explain.run import explain_row
+
+    table = write_table(tmp_path / "data")
+    model = mmfuse.Model.from_config(config(image_input(folders["vit"]), text_input(
+        folders["bert"])))
+    model.fit(table, threads=1)
+    assert model.pipeline.model.encoders["image"].grid == (4, 4)  # 32 px, patches of 8
+    found = explain_row(model, model.pipeline.encode(read_table(table)), 0,
+                        "integrated_gradients", None)
+    tokens = found["outputs"]["answer"]["tokens"]["image"]
+    assert tokens[0]["token"] == "[class]" and "position" not in tokens[0]
+    positions = [t["position"] for t in tokens[1:]]
+    assert len(positions) == 16
+    assert positions[:5] == [[0.125, 0.125], [0.375, 0.125], [0.625, 0.125], [0.875, 0.125],
+                             [0.125, 0.375]]  # row by row, x from the left, y from the top
+    assert found["methods"] == {"image": "integrated_gradients",
+                                "question": "integrated_gradients"}

@@ -147,13 +147,19 @@ class Model:
         return result
 
     def evaluate_encoded(self, encoded: EncodedTable, by: str | None = None,
-                         batch_size: int = 256) -> dict:
+                         batch_size: int = 256, outputs: dict | None = None) -> dict:
         """:meth:`evaluate` on a table the pipeline has already encoded (with targets), so
-        callers that alter its columns (``mmfuse explain``'s drop and permute) decode once."""
+        callers that alter its columns (``mmfuse explain``'s drop and permute) decode once.
+
+        Args:
+            outputs: ``pipeline.logits(encoded)`` when the caller has it already (``mmfuse
+                report`` keeps it for its plots), so the model does not run twice.
+        """
         self._require_fitted()
         table = encoded.table
         groups = [str(v) for v in table.column(by)] if by else None
-        outputs = self.pipeline.logits(encoded, batch_size)
+        if outputs is None:
+            outputs = self.pipeline.logits(encoded, batch_size)
         text_outputs = [o.name for o in self.config.outputs if o.type == "text"]
         teacher = self.pipeline.logits(encoded, batch_size, teacher=True) if text_outputs else {}
         scorers = {}

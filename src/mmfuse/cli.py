@@ -365,6 +365,9 @@ def explain(
     method: Annotated[str | None, typer.Option(
         "--method", help="auto (default: the fusion's attention where it has one, integrated "
         "gradients elsewhere), integrated_gradients or attention")] = None,
+    importance: Annotated[bool, typer.Option(
+        "--importance/--no-importance", help="measure modality importance over the whole "
+        "table (needs its labels)")] = True,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -374,7 +377,7 @@ def explain(
 
     model = Model.load(run_dir)
     result = explain_run(model, data, row_numbers(rows), out_dir, data_root=data_root,
-                         method=method)
+                         method=method, importance=importance)
     if as_json:
         _print_json(result)
     else:

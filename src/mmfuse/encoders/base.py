@@ -106,6 +106,15 @@ def masked_max(tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return tokens.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
 
 
+# --- Explanations ---------------------------------------------------------------------------
+#
+# Every encoder passes its per-token features through ``self.token_features = nn.Identity()``
+# exactly once per forward, as a ``[B, N, D]`` tensor whose N positions are the N tokens it
+# returns (cnn grid cells before their coordinates, word embeddings, audio time steps, video
+# frame vectors, a Hugging Face model's last hidden states), and computes its tokens and
+# pooled vector from them. ``mmfuse explain`` scales that tensor for integrated gradients
+# (explain/attribution.py); ``tests/test_encoders.py`` checks the contract for every encoder.
+
 # --- Pretrained encoders -------------------------------------------------------------------
 #
 # An encoder that starts from pretrained weights implements, beside ``forward``:

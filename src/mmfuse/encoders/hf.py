@@ -368,6 +368,16 @@ class HFImageEncoder(HFEncoder):
 
     modality = "image"
 
+    def __init__(self, options: HFOptions, spec: dict) -> None:
+        super().__init__(options, spec)
+        config = self.model.config
+        patch = getattr(config, "patch_size", None) or getattr(
+            getattr(config, "vision_config", None), "patch_size", None)
+        size = spec.get("size")
+        # the patch grid (tokens after any class / register tokens), for explain's positions
+        self.grid = (size[0] // _side(patch)[0], size[1] // _side(patch)[1]) \
+            if patch and size else None
+
     @staticmethod
     def default_preprocess(encoder: dict) -> dict:
         """The image processor's size, crop, mean and std (see ``preprocess_from_processor``)."""
@@ -383,3 +393,8 @@ class HFImageEncoder(HFEncoder):
 
     def forward(self, pixels: torch.Tensor) -> Features:
         return self.from_frozen(**self.frozen_features(pixels))
+
+
+def _side(value) -> tuple[int, int]:
+    """A patch size given as one int or as (height, width)."""
+    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))

@@ -27,13 +27,11 @@ Both run in eval mode on one row at a time (the ``steps`` copies of it form the 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from ..data.table import Table
 from ..errors import MmfuseError
+from ..modalities.text_target import BOS_ID, EOS_ID, PAD_ID
 from ..pipeline import EncodedTable, Pipeline
 
 METHODS = ("auto", "integrated_gradients", "attention")
@@ -59,30 +57,49 @@ def has_attention(pipeline: Pipeline) -> str | None:
     return fusion.context if getattr(fusion, "anchored", False) else None
 
 
-def prediction_scores(pipeline: Pipeline, inputs: dict, row_outputs: dict) -> dict:
+def _category_score(predicted: torch.Tensor) -> tuple:
+    """Toward a category output's prediction: the predicted class's logit."""
+    cls = int(predicted.argmax(-1)[0])
+    return (lambda out: out[:, cls]), None
+
+
+def _text_score(predicted: dict) -> tuple:
+    """Toward a text output's prediction: the generated text's log-probability, teacher-forced
+    on the ids the decoder wrote."""
+    ids = generated_ids(predicted["tokens"][0, 0])
+    return (lambda out: _sequence_logprob(out, ids)), ids
+
+
+# per output type: (score of a batch of outputs, the target the forward pass needs or None)
+TARGET_SCORES = {"category": _category_score, "text": _text_score}
+
+
+def prediction_scores(pipeline: Pipeline, row_outputs: dict) -> dict:
     """Per output, a function of a batch's model outputs giving each copy's score toward this
     row's prediction, and the targets the forward pass needs (teacher forcing for text)."""
     scores, targets = {}, {}
     for o in pipeline.config.outputs:
-        predicted = row_outputs[o.name]
-        if o.type == "category":
-            cls = int(predicted.argmax(-1)[0])
-            scores[o.name] = lambda out, c=cls: out[:, c]
-        else:  # text: the log-probability of the generated text, teacher-forced
-            prep = pipeline.outputs[o.name]
-            text = pipeline.model.heads[o.name].texts(predicted)[0][0][0]
-            table = Table([{prep.column: text}], Path.cwd(), "explain", restrict=False)
-            ids = prep.target_tensor(prep.encode(table).index)  # [1, T]
-            targets[o.name] = ids
-            scores[o.name] = lambda out, t=ids: _sequence_logprob(out, t)
+        scores[o.name], target = TARGET_SCORES[o.type](row_outputs[o.name])
+        if target is not None:
+            targets[o.name] = target
     return {"scores": scores, "targets": targets}
+
+
+def generated_ids(tokens: torch.Tensor) -> torch.Tensor:
+    """The best hypothesis's ids ``[1, T]`` as the decoder wrote them: ``[BOS]`` first, up to
+    and including the first ``[EOS]`` (all of them when it stopped at ``max_length``), so the
+    text scored is the text generated, not a re-tokenisation of it."""
+    ids = tokens.tolist()
+    if not ids or ids[0] != BOS_ID:
+        ids = [BOS_ID, *ids]
+    if EOS_ID in ids[1:]:
+        ids = ids[: ids.index(EOS_ID, 1) + 1]
+    return torch.tensor([ids], dtype=torch.long)
 
 
 def _sequence_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """Per copy, the summed log-probability of ``ids`` ``[1, T]`` under teacher-forced
     ``logits`` ``[m, T - 1, V]`` (padding left out)."""
-    from ..modalities.text_target import PAD_ID
-
     gold = ids[:, 1: 1 + logits.shape[1]].expand(logits.shape[0], -1)
     logp = logits.log_softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
     return (logp * (gold != PAD_ID)).sum(-1)
@@ -156,13 +173,14 @@ def attribute_row(pipeline: Pipeline, data: EncodedTable, row: int, method: str,
         for out in scores:
             scores[out][attended] = weights
     if method != "attention":  # every other input (all of them without attention): IG
-        plan = prediction_scores(pipeline, inputs, row_outputs)
+        plan = prediction_scores(pipeline, row_outputs)
         for name in [n for n in present if n not in methods]:
             per_output, mask = integrated_gradients(pipeline, inputs, name, plan["scores"],
                                                     plan["targets"], steps)
             masks[name], methods[name] = mask.numpy(), "integrated_gradients"
             for out, values in per_output.items():
                 scores[out][name] = values.detach().numpy()
-    used = "attention" if "attention" in methods.values() else "integrated_gradients"
+    used = ("attention" if "attention" in methods.values() else
+            "integrated_gradients" if methods else "none")  # none: the row has no input left
     return {"method": used, "methods": methods, "row_outputs": row_outputs, "scores": scores,
             "masks": masks, "inputs": inputs}

@@ -1,7 +1,9 @@
 """``mmfuse explain``: modality importance over a table and per-row token attributions.
 
 ``method`` is ``attention`` when the fusion's attention explained an input of the row (the
-other inputs then get integrated gradients; ``methods`` says which input got which).
+other inputs then get integrated gradients; ``methods`` says which input got which), and
+``none`` for a row with nothing to attribute (every input it has is missing, or the attended
+one is, with ``--method attention``).
 
 The JSON it prints (``--json``)::
 
@@ -68,7 +70,13 @@ def explain_run(model: Model, data, rows: list[int] | None, out_dir: Path | None
     if beyond:
         raise MmfuseError(f"--rows {beyond[0]}: {table.source} has {len(table)} rows "
                           f"(0 to {len(table) - 1})")
-    encoded = model.pipeline.encode(table)
+    unlabelled = [p.column for p in model.pipeline.outputs.values()
+                  if not table.has_column(p.column)]
+    if importance and unlabelled:
+        raise MmfuseError(f"{table.source} has no column {unlabelled[0]!r}: modality importance "
+                          "compares predictions with the labels; add the column, or pass "
+                          "--no-importance to attribute the rows alone")
+    encoded = model.pipeline.encode(table, targets=importance)
     result: dict = {}
     if importance:
         measured = modality_importance(model, encoded)

@@ -5,7 +5,8 @@ One describer per modality (the encoder's ``modality``), each returning one dict
 - image: ``{"position": [x, y]}``, the token's centre as fractions of the image's width and
   height (0..1, x from the left, y from the top). ``cnn`` gives its receptive-field centres
   (``token_centres``); other grids (EfficientNet, ViT patches) are taken as evenly spaced
-  cells; a class token (a grid of n*n + 1 tokens) gets ``{"token": "[class]"}``. A centre crop
+  cells (``hf_image``: its patch grid); the class token before the patches gets
+  ``{"token": "[class]"}``, register tokens ``{"token": "[register]"}``. A centre crop
   is mapped back to the uncropped image.
 - text: ``{"token": word}``, the tokenizer's token.
 - audio: ``{"time": t}``, the centre of the token's span in seconds from the clip's start.
@@ -20,23 +21,29 @@ from collections.abc import Callable
 import numpy as np
 
 from ..data.table import resolve_file
+from ..errors import MmfuseError
 from ..pipeline import EncodedTable, Pipeline
 
 
-def image_positions(encoder, options, count: int) -> list[list[float] | None]:
-    """(x, y) fractions per token (None for a class token)."""
+def image_positions(encoder, options, count: int, name: str) -> list[list[float] | None]:
+    """(x, y) fractions per token (None for a class or register token, which come first)."""
     if hasattr(encoder, "token_centres"):
         centres = encoder.token_centres().tolist()
     else:
-        h, w = getattr(encoder, "grid", (0, 0))
-        extra = 0
-        if h * w != count:
-            side = math.isqrt(count)
-            extra = 0 if side * side == count else 1  # a class token before the patches
-            side = math.isqrt(count - extra)
-            h = w = side
+        grid = getattr(encoder, "grid", None)
+        if grid is None:  # a square grid, after at most one class token
+            side = next((math.isqrt(count - k) for k in (0, 1)
+                         if math.isqrt(count - k) ** 2 == count - k), None)
+            if side is None:
+                raise MmfuseError(f"explain: the {count} tokens of input {name!r} are not a "
+                                  "square grid; its encoder must give its grid size (grid)")
+            grid = (side, side)
+        h, w = grid
+        if count < h * w:
+            raise MmfuseError(f"explain: input {name!r} has {count} tokens, fewer than its "
+                              f"{h}x{w} grid of patches")
         ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
-        centres = [None] * extra + np.stack([xs, ys], -1).reshape(-1, 2).tolist()
+        centres = [None] * (count - h * w) + np.stack([xs, ys], -1).reshape(-1, 2).tolist()
     if getattr(options, "crop", None) is not None:  # back to the uncropped (resized) image
         size = options.size if isinstance(options.size, list | tuple) else [options.size] * 2
         crop = options.crop if isinstance(options.crop, list | tuple) else [options.crop] * 2
@@ -50,9 +57,10 @@ def image_positions(encoder, options, count: int) -> list[list[float] | None]:
 def _image(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
            count: int) -> list[dict]:
     positions = image_positions(pipeline.model.encoders[name], pipeline.inputs[name].options,
-                                count)
-    return [{"token": "[class]"} if p is None else {"position": [round(v, 4) for v in p]}
-            for p in positions]
+                                count, name)
+    special = ["[class]"] + ["[register]"] * len(positions)
+    return [{"token": special[i]} if p is None else {"position": [round(v, 4) for v in p]}
+            for i, p in enumerate(positions)]
 
 
 def _text(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,

@@ -62,16 +62,12 @@ class ReportData:
     raw: dict[str, Any]  # pipeline.logits: category logits, generated {"tokens", "scores"}
     outcomes: dict[str, Outcomes]
 
-    def output_type(self, name: str) -> str:
-        """The type (category, text, ...) of output ``name``."""
-        return next(o.type for o in self.model.config.outputs if o.name == name)
-
 
 def collect(model: Model, run_dir: Path, table: Table, by: str | None) -> ReportData:
     """Encode ``table``, evaluate the model on it and keep every output's answers."""
     encoded = model.pipeline.encode(table)
-    evaluation = model.evaluate_encoded(encoded, by)
     raw = model.pipeline.logits(encoded)
+    evaluation = model.evaluate_encoded(encoded, by, outputs=raw)
     outcomes = {name: outcomes_of(model, name, raw[name], table)
                 for name in model.pipeline.outputs}
     groups = [str(v) for v in table.column(by)] if by else None

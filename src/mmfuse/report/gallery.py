@@ -58,7 +58,8 @@ def gallery_section(report: ReportData) -> Section:
 
 def card(report: ReportData, media: Media, o: Outcomes, row: int, kind: str) -> str:
     """One row: its inputs, the true value, the prediction and its confidence."""
-    fields = [f'<div class="field"><span class="label">row</span> {row + 1}</div>']
+    # row numbers from 0, as 'mmfuse explain --rows' takes them
+    fields = [f'<div class="field"><span class="label">row</span> {row}</div>']
     for spec in report.model.config.inputs:
         fields.append(f'<div class="field"><span class="label">{esc(spec.name)}</span> '
                       f"{media.html(spec.name, row)}</div>")

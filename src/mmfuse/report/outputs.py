@@ -156,7 +156,7 @@ def examples_table(report: ReportData, o: Outcomes) -> str:
     group_cell = (lambda i: [report.groups[i]]) if report.groups is not None else (lambda i: [])
     header = ["row", *([report.by] if report.by else []), "reference", "generated", "score",
               "exact"]
-    lines = [(i + 1, *group_cell(i), o.truth[i], o.predicted[i], float(o.confidence[i]),
+    lines = [(i, *group_cell(i), o.truth[i], o.predicted[i], float(o.confidence[i]),
               "yes" if o.right[i] else "no") for i in chosen]
     return table(header, lines, caption=f"reference vs generated ({len(chosen)} rows)")
 

@@ -31,7 +31,8 @@ LIVE_ROWS = 20  # the live table shows the latest trials; trials.csv has them al
 
 
 def trial_rows(study: Any, tune: TuneConfig) -> list[dict]:
-    """One row per trial: number, each parameter, the metric, state, seconds, error."""
+    """One row per trial: number, each parameter, the metric, state, seconds, error (of a
+    failed trial), note (a trial the --minutes deadline cut short)."""
     rows = []
     for trial in study.get_trials(deepcopy=False):
         seconds = (trial.datetime_complete - trial.datetime_start).total_seconds() \
@@ -41,7 +42,8 @@ def trial_rows(study: Any, tune: TuneConfig) -> list[dict]:
                      tune.metric: trial.value, "state": STATES.get(trial.state.name,
                                                                    trial.state.name.lower()),
                      "seconds": None if seconds is None else round(seconds, 2),
-                     "error": trial.user_attrs.get("error", "")})
+                     "error": trial.user_attrs.get("error", ""),
+                     "note": trial.user_attrs.get("note", "")})
     return rows
 
 
@@ -67,7 +69,7 @@ def write_outputs(study: Any, raw: dict, resolved: dict, tune: TuneConfig, out: 
     """
     rows = trial_rows(study, tune)
     write_csv(out / "trials.csv", rows, ["number", *tune.parameters, tune.metric, "state",
-                                         "seconds", "error"])
+                                         "seconds", "error", "note"])
     counts = {state: sum(r["state"] == state for r in rows)
               for state in ("complete", "pruned", "failed")}
     best = best_row(rows, tune)

@@ -44,8 +44,11 @@ def run_share(study: Any, search: Search, count: int, worker: int,
     timeout = None if math.isinf(search.deadline) else search.deadline - time.time()
     if count <= 0 or (timeout is not None and timeout <= 0):
         return
+    import torch
+
+    # a user error or a combination too large for memory fails its trial, not the study
     study.optimize(lambda trial: objective(trial, search, worker), n_trials=count, timeout=timeout,
-                   catch=(MmfuseError,),
+                   catch=(MmfuseError, torch.OutOfMemoryError, MemoryError),
                    callbacks=[lambda _study, _trial: on_trial()] if on_trial else None)
 
 
@@ -90,9 +93,10 @@ def train_trial(trial: Any, search: Search, params: dict[str, Any]) -> float:
 
     config = load_config(apply_params(search.raw, params, search.resolved))
     minutes_left = (search.deadline - time.time()) / 60
-    if math.isfinite(minutes_left):  # so a trial running at the deadline ends there too
-        cap = max(minutes_left, 0.001)
-        config.training.max_minutes = min(config.training.max_minutes or cap, cap)
+    capped = math.isfinite(minutes_left) and minutes_left < (config.training.max_minutes
+                                                             or math.inf)
+    if capped:  # so a trial running at the deadline ends there too
+        config.training.max_minutes = max(minutes_left, 0.001)
     metric = search.tune.metric
 
     def report(record: dict) -> None:
@@ -108,8 +112,12 @@ def train_trial(trial: Any, search: Search, params: dict[str, Any]) -> float:
     run = search.out / "trials" / f"{trial.number:04d}"
     summary = Model(config).fit(search.train, search.valid, out=run, data_root=search.data_root,
                                 threads=search.threads, on_epoch=report)
-    if summary["interrupted"]:  # Ctrl-C: keep this trial's best epoch, start no other
+    if summary["interrupted"]:  # Ctrl-C: this trial is failed (not scored), start no other
         trial.study.stop()
+        raise MmfuseError(f"interrupted (Ctrl-C) after {summary['epochs']} epoch(s)")
+    if capped and time.time() >= search.deadline:  # scored, but flagged: it ran short
+        trial.set_user_attr("note", f"stopped at the --minutes deadline after "
+                                    f"{summary['epochs']} epoch(s)")
     value = summary["best"].get(metric)
     trial.set_user_attr("best_epoch", summary["best_epoch"])
     if not _finite(value):
