@@ -439,3 +439,44 @@ def test_cnn_token_centres_are_the_middle_of_each_receptive_field():
                 assert c == pytest.approx((low + high + 1) / 2 / side, abs=1e-6)
                 seen.append(n)
     assert len(set(seen)) >= 6, "some fields must lie clear of the border"
+
+
+# --- a text output ----------------------------------------------------------------------------
+
+CAPTIONS = {
+    "inputs": [
+        {"name": "image", "type": "image", "preprocess": {"size": 16},
+         "encoder": {"type": "cnn", "channels": [8, 8], "pool": "mean", "dim": 32}},
+        {"name": "prompt", "type": "text",
+         "encoder": {"type": "gru", "embedding_dim": 8, "hidden_size": 16}},
+    ],
+    "fusion": {"type": "concat", "hidden": [32]},
+    "outputs": [{"name": "caption", "type": "text", "decoder": "gru",
+                 "head": {"dim": 32, "max_length": 6}}],
+    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01},
+}
+
+
+def test_a_text_output_is_explained_toward_the_text_it_generated(tmp_path):
+    from conftest import make_shapes_captions
+    from mmfuse.explain.attribution import generated_ids
+    from mmfuse.modalities.text_target import BOS_ID, EOS_ID
+
+    train = make_shapes_captions(tmp_path / "data", 40, seed=1, name="train.csv")
+    model = mmfuse.Model.from_config(CAPTIONS)
+    model.fit(train, threads=1)
+    encoded = model.pipeline.encode(read_table(train))
+    found = attribute_row(model.pipeline, encoded, 0, "auto", steps=64)
+    generated = found["row_outputs"]["caption"]
+    ids = generated_ids(generated["tokens"][0, 0])[0].tolist()
+    assert ids[0] == BOS_ID and EOS_ID not in ids[1:-1]  # the decoder's own ids, cut at EOS
+    assert ids[-1] == EOS_ID or len(ids) == CAPTIONS["outputs"][0]["head"]["max_length"] + 1
+    values = found["scores"]["caption"]["image"]
+    assert found["methods"] == {"image": "integrated_gradients",
+                                "prompt": "integrated_gradients"}
+    assert np.isfinite(values).all() and np.abs(values).sum() > 0
+    result = explain_run(model, train, [0, 1], None)
+    text = result["rows"][0]["outputs"]["caption"]["prediction"]
+    row = read_table(train).rows[0]
+    assert text == model.predict([row], data_root=train.parent)[0]["caption"]["prediction"]
+    assert result["metric"] == {"caption": "bleu"}
