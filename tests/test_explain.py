@@ -373,8 +373,8 @@ def av_explained(tmp_path_factory) -> dict:
     table = write_table(folder / "table.csv", rows)
     model = mmfuse.Model.from_config(copy.deepcopy(AV_CONFIG))
     model.fit(table, threads=1)
-    result = explain_run(model, table, list(range(6)), None, importance=False)
-    return {"model": model, "rows": result["rows"]}
+    result = explain_run(model, table, list(range(6)), folder / "maps", importance=False)
+    return {"model": model, "rows": result["rows"], "maps": folder / "maps"}
 
 
 def test_video_tokens_carry_the_sampled_frames_times(av_explained):
@@ -387,6 +387,20 @@ def test_video_tokens_carry_the_sampled_frames_times(av_explained):
         assert times == pytest.approx(expected, abs=1e-3)
     two_seconds = [t["time"] for t in av_explained["rows"][0]["outputs"]["label"]["tokens"]["clip"]]
     assert two_seconds == pytest.approx([0.0, 0.6, 1.3, 1.9], abs=1e-3)  # frames 0, 6, 13, 19
+
+
+def test_a_video_is_drawn_as_a_strip_of_its_frames_and_audio_is_not_drawn(av_explained):
+    entry = av_explained["rows"][0]["outputs"]["label"]
+    assert set(entry["heatmaps"]) == {"clip"}  # audio tokens carry times in the JSON only
+    values = [t["importance"] for t in entry["tokens"]["clip"]]
+    with Image.open(entry["heatmaps"]["clip"]) as strip:
+        assert strip.format == "PNG"
+        assert strip.size == (len(values) * (128 + 4), 128 + 24 + 4)  # 32x32 frames at 128 px
+        bars = np.asarray(strip.convert("RGB"))[2 + 128:, :, :]
+    # the bar under the frame with the largest positive attribution is the tallest
+    heights = [(bars[:, k * 132 + 2: k * 132 + 130] != 255).any(-1).any(-1).sum()
+               for k in range(len(values))]
+    assert int(np.argmax(heights)) == int(np.argmax(values)), (heights, values)
 
 
 def test_audio_tokens_carry_increasing_times_within_the_clip(av_explained):

@@ -54,3 +54,26 @@ def draw_heatmap(image_path: Path, points: np.ndarray, values: np.ndarray,
     out_path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray((np.clip(blended, 0, 1) * 255).astype(np.uint8)).save(out_path)
     return out_path
+
+
+STRIP_HEIGHT = 128  # each frame of a video strip is scaled to this height
+BAR = 24  # the importance bar under each frame
+
+
+def draw_frame_strip(frames: np.ndarray, values: np.ndarray, out_path: Path) -> Path:
+    """Write a video's sampled frames ``[K, H, W, 3]`` side by side, each above a bar whose
+    colour and height show its positive attribution (scaled to the largest)."""
+    weights = np.clip(np.asarray(values, dtype=np.float64), 0, None)
+    levels = weights / weights.max() if weights.max(initial=0) > 0 else weights
+    width = max(1, round(frames.shape[2] * STRIP_HEIGHT / frames.shape[1]))
+    strip = Image.new("RGB", ((width + 4) * len(frames), STRIP_HEIGHT + BAR + 4), (255,) * 3)
+    for k, (frame, level) in enumerate(zip(frames, levels, strict=True)):
+        tile = Image.fromarray(frame).resize((width, STRIP_HEIGHT), Image.Resampling.NEAREST)
+        strip.paste(tile, (k * (width + 4) + 2, 2))
+        height = max(1, round(level * BAR))
+        colour = tuple(int(c * 255) for c in ramp(np.array(0.3 + 0.5 * level)))  # never white
+        bar = Image.new("RGB", (width, height), colour)
+        strip.paste(bar, (k * (width + 4) + 2, 2 + STRIP_HEIGHT + BAR - height))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(out_path)
+    return out_path

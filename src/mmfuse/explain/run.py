@@ -27,7 +27,7 @@ import numpy as np
 from ..data.table import as_table, resolve_file
 from ..errors import MmfuseError
 from .attribution import METHODS, attribute_row, has_attention
-from .heatmap import draw_heatmap
+from .heatmap import draw_frame_strip, draw_heatmap
 from .importance import modality_importance
 from .tokens import describe_tokens, heat_points
 
@@ -101,9 +101,10 @@ def explain_row(model: Model, encoded, row: int, method: str, out_dir: Path | No
                                         len(values))
             tokens[name] = [{**described[i], "importance": round(float(values[i]), 6)}
                             for i in real]
-            if out_dir is not None and pipeline.model.encoders[name].modality == "image":
-                heatmaps[name] = str(_heatmap(pipeline, encoded, row, name, out, tokens[name],
-                                              out_dir))
+            picture = PICTURES.get(pipeline.model.encoders[name].modality)
+            if out_dir is not None and picture is not None:
+                target = Path(out_dir) / f"row{row}_{out}_{name}.png"
+                heatmaps[name] = str(picture(pipeline, encoded, row, name, tokens[name], target))
         entry = {"prediction": predictions[out]["prediction"], "tokens": tokens}
         if heatmaps:
             entry["heatmaps"] = heatmaps
@@ -112,17 +113,30 @@ def explain_row(model: Model, encoded, row: int, method: str, out_dir: Path | No
             "outputs": outputs}
 
 
-def _heatmap(pipeline, encoded, row: int, name: str, out: str, tokens: list[dict],
-             out_dir: Path) -> Path:
+def _file(pipeline, encoded, row: int, name: str) -> Path:
     column = pipeline.inputs[name].column
-    image = resolve_file(encoded.table.rows[row].get(column), encoded.table, row, column)
+    return resolve_file(encoded.table.rows[row].get(column), encoded.table, row, column)
+
+
+def _image_picture(pipeline, encoded, row: int, name: str, tokens: list[dict],
+                   target: Path) -> Path:
+    """The image with its tokens' attribution as a heat map over it."""
     points, values = heat_points(tokens, np.array([t["importance"] for t in tokens]))
-    return draw_heatmap(image, points, values, Path(out_dir) / f"row{row}_{out}_{name}.png")
+    return draw_heatmap(_file(pipeline, encoded, row, name), points, values, target)
 
 
-def top_token(tokens: list[dict]) -> dict | None:
-    """The token with the largest attribution."""
-    return max(tokens, key=lambda t: t["importance"], default=None)
+def _video_picture(pipeline, encoded, row: int, name: str, tokens: list[dict],
+                   target: Path) -> Path:
+    """The sampled frames in a row, each above a bar of its attribution."""
+    from ..modalities.video import read_clip
+
+    frames = read_clip(_file(pipeline, encoded, row, name), pipeline.inputs[name].options)[0]
+    values = np.array([t["importance"] for t in tokens])  # the real frames, in order
+    return draw_frame_strip(frames[: len(values)], values, target)
+
+
+# per modality: how an input's attribution is drawn with --out (audio and text: JSON only)
+PICTURES = {"image": _image_picture, "video": _video_picture}
 
 
 def print_explanation(result: dict, console: Console) -> None:
