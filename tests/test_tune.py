@@ -289,6 +289,29 @@ def test_a_trial_stopped_by_ctrl_c_is_failed_not_scored(tmp_path, table, monkeyp
         ("failed", "interrupted (Ctrl-C) after 1 epoch(s)")], "the study stops after it"
 
 
+def test_ctrl_c_with_workers_still_writes_what_ended(tmp_path, table, monkeypatch):
+    # Ctrl-C reaches the parent while workers run: trials that ended are still written out
+    from mmfuse.tuning import study as study_module
+    from mmfuse.tuning.trial import run_share
+
+    def one_trial_then_ctrl_c(search, counts, table_view):
+        import optuna
+
+        shared = optuna.load_study(study_name=study_module.STUDY_NAME,
+                                   storage=study_module.open_storage(optuna, search.out))
+        run_share(shared, search, 1, worker=0)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(study_module, "run_workers", one_trial_then_ctrl_c)
+    config = write_config(tmp_path, config_with({"parameters": LR}))
+    with pytest.raises(KeyboardInterrupt):
+        run_tune(config, table, tmp_path / "study", 4, jobs=2, live=False)
+    rows = read_trials(tmp_path / "study")
+    assert [r["state"] for r in rows] == ["complete"]
+    assert (tmp_path / "study" / "best.yaml").is_file()
+    assert (tmp_path / "study" / "best" / "model").is_dir()
+
+
 # --- the tune: section
 
 

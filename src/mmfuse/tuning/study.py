@@ -85,11 +85,16 @@ def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, t
                     deadline=started + 60 * minutes if minutes else math.inf,
                     threads=max(1, available_cpus() // max(1, workers)), done=done)
     crashed: list[str] = []
-    with TrialTable(study, tune, enabled=live) as table:
-        if workers == 1:
-            run_share(study, search, remaining, worker=0, on_trial=table.refresh)
-        elif workers > 1:
-            crashed = run_workers(search, shares(remaining, workers), table)
+    try:
+        with TrialTable(study, tune, enabled=live) as table:
+            if workers == 1:
+                run_share(study, search, remaining, worker=0, on_trial=table.refresh)
+            elif workers > 1:
+                crashed = run_workers(search, shares(remaining, workers), table)
+    except KeyboardInterrupt:  # the workers' trials ended failed: still write what ended
+        with contextlib.suppress(MmfuseError):
+            write_outputs(study, search.raw, search.resolved, tune, out, started)
+        raise
     if crashed:  # a bug, not a user error: report it even when no trial completed
         with contextlib.suppress(MmfuseError):
             write_outputs(study, search.raw, search.resolved, tune, out, started)
