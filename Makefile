@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+DEV_STAMP := $(VENV)/.installed-dev-stamp
 
 .PHONY: setup demo test test-fast lint bench clean
 
@@ -24,18 +25,24 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[all]'
 	touch $(STAMP)
 
+# The test tools (pytest, hypothesis, ruff, librosa, httpx, playwright, the reference
+# EfficientNet) are the dev extra: make test and make lint add it; make demo does not need it.
+$(DEV_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[all,dev]'
+	touch $(DEV_STAMP)
+
 setup: $(STAMP)
 
 demo: setup
 	$(VENV)/bin/mmfuse demo
 
-test: setup
+test: $(DEV_STAMP)
 	$(PY) -m pytest -q
 
-test-fast: setup
+test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
-lint: setup
+lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 
 clean:
