@@ -104,7 +104,7 @@ def feature_column(encoder: nn.Module, prep, column: Column, encoding: hashlib._
     key = features_key(encoding, column)
     names_file = cache_dir() / f"{key}.names.json"
 
-    def build() -> tuple[np.ndarray, ...]:
+    def build(_allocate) -> tuple[np.ndarray, ...]:  # features are computed in RAM, then saved
         found = run_frozen(encoder, prep, column, label, progress)
         names_file.parent.mkdir(parents=True, exist_ok=True)
         tmp = names_file.with_suffix(f".{os.getpid()}.tmp")

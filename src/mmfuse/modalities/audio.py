@@ -33,7 +33,7 @@ import torch
 
 from ..config import AudioOptions, InputConfig
 from ..errors import require
-from .files import FilePreprocessor, UnreadableFile, pad_stack
+from .files import FilePreprocessor, UnreadableFile
 
 STATS_SAMPLE = 2000  # clips used to estimate the normalisation statistics
 TOP_DB = 80.0  # log-mel floor below each clip's peak, as librosa's power_to_db
@@ -216,6 +216,8 @@ class AudioPreprocessor(FilePreprocessor):
     """Paths -> cached waveforms -> per-batch features, normalised with training statistics."""
 
     kind = "audio"
+    dtype = np.float16
+    pad_axis = 1  # samples, of [C, S]
 
     def __init__(self, config: InputConfig) -> None:
         self.name, self.column = config.name, config.column
@@ -236,11 +238,12 @@ class AudioPreprocessor(FilePreprocessor):
         o = self.options
         return bool(o.noise_snr_db or o.gain_db or o.time_shift or o.time_masks or o.freq_masks)
 
+    def item_shape(self) -> tuple[int, ...]:
+        o = self.options
+        return (o.channels, int(round(o.max_seconds * o.sample_rate)))
+
     def decode(self, path: Path) -> np.ndarray:
         return load_audio(path, self.options)
-
-    def stack(self, decoded: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        return pad_stack(decoded, axis=1, dtype=np.float16)
 
     def fit_stats(self, items: tuple[np.ndarray, np.ndarray]) -> None:
         """Each feature bin's mean and std over the real frames of (a sample of) the clips."""
@@ -266,7 +269,7 @@ class AudioPreprocessor(FilePreprocessor):
         """Features ``[U, C, F, T]`` of the longest clip's width, and the frame mask ``[U, T]``."""
         lengths_t = torch.from_numpy(np.asarray(lengths, dtype=np.int64))
         width = int(lengths_t.max())
-        wave = torch.from_numpy(np.ascontiguousarray(waves[..., :width])).float()
+        wave = torch.from_numpy(np.require(waves[..., :width], requirements=["C", "W"])).float()
         if generator is not None:
             wave = augment_wave(wave, lengths_t, self.options, generator)
         features = self.features(wave)

@@ -4,6 +4,25 @@ A :class:`FilePreprocessor` resolves the unique paths of its column (empty cells
 rows), checks that every file exists, decodes them in a thread pool into one cached array (or a
 tuple of arrays) and reports every unreadable file with its row and path at once, so a user
 fixes a table in one pass.
+
+Datasets larger than memory: the cached array is a memory-mapped file on disk
+(``data/cache.py``), allocated before decoding at the largest item's shape (``item_shape``), and
+each worker thread writes the file it decoded straight into its row. Files are handed to the
+pool ``DECODE_CHUNK`` at a time, so the memory in use is that of the files being decoded, not
+of the dataset. Batches then read only their rows from the map.
+
+Variable lengths (audio samples, video frames; ``pad_axis``): the longest item is unknown until
+every file is decoded, so rows are written at the configured cap (``max_seconds *
+sample_rate`` samples, ``frames`` frames), zero-padded, with each item's length beside them.
+When no item reaches the cap, the array is then copied, chunk by chunk, into one cut to the
+longest item (what :func:`pad_stack` would give) and the capped scratch file is deleted. The
+trade-off: one extra sequential copy of the data on a first run, against an entry (and batches)
+as wide as the cap forever; the padding of the scratch file is never written, so it takes no
+disk space on file systems with sparse files (ext4, XFS, APFS, tmpfs). When every clip is as
+long as the cap (``uniform`` video sampling, audio trimmed at ``max_seconds``) there is no copy.
+
+With ``use_cache`` false the same decoding fills arrays in RAM instead (the whole column is
+then in memory).
 """
 
 from __future__ import annotations
@@ -14,11 +33,13 @@ from typing import Any
 
 import numpy as np
 
-from ..data.cache import cache_key, cached_arrays
+from ..data.cache import Allocate, cache_key, cached_arrays
 from ..data.table import Table, resolve_file
 from ..errors import DataError
 from ..training.threads import available_cpus
 from .base import MISSING, Column, Preprocessor, unique_values
+
+DECODE_CHUNK = 256  # files handed to the decoding threads at a time (and rows copied per step)
 
 
 class UnreadableFile(Exception):
@@ -31,6 +52,8 @@ class FilePreprocessor(Preprocessor):
     is_file = True
     kind = "file"  # "image", "audio", "video": names the cache entries and the error messages
     use_cache = True
+    dtype: type = np.uint8  # of the cached array
+    pad_axis: int | None = None  # the axis of an item whose length varies (padded), if any
 
     def settings(self) -> dict:
         """Everything that changes the decoded arrays (part of the cache key)."""
@@ -44,9 +67,16 @@ class FilePreprocessor(Preprocessor):
         """
         raise NotImplementedError
 
+    def item_shape(self) -> tuple[int, ...]:
+        """The shape of the largest decoded file (at the cap along ``pad_axis``)."""
+        raise NotImplementedError
+
     def stack(self, decoded: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        """Join the decoded files into the cached array(s) (pad to one shape if needed)."""
-        return (np.stack(decoded),)
+        """Join decoded files as :meth:`encode` caches them: one array, or padded items and
+        their lengths along ``pad_axis``."""
+        if self.pad_axis is None:
+            return (np.stack(decoded).astype(self.dtype, copy=False),)
+        return pad_stack(decoded, self.pad_axis, self.dtype)
 
     def unpack(self, arrays: tuple[np.ndarray, ...]) -> Any:
         """The Column items made of the cached arrays: the one array, or the tuple of them
@@ -85,8 +115,9 @@ class FilePreprocessor(Preprocessor):
         if missing:
             self._raise_unreadable(table, missing)
         key = cache_key(self.kind, self.settings(), paths)
-        arrays = cached_arrays(key, lambda: self._decode_all(table, unique, paths, first_row),
-                               self.use_cache)
+        arrays = cached_arrays(
+            key, lambda allocate: self._decode_all(table, unique, paths, first_row, allocate),
+            self.use_cache)
         return Column(self.unpack(arrays), index, is_file=True, key=key)
 
     def column_of(self, values: list[np.ndarray | None]) -> Column:
@@ -99,21 +130,32 @@ class FilePreprocessor(Preprocessor):
         return Column(items, index, is_file=True)
 
     def _decode_all(self, table: Table, values: list[str], paths: list[Path],
-                    first_row: dict[str, int]) -> tuple[np.ndarray, ...]:
-        decoded: list[np.ndarray | None] = [None] * len(paths)
+                    first_row: dict[str, int], allocate: Allocate) -> tuple[np.ndarray, ...]:
+        """Decode every file into arrays from ``allocate`` (see the module's docstring)."""
+        items = allocate((len(paths), *self.item_shape()), self.dtype)
+        lengths = None if self.pad_axis is None else allocate((len(paths),), np.int64)
         errors: list[tuple[int, str, str]] = []
 
         def run(i: int) -> None:
             try:
-                decoded[i] = self.decode(paths[i])
+                item = self.decode(paths[i])
             except UnreadableFile as exc:
                 errors.append((first_row[values[i]], values[i], str(exc).split("\n")[0]))
+                return
+            if lengths is None:
+                items[i] = item
+            else:
+                lengths[i] = item.shape[self.pad_axis]
+                items[(i, *_prefix(self.pad_axis, item.shape[self.pad_axis]))] = item
 
         with ThreadPoolExecutor(max_workers=available_cpus()) as pool:
-            list(pool.map(run, range(len(paths))))
+            for start in range(0, len(paths), DECODE_CHUNK):
+                list(pool.map(run, range(start, min(len(paths), start + DECODE_CHUNK))))
         if errors:
             self._raise_unreadable(table, sorted(errors))
-        return self.stack(decoded)
+        if lengths is None:
+            return (items,)
+        return trim_padding(items, lengths, self.pad_axis, allocate), lengths
 
     def _raise_unreadable(self, table: Table, errors: list[tuple[int, str, str]]) -> None:
         lines = [f"  row {row + 1}: {value!r}: {why}" for row, value, why in errors[:10]]
@@ -134,7 +176,28 @@ def pad_stack(arrays: list[np.ndarray], axis: int, dtype: np.dtype) -> tuple[np.
     shape[axis] = int(lengths.max(initial=1))
     out = np.zeros((len(arrays), *shape), dtype=dtype)
     for i, a in enumerate(arrays):
-        where = [slice(None)] * a.ndim
-        where[axis] = slice(0, a.shape[axis])
-        out[(i, *where)] = a
+        out[(i, *_prefix(axis, a.shape[axis]))] = a
     return out, lengths
+
+
+def trim_padding(items: np.ndarray, lengths: np.ndarray, axis: int,
+                 allocate: Allocate) -> np.ndarray:
+    """``items [U, ...]`` padded along item axis ``axis`` cut to the longest of ``lengths``:
+    copied, ``DECODE_CHUNK`` rows at a time, into an array from ``allocate`` (``items`` itself
+    when the longest item fills it)."""
+    longest = int(lengths.max(initial=1))
+    if longest == items.shape[axis + 1]:
+        return items
+    shape = list(items.shape)
+    shape[axis + 1] = longest
+    out = allocate(tuple(shape), items.dtype)
+    cut = _prefix(axis, longest)
+    for start in range(0, len(items), DECODE_CHUNK):
+        rows = slice(start, start + DECODE_CHUNK)
+        out[rows] = items[rows][(slice(None), *cut)]
+    return out
+
+
+def _prefix(axis: int, length: int) -> tuple[slice, ...]:
+    """The index of the first ``length`` positions along ``axis`` of an item."""
+    return (*[slice(None)] * axis, slice(0, length))

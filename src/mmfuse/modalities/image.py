@@ -9,6 +9,7 @@ off by default: a flip would change the answer to "is X on the left?".
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import BinaryIO
 
@@ -20,6 +21,7 @@ from ..config import ImageOptions, InputConfig
 from .files import FilePreprocessor, UnreadableFile
 
 STATS_SAMPLE = 2000  # images used to estimate the normalisation statistics
+STATS_CHUNK = 64  # images converted to float at a time while computing them
 
 
 def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -89,6 +91,9 @@ class ImagePreprocessor(FilePreprocessor):
     def augments(self) -> bool:
         return self.options.flip_horizontal > 0 or self.options.pad_crop > 0
 
+    def item_shape(self) -> tuple[int, ...]:
+        return (*output_size(self.options), 3)
+
     def decode(self, path: Path | BinaryIO) -> np.ndarray:
         try:
             return load_image(path, self.options)
@@ -99,7 +104,10 @@ class ImagePreprocessor(FilePreprocessor):
         """Per-channel mean and std of (a sample of) the training images, unless fixed ones
         are given."""
         if self.options.mean is None:
-            self.mean, self.std = channel_stats(items)
+            step = max(1, len(items) // STATS_SAMPLE)
+            sample = items[::step]  # a view: a memory-mapped column is read STATS_CHUNK at a time
+            self.mean, self.std = channel_stats(sample[i:i + STATS_CHUNK]
+                                                for i in range(0, len(sample), STATS_CHUNK))
 
     def tensors(self, items: np.ndarray, train: bool, generator: torch.Generator) -> dict:
         pixels = to_pixels(items, self.mean, self.std)
@@ -108,16 +116,24 @@ class ImagePreprocessor(FilePreprocessor):
         return {"pixels": pixels}
 
 
-def channel_stats(items: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 ``[..., H, W, 3]`` pixels (on a sample of items)."""
-    step = max(1, len(items) // STATS_SAMPLE)
-    sample = np.asarray(items[::step], dtype=np.float64).reshape(-1, 3) / 255.0
-    return sample.mean(axis=0).tolist(), np.maximum(sample.std(axis=0), 1e-3).tolist()
+def channel_stats(chunks: Iterable[np.ndarray]) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 ``[..., 3]`` pixels given in chunks (each converted
+    to float on its own, so the memory used is one chunk's)."""
+    total, squares, count = np.zeros(3), np.zeros(3), 0
+    for chunk in chunks:
+        pixels = np.asarray(chunk, dtype=np.float64).reshape(-1, 3) / 255.0
+        total += pixels.sum(axis=0)
+        squares += np.square(pixels).sum(axis=0)
+        count += len(pixels)
+    mean = total / max(1, count)
+    std = np.sqrt(np.maximum(squares / max(1, count) - np.square(mean), 0.0))
+    return mean.tolist(), np.maximum(std, 1e-3).tolist()
 
 
 def to_pixels(items: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
     """uint8 ``[..., H, W, 3]`` -> normalised float ``[..., 3, H, W]``."""
-    pixels = torch.from_numpy(np.ascontiguousarray(items)).movedim(-1, -3).float().div_(255.0)
+    items = np.require(items, requirements=["C", "W"])  # copies a read-only memmap's rows
+    pixels = torch.from_numpy(items).movedim(-1, -3).float().div_(255.0)
     shape = (3, 1, 1)
     return (pixels - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
 

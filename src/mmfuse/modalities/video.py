@@ -18,7 +18,7 @@ import torch
 
 from ..config import InputConfig, VideoOptions
 from ..errors import require
-from .files import FilePreprocessor, UnreadableFile, pad_stack
+from .files import FilePreprocessor, UnreadableFile
 from .image import _pair, augment_pixels, channel_stats, fit_image, output_size, to_pixels
 
 
@@ -78,6 +78,7 @@ class VideoPreprocessor(FilePreprocessor):
     """Paths -> cached uint8 frames -> normalised float tensors with a frame mask."""
 
     kind = "video"
+    pad_axis = 0  # frames, of [K, H, W, 3]
 
     def __init__(self, config: InputConfig) -> None:
         self.name, self.column = config.name, config.column
@@ -100,11 +101,11 @@ class VideoPreprocessor(FilePreprocessor):
     def augments(self) -> bool:
         return self.options.flip_horizontal > 0 or self.options.pad_crop > 0
 
+    def item_shape(self) -> tuple[int, ...]:
+        return (self.options.frames, *output_size(self.options), 3)
+
     def decode(self, path: Path) -> np.ndarray:
         return read_frames(path, self.options)
-
-    def stack(self, decoded: list[np.ndarray]) -> tuple[np.ndarray, ...]:
-        return pad_stack(decoded, axis=0, dtype=np.uint8)
 
     def fit_stats(self, items: tuple[np.ndarray, np.ndarray]) -> None:
         """Per-channel mean and std of the real frames (not padding) of up to 500 clips,
@@ -113,8 +114,8 @@ class VideoPreprocessor(FilePreprocessor):
             return
         clips, lengths = items
         step = max(1, len(clips) // 500)
-        frames = [clips[i, : lengths[i]] for i in range(0, len(clips), step)]
-        self.mean, self.std = channel_stats(np.concatenate(frames))
+        self.mean, self.std = channel_stats(clips[i, : lengths[i]]
+                                            for i in range(0, len(clips), step))
 
     def tensors(self, items: tuple[np.ndarray, np.ndarray], train: bool,
                 generator: torch.Generator) -> dict:
