@@ -11,7 +11,8 @@ holds (heap, numpy arrays, tensors), RSS adds the mapped pages of files and libr
 kernel may drop at any time. The target: peak RssAnon does not grow with the number of files.
 
 With ``--baseline`` the same runs are repeated with the code of the ``--baseline-ref`` commit
-(``git archive``, read only; default ``HEAD``) for comparison, e.g. the decode-then-stack cache
+(``git archive``, read only; default ``7374f7f``, the last commit before the memory-mapped
+cache) for comparison, e.g. the decode-then-stack cache
 that held every decoded file in RAM twice.
 
 Writes ``benchmarks/results/scale.md`` and ``scale.json``.
@@ -153,7 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000])
     parser.add_argument("--baseline", action="store_true")
-    parser.add_argument("--baseline-ref", default="HEAD")
+    parser.add_argument("--baseline-ref", default="7374f7f")  # the decode-then-stack cache
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -170,7 +171,7 @@ def main() -> None:
               flush=True)
         variants = [("memmap (this code)", source)]
         if args.baseline:
-            variants.append((f"in-memory ({args.baseline_ref})",
+            variants.append((f"in-memory (before, {args.baseline_ref})",
                              baseline_source(root, args.baseline_ref)))
         for n in args.sizes:
             table = write_table(root / f"train_{n}.csv", all_rows[:n])
