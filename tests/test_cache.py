@@ -183,6 +183,33 @@ def test_arrays_built_in_memory_are_stored_and_returned_mapped():
             np.testing.assert_array_equal(got, want)
 
 
+def test_temporary_files_of_a_killed_build_are_removed_by_the_next(tmp_path):
+    """A SIGKILLed decode leaves its temporary files; the next build of that entry removes
+    them, but not those of a build still running in another process."""
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)  # a process that has exited
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        folder = cache_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        orphans = [folder / f"test-orphans.{dead_pid}-0.tmp.npy",
+                   folder / f"test-orphans.parts.{dead_pid}-1.tmp"]
+        running = folder / f"test-orphans.{live.pid}-0.tmp.npy"
+        other = folder / f"test-other.{dead_pid}-0.tmp.npy"  # another entry's: left alone
+        for path in (*orphans, running, other):
+            path.write_bytes(b"partial")
+        cached_arrays("test-orphans", lambda allocate: (np.arange(3),))
+        assert not any(p.exists() for p in orphans)
+        assert running.exists() and other.exists()
+    finally:
+        live.kill()
+        live.wait()
+
+
 def test_channel_statistics_in_chunks_equal_those_of_all_pixels():
     pixels = np.random.default_rng(1).integers(0, 256, (10, 4, 4, 3), dtype=np.uint8)
     mean, std = channel_stats(pixels[i:i + 3] for i in range(0, 10, 3))

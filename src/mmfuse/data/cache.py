@@ -20,6 +20,7 @@ import hashlib
 import itertools
 import json
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -78,6 +79,7 @@ def cached_arrays(key: str, build: Callable[[Allocate], tuple[np.ndarray, ...]],
         except (ValueError, OSError):
             count.unlink(missing_ok=True)
     base.parent.mkdir(parents=True, exist_ok=True)
+    remove_orphans(base)
     shapes: dict[str, tuple[int, ...]] = {}  # allocated temporary file -> its array's shape
 
     def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -102,6 +104,33 @@ def cached_arrays(key: str, build: Callable[[Allocate], tuple[np.ndarray, ...]],
         for temp in shapes:
             Path(temp).unlink(missing_ok=True)
     return _load(base, parts)
+
+
+def remove_orphans(base: Path) -> list[Path]:
+    """Delete the temporary files of this entry that a killed process left (its process id,
+    in the name, is no longer running); a build running in another process keeps its own."""
+    removed = []
+    for temp in base.parent.glob(f"{base.name}.*.tmp*"):
+        # KEY.PID-N.tmp.npy (an allocated array), KEY.I.npy.PID-N.tmp.npy, KEY.parts.PID-N.tmp
+        match = re.fullmatch(rf"{re.escape(base.name)}(?:\.[a-z0-9.]+?)?\.(\d+)-\d+\.tmp"
+                             r"(?:\.npy)?", temp.name)
+        if match and not _running(int(match.group(1))):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _load(base: Path, parts: int) -> tuple[np.ndarray, ...]:
