@@ -88,6 +88,21 @@ def make_shapes_captions(folder: Path, n_images: int, seed: int = 0,
     return write_table(folder / name, rows)
 
 
+# A tiny captioning model for make_shapes_captions tables (report and explain tests).
+CAPTIONS = {
+    "inputs": [
+        {"name": "image", "type": "image", "preprocess": {"size": 16},
+         "encoder": {"type": "cnn", "channels": [8, 8], "pool": "mean", "dim": 32}},
+        {"name": "prompt", "type": "text",
+         "encoder": {"type": "gru", "embedding_dim": 8, "hidden_size": 16}},
+    ],
+    "fusion": {"type": "concat", "hidden": [32]},
+    "outputs": [{"name": "caption", "type": "text", "decoder": "gru",
+                 "head": {"dim": 32, "max_length": 6}}],
+    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01},
+}
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own preprocessing cache, so no test sees another's entries."""

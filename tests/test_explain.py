@@ -24,7 +24,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import mmfuse
-from conftest import MINIMAL, drawn_shapes, write_table
+from conftest import CAPTIONS, MINIMAL, drawn_shapes, make_shapes_captions, write_table
 from media import moving_square, tone, write_audio, write_video
 from mmfuse.data.table import read_table
 from mmfuse.encoders.cnn import CNNEncoder, CNNOptions
@@ -457,22 +457,7 @@ def test_cnn_token_centres_are_the_middle_of_each_receptive_field():
 
 # --- a text output ----------------------------------------------------------------------------
 
-CAPTIONS = {
-    "inputs": [
-        {"name": "image", "type": "image", "preprocess": {"size": 16},
-         "encoder": {"type": "cnn", "channels": [8, 8], "pool": "mean", "dim": 32}},
-        {"name": "prompt", "type": "text",
-         "encoder": {"type": "gru", "embedding_dim": 8, "hidden_size": 16}},
-    ],
-    "fusion": {"type": "concat", "hidden": [32]},
-    "outputs": [{"name": "caption", "type": "text", "decoder": "gru",
-                 "head": {"dim": 32, "max_length": 6}}],
-    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01},
-}
-
-
 def test_a_text_output_is_explained_toward_the_text_it_generated(tmp_path):
-    from conftest import make_shapes_captions
     from mmfuse.explain.attribution import generated_ids
     from mmfuse.modalities.text_target import BOS_ID, EOS_ID
 

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_shapes_captions, write_table
+from conftest import CAPTIONS, make_shapes_captions, write_table
 from media import moving_square, tone, write_audio, write_video
 from mmfuse.errors import MmfuseError
 from mmfuse.report import write_report
@@ -261,20 +261,6 @@ def test_cli_json_summary_and_validation_split(served_run, tmp_path):
 
 
 # --- a text output
-
-
-CAPTIONS = {
-    "inputs": [
-        {"name": "image", "type": "image", "preprocess": {"size": 16},
-         "encoder": {"type": "cnn", "channels": [8, 8], "pool": "mean", "dim": 32}},
-        {"name": "prompt", "type": "text",
-         "encoder": {"type": "gru", "embedding_dim": 8, "hidden_size": 16}},
-    ],
-    "fusion": {"type": "concat", "hidden": [32]},
-    "outputs": [{"name": "caption", "type": "text", "decoder": "gru",
-                 "head": {"dim": 32, "max_length": 6}}],
-    "training": {"epochs": 4, "batch_size": 16, "learning_rate": 0.01},
-}
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ half-written entry is never read.
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -26,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..atomic import temp_name, write_text
+
 Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 """``allocate(shape, dtype)``: a zero-filled array for a builder to fill (on disk if cached)."""
-
-_temp_ids = itertools.count()  # distinct temporary names for builds running in threads
 
 
 def cache_dir() -> Path:
@@ -83,7 +82,7 @@ def cached_arrays(key: str, build: Callable[[Allocate], tuple[np.ndarray, ...]],
     shapes: dict[str, tuple[int, ...]] = {}  # allocated temporary file -> its array's shape
 
     def allocate(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        temp = os.path.abspath(_temp_name(base, ".npy"))
+        temp = os.path.abspath(temp_name(base, ".npy"))
         shapes[temp] = tuple(shape)
         return np.lib.format.open_memmap(temp, mode="w+", dtype=dtype, shape=tuple(shape))
 
@@ -99,7 +98,7 @@ def cached_arrays(key: str, build: Callable[[Allocate], tuple[np.ndarray, ...]],
                 _store(final, np.asarray(array))
         parts = len(arrays)
         del arrays  # unmap the builder's arrays; the entry is reopened read-only below
-        _write_text(count, str(parts))
+        write_text(count, str(parts))
     finally:
         for temp in shapes:
             Path(temp).unlink(missing_ok=True)
@@ -137,20 +136,9 @@ def _load(base: Path, parts: int) -> tuple[np.ndarray, ...]:
     return tuple(np.load(base.with_suffix(f".{i}.npy"), mmap_mode="r") for i in range(parts))
 
 
-def _temp_name(path: Path, suffix: str = "") -> Path:
-    """A temporary file name next to ``path``, distinct per process and per call."""
-    return path.with_name(f"{path.name}.{os.getpid()}-{next(_temp_ids)}.tmp{suffix}")
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = _temp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _store(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` atomically (temp file + rename)."""
-    tmp = _temp_name(path, ".npy")
+    tmp = temp_name(path, ".npy")
     try:
         with open(tmp, "wb") as f:
             np.save(f, array)

@@ -39,6 +39,7 @@ from torch import nn
 
 from ..config_base import Options
 from ..errors import ConfigError, require
+from ..modalities.image import _pair
 from ..registry import ENCODERS
 from .base import Features, all_present, masked_mean, reading_bundle
 
@@ -375,7 +376,7 @@ class HFImageEncoder(HFEncoder):
             getattr(config, "vision_config", None), "patch_size", None)
         size = spec.get("size")
         # the patch grid (tokens after any class / register tokens), for explain's positions
-        self.grid = (size[0] // _side(patch)[0], size[1] // _side(patch)[1]) \
+        self.grid = (size[0] // _pair(patch)[0], size[1] // _pair(patch)[1]) \
             if patch and size else None
 
     @staticmethod
@@ -393,8 +394,3 @@ class HFImageEncoder(HFEncoder):
 
     def forward(self, pixels: torch.Tensor) -> Features:
         return self.from_frozen(**self.frozen_features(pixels))
-
-
-def _side(value) -> tuple[int, int]:
-    """A patch size given as one int or as (height, width)."""
-    return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))

@@ -146,13 +146,6 @@ def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns:
     return result, mask
 
 
-def attention_weights(pipeline: Pipeline, inputs: dict, name: str) -> torch.Tensor:
-    """The fusion's attention ``[N]`` over input ``name``'s tokens for a one-row batch."""
-    with torch.no_grad():
-        pipeline.model(inputs)
-    return pipeline.model.fusion.last_attention[0]
-
-
 def attribute_row(pipeline: Pipeline, data: EncodedTable, row: int, method: str,
                   steps: int = 32) -> dict:
     """``{"method", "outputs": {output: {"logits": ..., "scores": {input: np.ndarray}}},
@@ -161,14 +154,14 @@ def attribute_row(pipeline: Pipeline, data: EncodedTable, row: int, method: str,
     net.eval()
     inputs, _ = pipeline.batch(data, np.array([row]))
     with torch.no_grad():
-        row_outputs = net(inputs)
+        row_outputs = net(inputs)  # also leaves the fusion's attention for this row, if any
     present = [n for n, t in inputs.items() if int(t["index"][0]) >= 0]
     scores: dict[str, dict[str, np.ndarray]] = {o: {} for o in row_outputs}
     masks: dict[str, np.ndarray] = {}
     methods: dict[str, str] = {}
     attended = has_attention(pipeline) if method in ("auto", "attention") else None
     if attended in present:
-        weights = attention_weights(pipeline, inputs, attended).numpy()
+        weights = net.fusion.last_attention[0].numpy()  # set by the forward pass above
         masks[attended], methods[attended] = np.ones(len(weights), dtype=bool), "attention"
         for out in scores:
             scores[out][attended] = weights

@@ -92,14 +92,15 @@ def explain_row(model: Model, encoded, row: int, method: str, out_dir: Path | No
     pipeline = model.pipeline
     found = attribute_row(pipeline, encoded, row, method, steps)
     predictions = pipeline.postprocess(found["row_outputs"])[0]
+    # what each token stands for, once per input (a video's times come from decoding it)
+    described = {name: describe_tokens(pipeline, encoded, row, name, found["inputs"],
+                                       len(mask)) for name, mask in found["masks"].items()}
     outputs = {}
     for out, per_input in found["scores"].items():
         tokens, heatmaps = {}, {}
         for name, values in per_input.items():
             real = np.flatnonzero(found["masks"][name])
-            described = describe_tokens(pipeline, encoded, row, name, found["inputs"],
-                                        len(values))
-            tokens[name] = [{**described[i], "importance": round(float(values[i]), 6)}
+            tokens[name] = [{**described[name][i], "importance": round(float(values[i]), 6)}
                             for i in real]
             picture = PICTURES.get(pipeline.model.encoders[name].modality)
             if out_dir is not None and picture is not None:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..data.table import resolve_file
 from ..errors import MmfuseError
+from ..modalities.image import _pair
 from ..pipeline import EncodedTable, Pipeline
 
 
@@ -45,9 +46,7 @@ def image_positions(encoder, options, count: int, name: str) -> list[list[float]
         ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
         centres = [None] * (count - h * w) + np.stack([xs, ys], -1).reshape(-1, 2).tolist()
     if getattr(options, "crop", None) is not None:  # back to the uncropped (resized) image
-        size = options.size if isinstance(options.size, list | tuple) else [options.size] * 2
-        crop = options.crop if isinstance(options.crop, list | tuple) else [options.crop] * 2
-        (height, width), (ch, cw) = size, crop
+        (height, width), (ch, cw) = _pair(options.size), _pair(options.crop)
         left, top = (width - cw) // 2, (height - ch) // 2
         centres = [None if c is None else [(left + c[0] * cw) / width, (top + c[1] * ch) / height]
                    for c in centres]

@@ -12,6 +12,7 @@ import os
 import time
 from pathlib import Path
 
+from ..atomic import write_text
 from ..data.table import Table, as_table
 from ..errors import DataError, MmfuseError, require
 from .collect import ReportData, collect
@@ -118,13 +119,8 @@ def check_columns(model, table: Table, by: str | None) -> None:
 
 def write_atomically(out_path: Path, document: str) -> int:
     """Write ``document`` as UTF-8 through a temporary file and a rename; its size in bytes."""
-    data = document.encode("utf-8")
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, out_path)
+        return write_text(out_path, document)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise MmfuseError(f"--out {str(out_path)!r}: cannot write the report "
                           f"({exc.strerror}); choose another path") from None
-    return len(data)

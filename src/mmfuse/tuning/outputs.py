@@ -9,8 +9,8 @@ keeps the ``best/`` it has (``best/trial.json`` says which trial it holds).
 from __future__ import annotations
 
 import csv
+import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from ..atomic import write_text
 from ..config import load_config
 from ..errors import MmfuseError
 from .space import ChoiceSpace, TuneConfig, apply_params
@@ -101,21 +102,18 @@ def decode(tune: TuneConfig, name: str, label: Any) -> Any:
 
 def write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
     """Write ``rows`` atomically (a half-written table never replaces a whole one)."""
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row[k] is None else row[k] for k in columns})
+    write_text(path, text.getvalue())
 
 
 def write_best_config(path: Path, config: dict) -> None:
     """Write the chosen config as YAML, checked to load, atomically."""
     load_config(config)  # the best trial trained on it, but a config that fails must not land
-    tmp = path.with_suffix(".yaml.tmp")
-    tmp.write_text(yaml.safe_dump(config, sort_keys=False, allow_unicode=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(path, yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
 
 
 def keep_best_run(out: Path, number: int, params: dict) -> Path:
