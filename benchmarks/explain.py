@@ -54,7 +54,7 @@ def trained_run(args) -> Path:
     config = mmfuse.config.load_config(EXAMPLES / "sort_of_clevr_best.yaml")
     config.training = config.training.model_copy(update={"max_minutes": args.minutes})
     out = Path(tempfile.mkdtemp()) / "soc-best"
-    mmfuse.Model(config).fit(args.data / "train.csv", out=out, progress=True)
+    mmfuse.Model(config).fit(args.data / "train.csv", out=out, progress=True, overwrite=True)
     return out
 
 

@@ -79,7 +79,7 @@ def fit(config: dict, train: Path, run: Path, threads: int | None) -> dict:
     ``metrics.jsonl``."""
     model = mmfuse.Model.from_config(config)
     start = time.perf_counter()
-    summary = model.fit(train, out=run, threads=threads)
+    summary = model.fit(train, out=run, threads=threads, overwrite=True)
     seconds = time.perf_counter() - start
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").open()]
     times = [e["epoch_seconds"] for e in epochs]

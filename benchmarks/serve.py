@@ -128,7 +128,7 @@ def prepare_run(work: Path, runtime: str, config_path: Path) -> tuple[Path, Path
     config = yaml.safe_load(config_path.read_text())
     config = copy.deepcopy(config)
     config["training"].update(epochs=1, max_minutes=None, valid_fraction=0)
-    mmfuse.Model.from_config(config).fit(data / "train.csv", out=work / "run")
+    mmfuse.Model.from_config(config).fit(data / "train.csv", out=work / "run", overwrite=True)
     if runtime == "torch":
         return work / "run", data
     from mmfuse.export import export_onnx

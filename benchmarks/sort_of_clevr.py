@@ -52,7 +52,7 @@ def run_one(fusion: str, data: Path, minutes: float | None, out: Path,
     config, source = config_for(fusion, None if fusion == "best" else minutes, question)
     model = mmfuse.Model.from_config(config)
     start = time.perf_counter()
-    summary = model.fit(data / "train.csv", out=out / fusion)
+    summary = model.fit(data / "train.csv", out=out / fusion, overwrite=True)
     seconds = time.perf_counter() - start
     by_type = model.evaluate(data / "test.csv", by="qtype")["groups"]
     by_family = model.evaluate(data / "test.csv", by="family")["groups"]

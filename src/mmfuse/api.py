@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import write_text
 from .bundle import load_bundle, save_bundle
 from .config import Config, load_config
 from .data.table import Table, as_table
@@ -25,9 +26,11 @@ from .encoders.base import weights_from_bundle
 from .errors import DataError, MmfuseError
 from .modalities.category import label_text
 from .pipeline import EncodedTable, Pipeline
+from .training import checkpoint, distributed
+from .training.device import check_precision, resolve_device
 from .training.loop import train
 from .training.metrics import category_scorer, evaluate_outputs, text_scorer, token_stats
-from .training.threads import configure_threads
+from .training.threads import available_cpus, configure_threads
 
 TableLike = str | Path | list[dict] | Table
 
@@ -52,26 +55,46 @@ class Model:
     def fit(self, train_data: TableLike, valid: TableLike | None = None, *,
             out: str | Path | None = None, data_root: str | Path | None = None,
             threads: int | None = None, progress: bool = False,
-            on_epoch: Callable[[dict], None] | None = None) -> dict:
+            on_epoch: Callable[[dict], None] | None = None, device: str | None = None,
+            resume: bool = False, overwrite: bool = False) -> dict:
         """Fit preprocessors on the training split, train, and keep the best weights.
+
+        Under torchrun (``mmfuse train --nproc N``) every process calls this; they train one
+        model together and only rank 0 writes ``out``.
 
         Args:
             train_data: training table (path) or rows.
             valid: validation table; without it ``training.valid_fraction`` of the training
                 files (rows that share a file stay on one side) is held out.
             out: run directory: ``model/`` (best bundle, saved on each improvement),
-                ``metrics.jsonl`` and ``run.json``.
+                ``metrics.jsonl``, ``run.json`` and ``checkpoints/``.
             data_root: folder that relative paths start from (default: each table's folder).
-            threads: torch threads (default: the CPUs this process may use).
+            threads: torch threads (default: the CPUs this process may use, shared among the
+                processes torchrun started on this machine).
             progress: show a progress bar.
             on_epoch: called with each epoch's metrics record (the line written to
                 ``metrics.jsonl``); an exception it raises stops training and propagates.
+            device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; replaces ``training.device``.
+            resume: continue the run in ``out`` from its last checkpoint (from the start when
+                it has none yet); another config or other data is an error.
+            overwrite: replace a run that ``out`` already holds (without it, or ``resume``,
+                that is an error, so a rerun never replaces a good bundle by accident).
 
         Returns:
             The training summary (epochs, best epoch and metrics, seconds).
         """
+        if device is not None:
+            self.config.training = self.config.training.model_copy(update={"device": device})
         cfg = self.config.training
-        used_threads = configure_threads(threads)
+        target = resolve_device(cfg.device)
+        check_precision(cfg.precision, target)
+        ranks = distributed.setup(target)
+        used_threads = configure_threads(threads or max(1, available_cpus() // ranks.local_world))
+        run = Path(out) if out is not None else None
+        if run is not None:
+            if ranks.main:
+                checkpoint.prepare_run(run, resume, overwrite)
+            distributed.barrier(ranks)
         table = as_table(train_data, data_root)
         held_out: list[int] = []
         if valid is not None:
@@ -80,32 +103,52 @@ class Model:
             table, valid_table, held_out = self._hold_out(table)
         else:
             valid_table = None
+        fingerprint = {"config": self.config.model_dump(mode="json"), "data": {
+            "train": checkpoint.table_digest(table.rows),
+            "valid": checkpoint.table_digest(valid_table.rows) if valid_table else None}}
+        saved = None
+        if run is not None and resume:
+            if (run / "run.json").is_file():
+                checkpoint.check_same_run(json.loads((run / "run.json").read_text()),
+                                          fingerprint, run)
+            saved = checkpoint.load_latest(run)
         self.pipeline = Pipeline.from_config(self.config)
         torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-        train_encoded = self.pipeline.fit(table)
-        valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None else None
-        run = Path(out) if out is not None else None
-        if run is not None:
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "metrics.jsonl").unlink(missing_ok=True)
-            (run / "run.json").write_text(json.dumps({
+        with distributed.main_first(ranks):  # rank 0 fills the decode cache, the rest read it
+            train_encoded = self.pipeline.fit(table)
+            valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None \
+                else None
+        self.pipeline.to(target)
+        if run is not None and ranks.main:
+            if saved is None:
+                (run / "metrics.jsonl").unlink(missing_ok=True)
+            write_text(run / "run.json", json.dumps({
                 "train": str(Path(train_data).resolve()) if isinstance(train_data, str | Path)
                 else None,
                 "valid": str(Path(valid).resolve()) if isinstance(valid, str | Path) else None,
                 "held_out_rows": held_out, "data_root": str(data_root) if data_root else None,
-                "threads": used_threads}, indent=1))
+                "threads": used_threads, "processes": ranks.world, "device": str(target),
+                **fingerprint}, indent=1))
         summary = train(
             self.pipeline, train_encoded, valid_encoded, cfg,
             metrics_path=run / "metrics.jsonl" if run else None,
             on_best=(lambda epoch: self.save(run / "model")) if run else None,
-            progress=progress, on_epoch=on_epoch,
+            progress=progress, on_epoch=on_epoch, run=run, resume=saved, ranks=ranks,
         )
-        if run is not None:
+        if run is not None and ranks.main:
             self.save(run / "model")  # the best weights, restored by train()
-        summary.update(threads=used_threads, train_rows=len(table),
+        distributed.barrier(ranks)
+        summary.update(threads=used_threads, train_rows=len(table), processes=ranks.world,
+                       device=str(target), resumed=saved is not None,
                        valid_rows=len(valid_table) if valid_table is not None else 0)
         self.history = summary
         return summary
+
+    def to(self, device: str | torch.device = "auto") -> Model:
+        """Run the model on ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)."""
+        self._require_fitted()
+        self.pipeline.to(resolve_device(device))
+        return self
 
     def _hold_out(self, table: Table) -> tuple[Table, Table, list[int]]:
         """Split off ``valid_fraction`` of the rows; rows that share a file stay together."""
@@ -196,8 +239,10 @@ class Model:
                            self.pipeline.state(), self.pipeline.model.state_dict())
 
     @classmethod
-    def load(cls, directory: str | Path) -> Model:
-        """Load a bundle (or the bundle inside a run directory), verifying its hashes."""
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Model:
+        """Load a bundle (or the bundle inside a run directory), verifying its hashes, onto
+        ``device`` (weights are stored device-free, so a bundle trained anywhere loads
+        anywhere)."""
         config_data, state, weights = load_bundle(directory)
         config = load_config(config_data)
         pipeline = Pipeline.from_config(config)
@@ -206,5 +251,6 @@ class Model:
             pipeline.model = pipeline.build_model()
         pipeline.model.load_state_dict(weights)
         pipeline.model.eval()
+        pipeline.to(resolve_device(device))
         return cls(config, pipeline)
 

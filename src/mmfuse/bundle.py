@@ -88,7 +88,7 @@ def save_bundle(directory: str | Path, config: dict, preprocessors: dict,
     with atomic_folder(target) as tmp:
         write_json(tmp / "config.json", config)
         write_json(tmp / "preprocessors.json", preprocessors, indent=None)
-        tensors = {k: v.detach().contiguous().clone() for k, v in state_dict.items()}
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
         write_json(tmp / "manifest.json", {
             "format_version": FORMAT_VERSION,

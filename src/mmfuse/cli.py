@@ -31,6 +31,10 @@ def _print_json(obj: dict) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
 
 
+DeviceOption = Annotated[str | None, typer.Option(
+    "--device", help="auto (CUDA when available), cpu, cuda or cuda:N")]
+
+
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="model config (YAML)")],
@@ -38,27 +42,58 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", help="run directory to write")],
     valid: Annotated[Path | None, typer.Option("--valid", help="validation table")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch threads (default: usable CPUs)")]
-    = None,
+    threads: Annotated[int | None, typer.Option(
+        help="torch threads per process (default: usable CPUs / processes)")] = None,
+    device: DeviceOption = None,
+    nproc: Annotated[int, typer.Option(
+        "--nproc", min=1, help="train in N processes (torch.distributed.run)")] = 1,
+    resume: Annotated[bool, typer.Option(
+        "--resume", help="continue the run in --out from its last checkpoint")] = False,
+    overwrite: Annotated[bool, typer.Option(
+        "--overwrite", help="replace the run --out already holds")] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Train a model from CONFIG on a table; writes RUN_DIR with the best bundle."""
     from .api import Model
+    from .config import load_config
+    from .training import distributed
 
-    model = Model.from_config(config)  # validated before any data is read
-    summary = model.fit(data, valid, out=out_dir, data_root=data_root, threads=threads,
-                        progress=not as_json)
+    load_config(config)  # validated before any data is read or any process starts
+    if nproc > 1:  # the same command in N processes, started by torch.distributed.run
+        options = {"--valid": valid, "--data-root": data_root, "--threads": threads,
+                   "--device": device}
+        argv = ["train", str(config), "--data", str(data), "--out", str(out_dir)]
+        argv += [x for k, v in options.items() if v is not None for x in (k, str(v))]
+        argv += [flag for flag, on in (("--resume", resume), ("--overwrite", overwrite),
+                                       ("--json", as_json)) if on]
+        code = distributed.launch(nproc, argv)
+        if code:
+            raise MmfuseError(f"training in {nproc} processes failed (exit status {code}); "
+                              "the first error is printed above")
+        return
+    model = Model.from_config(config)
+    ranks = distributed.from_env()
+    try:
+        summary = model.fit(data, valid, out=out_dir, data_root=data_root, threads=threads,
+                            progress=not as_json, device=device, resume=resume,
+                            overwrite=overwrite)
+    finally:
+        distributed.shutdown()
+    if not ranks.main:
+        return
     if as_json:
         _print_json({"run_dir": str(out_dir), **summary})
         return
     best = summary["best"]
     out.print(f"trained {summary['epochs']} epoch(s) in {summary['seconds']:.1f}s "
-              f"on {summary['train_rows']} rows with {summary['threads']} thread(s); "
+              f"on {summary['train_rows']} rows with {summary['processes']} process(es) x "
+              f"{summary['threads']} thread(s) on {summary['device']}; "
               f"best epoch {summary['best_epoch']}"
               + (f": valid accuracy {best['valid_accuracy']:.4f}" if "valid_accuracy" in best
                  else ""))
     if summary["interrupted"]:
-        out.print("[yellow]interrupted: kept the best model so far[/yellow]")
+        out.print("[yellow]interrupted: kept the best model so far and wrote a checkpoint; "
+                  "--resume continues[/yellow]")
     out.print(f"model bundle: {out_dir / 'model'}")
 
 
@@ -70,12 +105,13 @@ def evaluate(
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
     drop: Annotated[list[str] | None, typer.Option(
         "--drop", help="remove input NAME from every row (repeatable)")] = None,
+    device: DeviceOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Metrics of a trained model on a table (default: its validation data)."""
     from .api import Model
 
-    model = Model.load(run_dir)
+    model = Model.load(run_dir, device or "auto")
     table = data if data is not None else _validation_table(run_dir)
     result = model.evaluate(table, by=by, data_root=data_root, drop=drop)
     if as_json:
@@ -119,12 +155,13 @@ def predict(
     run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
     values: Annotated[list[str], typer.Option(
         "--set", help="NAME=VALUE per input; an input left out counts as missing")],
+    device: DeviceOption = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Predict the outputs for one example given as --set NAME=VALUE pairs."""
     from .api import Model
 
-    model = Model.load(run_dir)
+    model = Model.load(run_dir, device or "auto")
     row = {}
     for item in values:
         name, sep, value = item.partition("=")
@@ -178,6 +215,7 @@ def serve(
     max_text_chars: Annotated[int, typer.Option(min=1)] = 2000,
     max_batch_rows: Annotated[int, typer.Option(
         min=1, help="rows of one /v1/predict/batch request")] = 64,
+    device: DeviceOption = None,
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn) with dynamic batching."""
     from .serve import RUNTIMES
@@ -188,11 +226,19 @@ def serve(
     if runtime not in RUNTIMES:  # checked here too: the model loads after the server starts
         raise MmfuseError(f"--runtime {runtime!r}: use one of: {', '.join(RUNTIMES)}")
     _check_servable(run_dir, runtime)
+    if runtime == "onnx" and device not in (None, "cpu", "auto"):
+        raise MmfuseError(f"--device {device}: the onnx runtime runs on the CPU; serve the run "
+                          "folder with --runtime torch to use a GPU")
+    if runtime == "torch":
+        from .training.device import resolve_device
+
+        device = str(resolve_device(device or "auto"))  # a bad device fails before binding
     limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,
                     max_batch_rows)
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, timeout_s=timeout, api_key=api_key,
-                             limits=limits, decode_threads=decode_threads, workers=workers)
+                             limits=limits, decode_threads=decode_threads, workers=workers,
+                             device=device or "cpu")
     err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
               f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
               + ("; API key required" if api_key else ""), soft_wrap=True)

@@ -297,8 +297,28 @@ class TrainingConfig(StrictModel):
     group_rows_by_file: bool | None = Field(
         None, description="keep rows that share a file in one batch; None = when files repeat"
     )
-    max_minutes: float | None = Field(None, gt=0, description="stop after this wall time")
+    max_minutes: float | None = Field(
+        None, gt=0, description="stop after this wall time; the learning-rate decay follows "
+        "the clock only once the run is projected to overrun it")
     seed: int = 0
+    device: str = Field(
+        "auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N; "
+        "mmfuse train --device replaces it")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="autocast dtype of the forward pass; fp16 adds a gradient scaler. "
+        "Weights, losses and metrics stay fp32 (bf16 on this 2-core CPU measured slower: "
+        "benchmarks/results/precision.md)")
+    checkpoint_every_steps: int | None = Field(
+        500, ge=1, description="write a checkpoint every N optimizer steps (and at the end of "
+        "every epoch) for mmfuse train --resume; null: only at the end of epochs")
+    keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in RUN/checkpoints")
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError(f"unknown device {value!r}; use auto, cpu, cuda or cuda:N")
+        return value
 
 
 def default_fusion(inputs: list[InputConfig]) -> str:

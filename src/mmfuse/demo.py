@@ -36,7 +36,7 @@ def run_demo(data_dir: Path, out_dir: Path, config: Path | None, console: Consol
         console.print(f"generating Sort-of-CLEVR into {data_dir} ...")
         generate_sort_of_clevr(data_dir)
     console.print(f"training {config} on {data_dir / 'train.csv'} ...")
-    summary = model.fit(data_dir / "train.csv", out=out_dir, progress=True)
+    summary = model.fit(data_dir / "train.csv", out=out_dir, progress=True, overwrite=True)
     console.print(f"trained {summary['epochs']} epochs in {summary['seconds']:.0f}s "
                   f"(best epoch {summary['best_epoch']}); bundle in {out_dir / 'model'}")
     by_type = model.evaluate(data_dir / "test.csv", by="qtype")

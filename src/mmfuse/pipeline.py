@@ -25,6 +25,7 @@ from .modalities import (
     build_output_preprocessor,
 )
 from .model import MultimodalModel
+from .training.device import to_cpu, to_device
 
 
 @dataclass
@@ -73,6 +74,14 @@ class Pipeline:
         self.inputs = inputs
         self.outputs = outputs
         self.model = model
+        self.device = torch.device("cpu")  # where the model runs; batches are moved there
+
+    def to(self, device: torch.device) -> Pipeline:
+        """Run the model on ``device`` (preprocessing stays on the CPU)."""
+        self.device = device
+        if self.model is not None:
+            self.model.to(device)
+        return self
 
     @classmethod
     def from_config(cls, config: Config) -> Pipeline:
@@ -140,7 +149,7 @@ class Pipeline:
                   for name, prep in self.inputs.items()}
         targets = {name: self.outputs[name].target_tensor(t[rows])
                    for name, t in data.targets.items()}
-        return inputs, targets
+        return to_device(inputs, self.device), to_device(targets, self.device)
 
     def _drop_inputs(self, row_items: dict[str, np.ndarray],
                      generator: torch.Generator) -> dict[str, np.ndarray]:
@@ -182,17 +191,21 @@ class Pipeline:
 
     @torch.no_grad()
     def logits(self, data: EncodedTable, batch_size: int = 256,
-               teacher: bool = False) -> dict:
-        """Outputs of every output for every row, in table order (model in eval mode): logits
-        of category outputs; for text outputs the generated texts' ids and scores, or with
-        ``teacher`` (which needs targets) the teacher-forced logits."""
+               teacher: bool = False, rows: np.ndarray | None = None) -> dict:
+        """Outputs of every output for every row (or for ``rows``), in table order (model in
+        eval mode), on the CPU in fp32 whatever the device and autocast: logits of category
+        outputs; for text outputs the generated texts' ids and scores, or with ``teacher``
+        (which needs targets) the teacher-forced logits."""
         self.model.eval()
         parts: dict[str, list] = {name: [] for name in self.outputs}
-        for rows in sequential_batches(len(data), batch_size):
-            inputs, targets = self.batch(data, rows)
+        chosen = np.arange(len(data)) if rows is None else np.asarray(rows)
+        for batch in sequential_batches(len(chosen), batch_size):
+            inputs, targets = self.batch(data, chosen[batch])
             outputs = self.model(inputs, targets) if teacher else self.model(inputs)
             for name, out in outputs.items():
-                parts[name].append(out)
+                parts[name].append(to_cpu(out))
+        if not len(chosen):
+            return {}
         return {name: concat(p) for name, p in parts.items()}
 
     def postprocess(self, logits: dict[str, torch.Tensor]) -> list[dict]:

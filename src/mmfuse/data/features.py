@@ -29,6 +29,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..modalities.base import Column, select
+from ..training.device import to_device
 from .cache import cache_dir, cached_arrays
 
 BATCH = 32  # items per forward pass of the frozen part
@@ -125,12 +126,13 @@ def run_frozen(encoder: nn.Module, prep, column: Column, label: str = "",
     encoder.eval()
     count = len(column.items[0] if isinstance(column.items, tuple) else column.items)
     generator = torch.Generator().manual_seed(0)
+    device = next(encoder.parameters()).device
     chunks: dict[str, list[np.ndarray]] = {}
     with _progress(label, count, progress) as advance:
         for start in range(0, count, BATCH):
             unique = np.arange(start, min(count, start + BATCH))
-            outputs = encoder.frozen_features(
-                **prep.tensors(select(column.items, unique), False, generator))
+            outputs = encoder.frozen_features(**to_device(
+                prep.tensors(select(column.items, unique), False, generator), device))
             for out_name, tensor in outputs.items():
                 array = tensor.cpu().numpy()
                 chunks.setdefault(out_name, []).append(

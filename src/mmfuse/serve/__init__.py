@@ -39,13 +39,14 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def load_service(source: str | Path, runtime: str = "torch", limits: Limits | None = None
-                 ) -> Service:
-    """Load a run directory or bundle (``torch``) or an ONNX export (``onnx``) as a Service."""
+def load_service(source: str | Path, runtime: str = "torch", limits: Limits | None = None,
+                 device: str = "cpu") -> Service:
+    """Load a run directory or bundle (``torch``, on ``device``) or an ONNX export (``onnx``,
+    on the CPU) as a Service."""
     from ..api import Model
 
     if runtime == "torch":
-        model = Model.load(source)
+        model = Model.load(source, device)
     elif runtime == "onnx":
         from ..export import load_exported
 
@@ -74,7 +75,8 @@ def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime
 
     settings = settings or ServeSettings()
     keep_freed_memory()
-    app = create_app(lambda: load_service(source, runtime, settings.limits), settings)
+    app = create_app(lambda: load_service(source, runtime, settings.limits, settings.device),
+                     settings)
     # connections beyond the queue's room get uvicorn's 503 before their bodies are read, which
     # bounds the memory that request bodies can take
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,

@@ -50,6 +50,7 @@ class ServeSettings:
     workers: int = 2
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
+    device: str = "cpu"  # where the torch runtime's model runs (auto, cpu, cuda, cuda:N)
 
 
 def create_app(load: Service | Callable[[], Service],

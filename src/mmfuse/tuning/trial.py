@@ -111,7 +111,7 @@ def train_trial(trial: Any, search: Search, params: dict[str, Any]) -> float:
 
     run = search.out / "trials" / f"{trial.number:04d}"
     summary = Model(config).fit(search.train, search.valid, out=run, data_root=search.data_root,
-                                threads=search.threads, on_epoch=report)
+                                threads=search.threads, on_epoch=report, overwrite=True)
     if summary["interrupted"]:  # Ctrl-C: this trial is failed (not scored), start no other
         trial.study.stop()
         raise MmfuseError(f"interrupted (Ctrl-C) after {summary['epochs']} epoch(s)")
