@@ -266,9 +266,12 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                 state["position"], state["running"], state["epochs_run"] = 0, None, epoch
 
                 # --- evaluate
-                record = {"epoch": epoch,
-                          **{f"train_{k}": v for k, v in running.means().items()},
-                          "examples_per_second": running.examples_per_second(),
+                # train metrics over every rank's rows; throughput of all ranks together
+                means = distributed.weighted_mean(running.means(), running.count, ranks)
+                speed = distributed.weighted_mean(
+                    {"speed": running.examples_per_second()}, 1.0, ranks)["speed"] * ranks.world
+                record = {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
+                          "examples_per_second": speed,
                           "learning_rate": optimizer.param_groups[0]["lr"],
                           "seconds": clock.elapsed()}
                 valid = validation_metrics(pipeline, valid_data, cfg, ranks) \
