@@ -52,7 +52,8 @@ def test_two_processes_reach_the_accuracy_of_one(shapes_qa, tmp_path):
     for name in ("one", "two"):
         result = mmfuse.Model.load(tmp_path / name).evaluate(shapes_qa["en_test"])
         accuracy[name] = 100 * result["outputs"]["answer"]["accuracy"]
-    print(f"held-out accuracy: 1 process {accuracy['one']:.1f}%, 2 processes {accuracy['two']:.1f}%")
+    print(f"held-out accuracy: 1 process {accuracy['one']:.1f}%, "
+          f"2 processes {accuracy['two']:.1f}%")
     assert accuracy["one"] > 80, accuracy
     assert abs(accuracy["one"] - accuracy["two"]) <= TOLERANCE_POINTS, accuracy
     info = json.loads((tmp_path / "two" / "run.json").read_text())

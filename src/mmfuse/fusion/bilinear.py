@@ -81,7 +81,9 @@ class MFBFusion(nn.Module):
 
     def forward(self, features: dict) -> torch.Tensor:
         z = self.dropout(hadamard(self.factors, features))
-        z = z.unflatten(-1, (self.out_dim, self.factor)).sum(dim=-1)
+        # Normalised in fp32 under autocast: fp16 rounds the eps below to 0 (and the norm of
+        # an all-zero row to a division by 0).
+        z = z.unflatten(-1, (self.out_dim, self.factor)).sum(dim=-1).float()
         # The eps keeps the gradient of sqrt finite at z = 0 (sign(0) = 0 keeps the value 0).
         z = z.sign() * (z.abs() + 1e-12).sqrt()
         return F.normalize(z, dim=-1)

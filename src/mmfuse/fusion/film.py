@@ -88,7 +88,7 @@ class FiLMFusion(nn.Module):
     def _track(self, mean: torch.Tensor) -> None:
         """Update the running mean of the query's pooled vector (the first batch sets it)."""
         weight = MOMENTUM if bool(self.query_tracked) else 1.0
-        self.query_mean.lerp_(mean, weight)
+        self.query_mean.lerp_(mean.to(self.query_mean.dtype), weight)  # fp32 under autocast
         self.query_tracked.fill_(1.0)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

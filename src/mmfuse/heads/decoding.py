@@ -16,9 +16,14 @@ is ended. Finished hypotheses are ranked by the length-normalised log-probabilit
 
 with ``|Y|`` the generated tokens including ``[EOS]``. ``alpha = 0`` ranks by log-probability
 (which favours short outputs); larger ``alpha`` favours longer ones.
+
+Every tensor is made on the memory's device; scores add up in fp32 whatever the precision the
+decoder runs in (autocast), so a long text's log-probability keeps its digits.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -34,12 +39,12 @@ def length_penalty(length: int, alpha: float) -> float:
 def greedy(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: int
            ) -> tuple[torch.Tensor, torch.Tensor]:
     """The most likely token at every step; the score is the text's log-probability."""
-    batch = memory.shape[0]
-    tokens = torch.full((batch, 1, max_length + 1), PAD_ID, dtype=torch.long)
-    scores = torch.zeros(batch, 1)
-    done = torch.zeros(batch, dtype=torch.bool)
+    batch, device = memory.shape[0], memory.device
+    tokens = torch.full((batch, 1, max_length + 1), PAD_ID, dtype=torch.long, device=device)
+    scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
     state = decoder.start(memory, mask)
-    last = torch.full((batch,), BOS_ID, dtype=torch.long)
+    last = torch.full((batch,), BOS_ID, dtype=torch.long, device=device)
     for t in range(max_length + 1):
         log_probs, state = decoder.step(state, last, memory, mask)
         if t == max_length:  # out of room: end every text here
@@ -60,15 +65,15 @@ def greedy(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: int
 def beam_search(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: int,
                 width: int, alpha: float, keep: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``keep`` best of ``width``-wide beam search per row, by length-normalised score."""
-    batch, k = memory.shape[0], width
+    batch, k, device = memory.shape[0], width, memory.device
     memory, mask = memory.repeat_interleave(k, 0), mask.repeat_interleave(k, 0)
     state = decoder.start(memory, mask)
-    live = torch.zeros(batch, k)
+    live = torch.zeros(batch, k, dtype=torch.float32, device=device)
     live[:, 1:] = -torch.inf  # all beams start equal: keep one until the first step
-    sequences = torch.zeros(batch * k, 0, dtype=torch.long)
-    last = torch.full((batch * k,), BOS_ID, dtype=torch.long)
+    sequences = torch.zeros(batch * k, 0, dtype=torch.long, device=device)
+    last = torch.full((batch * k,), BOS_ID, dtype=torch.long, device=device)
     finished: list[list[tuple[float, list[int]]]] = [[] for _ in range(batch)]
-    rows = torch.arange(batch).unsqueeze(1)
+    rows = torch.arange(batch, device=device).unsqueeze(1)
     for t in range(max_length + 1):
         log_probs, state = decoder.step(state, last, memory, mask)
         total = live.view(-1, 1) + log_probs  # [B * K, V]
@@ -99,7 +104,7 @@ def beam_search(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: i
         last = token[rows, chosen].view(-1)
         sequences = torch.cat([sequences[flat], last.unsqueeze(1)], dim=1)
         state = decoder.reorder(state, flat)
-    return _pack(finished, keep, max_length)
+    return _pack(finished, keep, max_length, device)
 
 
 def _finish(hypotheses: list, log_prob: float, sequence: torch.Tensor, alpha: float) -> None:
@@ -107,13 +112,16 @@ def _finish(hypotheses: list, log_prob: float, sequence: torch.Tensor, alpha: fl
     hypotheses.append((log_prob / length_penalty(len(ids), alpha), ids))
 
 
-def _pack(finished: list[list[tuple[float, list[int]]]], keep: int, max_length: int
-          ) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = torch.full((len(finished), keep, max_length + 1), PAD_ID, dtype=torch.long)
-    scores = torch.full((len(finished), keep), -torch.inf)
+def _pack(finished: list[list[tuple[float, list[int]]]], keep: int, max_length: int,
+          device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``keep`` best hypotheses of every row as ``tokens`` and ``scores`` on ``device``
+    (filled in as lists, then copied over once)."""
+    tokens = [[[PAD_ID] * (max_length + 1) for _ in range(keep)] for _ in finished]
+    scores = [[-math.inf] * keep for _ in finished]
     for b, hypotheses in enumerate(finished):
         best = sorted(hypotheses, key=lambda h: -h[0])[:keep]
         for j, (score, ids) in enumerate(best):
-            tokens[b, j, : len(ids)] = torch.tensor(ids)
-            scores[b, j] = score
-    return tokens, scores
+            tokens[b][j][: len(ids)] = ids
+            scores[b][j] = score
+    return (torch.tensor(tokens, dtype=torch.long, device=device),
+            torch.tensor(scores, dtype=torch.float32, device=device))

@@ -69,11 +69,13 @@ class TextHeadOptions(Options):
         return self
 
 
-def sinusoid(length: int, dim: int) -> torch.Tensor:
-    """Fixed positions ``[length, dim]`` (Vaswani et al. 2017), for memories of any length."""
-    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)
-    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32) * (-math.log(1e4) / dim))
-    table = torch.zeros(length, dim)
+def sinusoid(length: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
+    """Fixed positions ``[length, dim]`` (Vaswani et al. 2017), for memories of any length,
+    made on ``device`` (in fp32)."""
+    position = torch.arange(length, dtype=torch.float32, device=device).unsqueeze(1)
+    rate = torch.exp(torch.arange(0, dim, 2, dtype=torch.float32, device=device)
+                     * (-math.log(1e4) / dim))
+    table = torch.zeros(length, dim, dtype=torch.float32, device=device)
     table[:, 0::2] = torch.sin(position * rate)
     table[:, 1::2] = torch.cos(position * rate)[:, : dim // 2]
     return table
@@ -97,7 +99,8 @@ class Memory(nn.Module):
         real = [torch.ones(fused.shape[0], 1, dtype=torch.bool, device=fused.device)]
         for i, name in enumerate(self.names):
             x, is_real = self.slots(name, features[name])
-            parts.append(x + self.source[i] + sinusoid(x.shape[1], x.shape[2]).to(x))
+            position = sinusoid(x.shape[1], x.shape[2], x.device).to(x.dtype)
+            parts.append(x + self.source[i] + position)
             real.append(is_real)
         return self.norm(torch.cat(parts, dim=1)), torch.cat(real, dim=1)
 
