@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 from common import RESULTS, command, machine, markdown_table
 
-SIZE = 64
+SIZE = int(os.environ.get("MMFUSE_SCALE_SIZE", 64))  # --image-size, passed to the children
 FIXED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 70, 230),
            "yellow": (230, 220, 40)}
@@ -155,10 +155,19 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 8000, 32000])
     parser.add_argument("--baseline", action="store_true")
     parser.add_argument("--baseline-ref", default="7374f7f")  # the decode-then-stack cache
+    parser.add_argument("--image-size", type=int, default=64,
+                        help="side of the square PNGs (256: 192 kB decoded per file)")
+    parser.add_argument("--name", default="scale", help="results/NAME.md and NAME.json")
+    parser.add_argument("--no-fixed-malloc", action="store_true",
+                        help="skip the second run of each size with a fixed malloc threshold")
     parser.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
+    global SIZE
+    SIZE = args.image_size
+    os.environ["MMFUSE_SCALE_SIZE"] = str(SIZE)
+    CONFIG["inputs"][0]["preprocess"]["size"] = SIZE
 
     source = Path(__file__).resolve().parents[1] / "src"
     rows, results = [], []
@@ -178,7 +187,8 @@ def main() -> None:
             for v, (variant, src) in enumerate(variants):
                 result = {"files": n, "variant": variant,
                           **measure(table, root, f"{n}-{v}", src, {})}
-                fixed = measure(table, root, f"{n}-{v}-fixed", src, FIXED_MALLOC)
+                fixed = measure(table, root, f"{n}-{v}-fixed", src, FIXED_MALLOC) \
+                    if not args.no_fixed_malloc else {"peak_anon_mb": "-"}
                 result["peak_anon_fixed_malloc_mb"] = fixed["peak_anon_mb"]
                 print(json.dumps(result), flush=True)
                 results.append(result)
@@ -197,6 +207,8 @@ def main() -> None:
         files = large["files"] - small["files"]
 
         def per_file(key: str, small=small, large=large, files=files) -> str:
+            if not isinstance(large[key], float | int):
+                return "-"
             return f"{(large[key] - small[key]) * 1024 / files:.1f} kB"
 
         growth.append(
@@ -221,9 +233,9 @@ def main() -> None:
         "row, each file's resolved path and item index), not decoded pixels.",
     ]) + "\n"
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "scale.md").write_text(text)
-    (RESULTS / "scale.json").write_text(json.dumps({"machine": machine(), "command": command(),
-                                                    "results": results}, indent=2) + "\n")
+    (RESULTS / f"{args.name}.md").write_text(text)
+    (RESULTS / f"{args.name}.json").write_text(json.dumps(
+        {"machine": machine(), "command": command(), "results": results}, indent=2) + "\n")
     print(text)
 
 

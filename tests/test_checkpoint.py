@@ -162,10 +162,12 @@ def test_resuming_a_finished_run_trains_nothing_more(reference, tmp_path):
     assert metrics(run) == metrics(reference["run"]) and same_weights(run, reference["run"])
 
 
-def test_resume_cuts_metrics_back_to_what_the_checkpoint_covers(shapes_qa, tmp_path):
-    cfg, run = config(epochs=3), tmp_path / "run"
+def test_resume_from_an_epoch_end_cuts_metrics_back_to_what_it_covers(shapes_qa, tmp_path):
+    """Epoch-end checkpoints only: the resumed epoch draws the batch order the lost one drew."""
+    cfg, run = config(epochs=3, checkpoint_every_steps=None), tmp_path / "run"
     mmfuse.Model.from_config(cfg).fit(shapes_qa["en_train"], out=run, threads=1)
     reference = metrics(run)
+    weights = (run / "model" / "model.safetensors").read_bytes()
     kept = checkpoint.checkpoints(run)
     kept[-1].unlink()  # as if killed after epoch 3's line but before its checkpoint
     with (run / "metrics.jsonl").open("a") as f:
@@ -173,6 +175,7 @@ def test_resume_cuts_metrics_back_to_what_the_checkpoint_covers(shapes_qa, tmp_p
     summary = mmfuse.Model.from_config(cfg).fit(shapes_qa["en_train"], out=run, threads=1,
                                                 resume=True)
     assert summary["resumed"] and metrics(run) == reference
+    assert (run / "model" / "model.safetensors").read_bytes() == weights
 
 
 def test_a_rerun_into_a_run_folder_is_refused_unless_overwrite(shapes_qa, tmp_path):
@@ -215,3 +218,16 @@ def test_cli_rerun_without_flags_is_a_clear_error(reference, tmp_path):
                           capture_output=True, text=True)
     assert done.returncode == 2
     assert "already holds a run" in done.stderr and "--overwrite" in done.stderr
+
+
+def test_sigterm_writes_a_checkpoint_then_ends_the_process(reference, tmp_path):
+    run = tmp_path / "run"
+    train = command(reference["config"], reference["data"], run, "--resume")
+    process = subprocess.Popen(train, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while not (run / "metrics.jsonl").is_file() and process.poll() is None:
+        time.sleep(0.02)  # an epoch is done; the run is under way
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == -signal.SIGTERM  # it still ends as asked ...
+    assert checkpoint.checkpoints(run)  # ... after writing where it was
+    subprocess.run(train, capture_output=True, check=True)
+    assert metrics(run) == metrics(reference["run"]) and same_weights(run, reference["run"])

@@ -27,7 +27,7 @@ from .errors import DataError, MmfuseError
 from .modalities.category import label_text
 from .pipeline import EncodedTable, Pipeline
 from .training import checkpoint, distributed
-from .training.device import check_precision, resolve_device
+from .training.device import resolve_device, resolve_precision
 from .training.loop import train
 from .training.metrics import category_scorer, evaluate_outputs, text_scorer, token_stats
 from .training.threads import available_cpus, configure_threads
@@ -85,9 +85,9 @@ class Model:
         """
         if device is not None:
             self.config.training = self.config.training.model_copy(update={"device": device})
-        cfg = self.config.training
-        target = resolve_device(cfg.device)
-        check_precision(cfg.precision, target)
+        target = resolve_device(self.config.training.device)
+        precision = resolve_precision(self.config.training.precision, target)
+        cfg = self.config.training.model_copy(update={"precision": precision})
         ranks = distributed.setup(target)
         used_threads = configure_threads(threads or max(1, available_cpus() // ranks.local_world))
         run = Path(out) if out is not None else None

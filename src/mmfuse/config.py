@@ -304,10 +304,11 @@ class TrainingConfig(StrictModel):
     device: str = Field(
         "auto", description="auto (CUDA when available, else CPU), cpu, cuda or cuda:N; "
         "mmfuse train --device replaces it")
-    precision: Literal["fp32", "bf16", "fp16"] = Field(
-        "fp32", description="autocast dtype of the forward pass; fp16 adds a gradient scaler. "
-        "Weights, losses and metrics stay fp32 (bf16 on this 2-core CPU measured slower: "
-        "benchmarks/results/precision.md)")
+    precision: Literal["fp32", "bf16", "fp16", "auto"] = Field(
+        "fp32", description="autocast dtype of the forward pass; fp16 adds a gradient scaler; "
+        "auto: bf16 on hardware with bf16 units (a GPU that has them, a CPU with AMX or "
+        "AVX512-BF16), else fp32. Weights, losses and metrics stay fp32 "
+        "(benchmarks/results/training_costs.md)")
     checkpoint_every_steps: int | None = Field(
         500, ge=1, description="write a checkpoint every N optimizer steps (and at the end of "
         "every epoch) for mmfuse train --resume; null: only at the end of epochs")

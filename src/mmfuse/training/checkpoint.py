@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import threading
 from pathlib import Path
 
 import torch
@@ -56,6 +57,50 @@ def save(run: Path, step: int, state: dict, keep: int) -> Path:
         if leftover.name.split(".pt.")[-1].split("-")[0] != str(os.getpid()):
             leftover.unlink(missing_ok=True)
     return path
+
+
+def snapshot(value):
+    """``value`` with every tensor copied to the CPU, so training can go on changing the
+    originals while a copy is written."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: snapshot(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(snapshot(v) for v in value)
+    return value
+
+
+class Writer:
+    """Writes checkpoints in a background thread: the state is copied at the checkpoint's step
+    (so it is exactly that step's), and the copy is serialised and written while training goes
+    on. One write at a time: the next checkpoint, and the end of training, wait for the last."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def save(self, run: Path, step: int, state: dict, keep: int) -> None:
+        copy = snapshot(state)
+        self.wait()
+
+        def write() -> None:
+            try:
+                save(run, step, copy, keep)
+            except BaseException as exc:  # raised in the training thread by wait()
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="mmfuse-checkpoint", daemon=True)
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Block until the last write is on disk; re-raise its error, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise MmfuseError(f"writing a checkpoint failed: {error}") from error
 
 
 def load_latest(run: Path) -> dict | None:

@@ -12,6 +12,8 @@ import signal
 import threading
 import time
 
+JUDGE_AFTER_STEPS = 10  # the pace is judged from this many steps (or 1% of the run) on
+
 
 class Clock:
     """Wall time of a run against its ``max_minutes`` budget, across resumes."""
@@ -41,8 +43,8 @@ class Clock:
             used: the budget fraction to judge by (under torchrun, the largest over ranks, so
                 every rank follows the same schedule); default :meth:`used`.
         """
-        if math.isinf(self.budget) or step <= 0:
-            return self.progress
+        if math.isinf(self.budget) or step < max(JUDGE_AFTER_STEPS, total // 100):
+            return self.progress  # the first steps (warm-up, caches) would misjudge the pace
         used = self.used() if used is None else used
         if used / step * total > 1.0:  # the projected run overruns the budget
             self.progress = max(self.progress, used)
@@ -50,8 +52,10 @@ class Clock:
 
 
 class StopRequest:
-    """While active, the first Ctrl-C (or SIGTERM, as torchrun sends its workers) asks the loop
-    to stop after the current step and write a checkpoint; a second Ctrl-C stops at once.
+    """While active, the first Ctrl-C (or SIGTERM, as torchrun and job schedulers send) asks
+    the loop to stop after the current step and write a checkpoint; a second Ctrl-C stops at
+    once. A SIGTERM is delivered again once the loop has stopped, so the process still ends
+    as asked (after its checkpoint), instead of going on to whatever it would do next.
 
     Signal handlers can only be set from the main thread; elsewhere (a server thread, a tuning
     worker thread) this does nothing and Ctrl-C raises KeyboardInterrupt as usual.
@@ -59,6 +63,7 @@ class StopRequest:
 
     def __init__(self) -> None:
         self.requested = False
+        self._terminated = False
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequest:
@@ -71,7 +76,10 @@ class StopRequest:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
+        self._terminated = self._terminated or signum == signal.SIGTERM
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        if self._terminated:
+            signal.raise_signal(signal.SIGTERM)  # now with the handler the process had before

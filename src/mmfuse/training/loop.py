@@ -188,6 +188,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
     bar = EpochProgress(enabled=progress and ranks.main)
     prepare_seconds, step_seconds = 0.0, 1e-9
     interrupted, done = False, state["finished"]  # a finished run resumed: nothing to train
+    writer = checkpoint.Writer()
 
     def prepare(rows: np.ndarray) -> tuple[dict, dict]:
         nonlocal prepare_seconds
@@ -201,7 +202,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                      running={"sums": running.sums, "count": running.count} if running else None)
         rngs = distributed.gather(random_states(generator, device), ranks)  # every rank's
         if run is not None and ranks.main:
-            checkpoint.save(run, state["step"], {
+            writer.save(run, state["step"], {
                 **state, "world": ranks.world, "rngs": rngs, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict()}, cfg.keep_checkpoints)
@@ -213,10 +214,11 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                 if done:
                     break
                 model.train()
-                if state["position"] == 0:
-                    state["order_rng"] = order_rng.bit_generator.state
-                else:  # resumed mid-epoch: the same batch order, from where it stopped
+                # the batch order's generator as of this epoch's start: restored on resume (a
+                # no-op otherwise), so a resumed epoch draws the order the interrupted one drew
+                if state["order_rng"] is not None:
                     order_rng.bit_generator.state = state["order_rng"]
+                state["order_rng"] = order_rng.bit_generator.state
                 batches = distributed.shard(
                     grouped_batches(group, rank_batch, order_rng) if group is not None
                     else shuffled_batches(len(train_data), rank_batch, order_rng), ranks)
@@ -264,6 +266,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                         out_of_time = True
                         break  # out of time: validate what this epoch learned, then stop
                 state["position"], state["running"], state["epochs_run"] = 0, None, epoch
+                state["order_rng"] = order_rng.bit_generator.state  # the next epoch's start
 
                 # --- evaluate
                 # train metrics over every rank's rows; throughput of all ranks together
@@ -311,6 +314,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
             interrupted = not state["finished"]
         finally:
             bar.close()
+            writer.wait()  # the last checkpoint is on disk before train() returns
 
     # --- restore the best
     best = state["best"]
