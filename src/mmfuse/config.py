@@ -278,7 +278,10 @@ class TrainingConfig(StrictModel):
         "2,000 optimizer steps (10 to 200 epochs; training/loop.py resolve_epochs), so a "
         "small table is not stopped before it has learned")
     batch_size: int = Field(64, ge=1)
-    eval_batch_size: int | None = Field(None, ge=1)
+    eval_batch_size: int | None = Field(
+        None, ge=1, description="rows per validation batch; default batch_size, which is known "
+        "to fit (256 rows of 256x256 images took 1.3 GB in validation against 0.7 GB in "
+        "training at batch 128: benchmarks/results/scale_256.md)")
     learning_rate: float = Field(1e-3, gt=0)
     pretrained_lr_multiplier: float = Field(
         1.0, gt=0, description="scales the learning rate of pretrained weights that train "

@@ -122,7 +122,7 @@ def validation_metrics(pipeline: Pipeline, data: EncodedTable, cfg: TrainingConf
     means are reduced, weighted by rows."""
     rows = distributed.rows_of(len(data), ranks)
     with autocast(pipeline.device, cfg.precision):
-        logits = pipeline.logits(data, cfg.eval_batch_size or max(256, cfg.batch_size),
+        logits = pipeline.logits(data, cfg.eval_batch_size or cfg.batch_size,
                                  teacher=True, rows=rows)
     targets = {n: pipeline.outputs[n].target_tensor(t[rows]) for n, t in data.targets.items()}
     if len(rows) == 0:  # more ranks than validation rows
