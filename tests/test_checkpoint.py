@@ -185,6 +185,9 @@ def test_a_rerun_into_a_run_folder_is_refused_unless_overwrite(shapes_qa, tmp_pa
     with pytest.raises(MmfuseError, match="already holds a run.*--resume.*--overwrite"):
         mmfuse.Model.from_config(cfg).fit(shapes_qa["en_train"], out=run, threads=1)
     assert (run / "model" / "model.safetensors").read_bytes() == bundle  # untouched
+    with pytest.raises(MmfuseError):  # --overwrite with a table that cannot be read ...
+        mmfuse.Model.from_config(cfg).fit(tmp_path / "missing.csv", out=run, overwrite=True)
+    assert (run / "model" / "model.safetensors").read_bytes() == bundle  # ... keeps the old run
     with pytest.raises(MmfuseError, match="pass one of them"):
         mmfuse.Model.from_config(cfg).fit(shapes_qa["en_train"], out=run, resume=True,
                                           overwrite=True)

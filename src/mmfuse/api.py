@@ -92,9 +92,7 @@ class Model:
         used_threads = configure_threads(threads or max(1, available_cpus() // ranks.local_world))
         run = Path(out) if out is not None else None
         if run is not None:
-            if ranks.main:
-                checkpoint.prepare_run(run, resume, overwrite)
-            distributed.barrier(ranks)
+            checkpoint.check_run_folder(run, resume, overwrite)
         table = as_table(train_data, data_root)
         held_out: list[int] = []
         if valid is not None:
@@ -119,7 +117,10 @@ class Model:
             valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None \
                 else None
         self.pipeline.to(target)
-        if run is not None and ranks.main:
+        if run is not None and ranks.main:  # the data is read: replace the old run now
+            if overwrite:
+                checkpoint.clear_run(run)
+            run.mkdir(parents=True, exist_ok=True)
             if saved is None:
                 (run / "metrics.jsonl").unlink(missing_ok=True)
             write_text(run / "run.json", json.dumps({

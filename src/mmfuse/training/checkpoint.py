@@ -120,8 +120,9 @@ def holds_run(run: Path) -> bool:
     return any((run / name).exists() for name in RUN_FILES)
 
 
-def prepare_run(run: Path, resume: bool, overwrite: bool) -> None:
-    """Check the run folder against ``--resume`` and ``--overwrite`` before any training.
+def check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
+    """Check the run folder against ``--resume`` and ``--overwrite`` before any data is read
+    (the old run is only removed by :func:`clear_run`, once the new one is ready to train).
 
     Raises:
         MmfuseError: the folder holds a run and neither flag was given, or both were.
@@ -136,13 +137,16 @@ def prepare_run(run: Path, resume: bool, overwrite: bool) -> None:
                 f"{run} already holds a run ({found}); pass --resume to continue it, "
                 "--overwrite to replace it, or another --out "
                 "(Model.fit: resume=True or overwrite=True)")
-        for name in RUN_FILES:
-            target = run / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink(missing_ok=True)
-    run.mkdir(parents=True, exist_ok=True)
+
+
+def clear_run(run: Path) -> None:
+    """Remove the run ``--overwrite`` replaces (only its files; the folder stays)."""
+    for name in RUN_FILES:
+        target = run / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink(missing_ok=True)
 
 
 def table_digest(rows: list[dict]) -> str:
