@@ -450,7 +450,9 @@ def main() -> None:
     """Entry point: run the app, turning user errors into one clear message and exit code 2."""
     from rich.text import Text
 
-    usage_errors, click_errors, aborts = _click_exception_types()
+    from .cli_errors import click_exception_types, usage_message
+
+    usage_errors, click_errors, aborts = click_exception_types()
     try:
         app(standalone_mode=False, prog_name="mmfuse")
     except MmfuseError as exc:
@@ -465,43 +467,6 @@ def main() -> None:
     except click_errors as exc:  # other click errors: their own message and code
         exc.show()
         sys.exit(exc.exit_code)
-
-
-def _click_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
-    """Usage-error, click-error and abort classes of click and of the click copy that newer
-    typer releases vendor as ``typer._click`` (raised instead of click's own)."""
-    import importlib
-
-    import typer
-
-    modules = []
-    for name in ("click.exceptions", "typer._click.exceptions"):
-        try:
-            modules.append(importlib.import_module(name))
-        except ImportError:
-            continue
-    return (tuple(m.UsageError for m in modules), tuple(m.ClickException for m in modules),
-            (typer.Abort, *(m.Abort for m in modules if hasattr(m, "Abort"))))
-
-
-def usage_message(exc: Exception) -> str:
-    """The usage line, where to find help, and the error with a did-you-mean for a misspelt
-    option (a misspelt command gets click's own "Did you mean")."""
-    from .config_base import did_you_mean
-
-    ctx = getattr(exc, "ctx", None)
-    lines = []
-    if ctx is not None:
-        lines += [ctx.get_usage(), f"Try '{ctx.command_path} --help' for help.", ""]
-    option = getattr(exc, "option_name", None)
-    if option and type(exc).__name__ == "NoSuchOption" and ctx is not None:
-        names = {o.lstrip("-"): o for p in ctx.command.params for o in getattr(p, "opts", [])
-                 if o.startswith("--")}
-        hint = did_you_mean(option.lstrip("-"), list(names)).replace("'", "'--", 1)
-        message = f"{exc.message}{hint or '; options: ' + ', '.join(sorted(names.values()))}"
-    else:
-        message = exc.format_message()
-    return "\n".join(lines + [f"error: {message}"])
 
 
 if __name__ == "__main__":
