@@ -24,6 +24,7 @@ Run: ``python benchmarks/gpu.py [--minutes 4] [--images 1500] [--wheels DIR]``
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import platform
@@ -104,8 +105,9 @@ def train(train_csv: Path, run: Path, device: str, precision: str, minutes: floa
     config["training"].update({"max_minutes": minutes, "precision": precision, "epochs": 40,
                                "valid_fraction": 0.05})
     model = mmfuse.Model.from_config(config)
-    index = torch.device(device).index or 0 if device.startswith("cuda") else None
-    with Utilisation(index) if index is not None else _nothing() as gpu:
+    on_gpu = torch.device(device).type == "cuda"
+    with Utilisation(torch.device(device).index or 0) if on_gpu else contextlib.nullcontext() \
+            as gpu:
         summary = model.fit(train_csv, out=run, device=device, overwrite=True, threads=threads)
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     speeds = [r["examples_per_second"] for r in records]
@@ -114,14 +116,6 @@ def train(train_csv: Path, run: Path, device: str, precision: str, minutes: floa
             "data_share": summary["data_share"], "valid_accuracy":
             summary["best"].get("valid_accuracy"),
             "gpu_utilisation": gpu.summary() if gpu is not None else None}
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return None
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 from pathlib import Path
 
 _temp_ids = itertools.count()  # distinct temporary names for writers running in threads
@@ -26,3 +27,26 @@ def write_text(path: Path, text: str) -> int:
     finally:
         tmp.unlink(missing_ok=True)
     return len(data)
+
+
+_TEMP = re.compile(r"\.(\d+)-\d+\.tmp(?:\.[a-z]+)?$")  # ".PID-N.tmp", maybe with a suffix
+
+
+def orphaned(path: Path) -> bool:
+    """Whether ``path`` is a :func:`temp_name` file whose writer no longer runs (a process
+    killed mid-write left it); a write still running in another process keeps its file."""
+    match = _TEMP.search(path.name)
+    return bool(match) and not running(int(match.group(1)))
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

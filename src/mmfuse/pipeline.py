@@ -196,16 +196,16 @@ class Pipeline:
         eval mode), on the CPU in fp32 whatever the device and autocast: logits of category
         outputs; for text outputs the generated texts' ids and scores, or with ``teacher``
         (which needs targets) the teacher-forced logits."""
+        chosen = np.arange(len(data)) if rows is None else np.asarray(rows)
+        if not len(chosen):
+            return {}
         self.model.eval()
         parts: dict[str, list] = {name: [] for name in self.outputs}
-        chosen = np.arange(len(data)) if rows is None else np.asarray(rows)
         for batch in sequential_batches(len(chosen), batch_size):
             inputs, targets = self.batch(data, chosen[batch])
             outputs = self.model(inputs, targets) if teacher else self.model(inputs)
             for name, out in outputs.items():
                 parts[name].append(to_cpu(out))
-        if not len(chosen):
-            return {}
         return {name: concat(p) for name, p in parts.items()}
 
     def postprocess(self, logits: dict[str, torch.Tensor]) -> list[dict]:

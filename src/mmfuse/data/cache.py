@@ -19,13 +19,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from ..atomic import temp_name, write_text
+from ..atomic import orphaned, temp_name, write_text
 
 Allocate = Callable[[tuple[int, ...], np.dtype], np.ndarray]
 """``allocate(shape, dtype)``: a zero-filled array for a builder to fill (on disk if cached)."""
@@ -107,29 +106,15 @@ def cached_arrays(key: str, build: Callable[[Allocate], tuple[np.ndarray, ...]],
 
 def remove_orphans(base: Path) -> list[Path]:
     """Delete the temporary files of this entry that a killed process left (its process id,
-    in the name, is no longer running); a build running in another process keeps its own."""
+    in the name, is no longer running); a build running in another process keeps its own.
+    Names: KEY.PID-N.tmp.npy (an allocated array), KEY.I.npy.PID-N.tmp.npy, KEY.parts.PID-N.tmp.
+    """
     removed = []
     for temp in base.parent.glob(f"{base.name}.*.tmp*"):
-        # KEY.PID-N.tmp.npy (an allocated array), KEY.I.npy.PID-N.tmp.npy, KEY.parts.PID-N.tmp
-        match = re.fullmatch(rf"{re.escape(base.name)}(?:\.[a-z0-9.]+?)?\.(\d+)-\d+\.tmp"
-                             r"(?:\.npy)?", temp.name)
-        if match and not _running(int(match.group(1))):
+        if orphaned(temp):
             temp.unlink(missing_ok=True)
             removed.append(temp)
     return removed
-
-
-def _running(pid: int) -> bool:
-    """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
 
 
 def _load(base: Path, parts: int) -> tuple[np.ndarray, ...]:

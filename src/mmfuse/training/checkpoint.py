@@ -21,8 +21,9 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import temp_name, write_text
+from ..atomic import orphaned, temp_name, write_text
 from ..errors import ConfigError, DataError, MmfuseError
+from .device import map_tensors
 
 FOLDER = "checkpoints"
 RUN_FILES = ("run.json", "metrics.jsonl", "model", FOLDER)  # what makes a folder hold a run
@@ -54,7 +55,7 @@ def save(run: Path, step: int, state: dict, keep: int) -> Path:
     for old in checkpoints(run)[:-keep]:
         old.unlink(missing_ok=True)
     for leftover in folder.glob("*.tmp"):  # a killed writer's half file
-        if leftover.name.split(".pt.")[-1].split("-")[0] != str(os.getpid()):
+        if orphaned(leftover):
             leftover.unlink(missing_ok=True)
     return path
 
@@ -62,13 +63,7 @@ def save(run: Path, step: int, state: dict, keep: int) -> Path:
 def snapshot(value):
     """``value`` with every tensor copied to the CPU, so training can go on changing the
     originals while a copy is written."""
-    if isinstance(value, torch.Tensor):
-        return value.detach().to("cpu", copy=True)
-    if isinstance(value, dict):
-        return {k: snapshot(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(snapshot(v) for v in value)
-    return value
+    return map_tensors(lambda t: t.detach().to("cpu", copy=True), value)
 
 
 class Writer:
@@ -115,11 +110,6 @@ def load_latest(run: Path) -> dict | None:
                           "from the one before, or train again with --overwrite") from exc
 
 
-def holds_run(run: Path) -> bool:
-    """Whether ``run`` already has a run's files (bundle, metrics, checkpoints or run.json)."""
-    return any((run / name).exists() for name in RUN_FILES)
-
-
 def check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
     """Check the run folder against ``--resume`` and ``--overwrite`` before any data is read
     (the old run is only removed by :func:`clear_run`, once the new one is ready to train).
@@ -130,13 +120,12 @@ def check_run_folder(run: Path, resume: bool, overwrite: bool) -> None:
     if resume and overwrite:
         raise MmfuseError("--resume continues the run in the folder and --overwrite replaces "
                           "it; pass one of them")
-    if holds_run(run) and not resume:
-        if not overwrite:
-            found = ", ".join(n for n in RUN_FILES if (run / n).exists())
-            raise MmfuseError(
-                f"{run} already holds a run ({found}); pass --resume to continue it, "
-                "--overwrite to replace it, or another --out "
-                "(Model.fit: resume=True or overwrite=True)")
+    found = [name for name in RUN_FILES if (run / name).exists()]
+    if found and not resume and not overwrite:
+        raise MmfuseError(
+            f"{run} already holds a run ({', '.join(found)}); pass --resume to continue it, "
+            "--overwrite to replace it, or another --out (Model.fit: resume=True or "
+            "overwrite=True)")
 
 
 def clear_run(run: Path) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,30 +48,34 @@ def resolve_device(name: str | torch.device | None = "auto") -> torch.device:
     return torch.device("cuda", index)
 
 
+def map_tensors(fn: Callable[[torch.Tensor], Any], value: Any) -> Any:
+    """``value`` with ``fn`` applied to every tensor in it (a tensor, or dicts, lists and tuples
+    of them, nested); anything else is kept as it is."""
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(map_tensors(fn, v) for v in value)
+    return value
+
+
 def to_device(value: Any, device: torch.device) -> Any:
-    """Tensors in ``value`` (a tensor, or dicts, lists and tuples of them) moved to ``device``;
-    pinned and non-blocking for a GPU. On the CPU the tensors are returned as they are."""
+    """Tensors in ``value`` moved to ``device``, pinned and non-blocking for a GPU. On the CPU
+    ``value`` is returned as it is."""
     if device.type == "cpu":
         return value
-    if isinstance(value, torch.Tensor):
-        return value.pin_memory().to(device, non_blocking=True)
-    if isinstance(value, dict):
-        return {k: to_device(v, device) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(to_device(v, device) for v in value)
-    return value
+    return map_tensors(lambda t: t.pin_memory().to(device, non_blocking=True), value)
 
 
 def to_cpu(value: Any) -> Any:
     """The inverse of :func:`to_device`, with fp16/bf16 results widened back to fp32."""
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu()
-        return value.float() if value.dtype in (torch.float16, torch.bfloat16) else value
-    if isinstance(value, dict):
-        return {k: to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(to_cpu(v) for v in value)
-    return value
+
+    def back(tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.detach().cpu()
+        return tensor.float() if tensor.dtype in (torch.float16, torch.bfloat16) else tensor
+
+    return map_tensors(back, value)
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -112,8 +117,3 @@ def grad_scaler(device: torch.device, precision: str) -> torch.amp.GradScaler:
     """A gradient scaler, enabled for fp16 only (bf16 has fp32's exponent range)."""
     return torch.amp.GradScaler(device.type, enabled=precision == "fp16")
 
-
-def synchronize(device: torch.device) -> None:
-    """Wait for the device's queued work (for honest timings); nothing on the CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

@@ -100,11 +100,7 @@ def weighted_mean(values: dict[str, float], weight: float, ranks: Ranks) -> dict
 
 def any_rank(flag: bool, ranks: Ranks) -> bool:
     """True on every rank when ``flag`` is true on any (a stop asked for on one rank)."""
-    if not ranks.active:
-        return flag
-    value = torch.tensor([int(flag)])
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
+    return bool(largest([float(flag)], ranks)[0])
 
 
 def largest(values: list[float], ranks: Ranks) -> list[float]:
@@ -143,9 +139,9 @@ def main_first(ranks: Ranks) -> Iterator[None]:
             barrier(ranks)
 
 
-def launch(nproc: int, argv: list[str], nnodes: int = 1) -> int:
+def launch(nproc: int, argv: list[str]) -> int:
     """Run ``mmfuse ARGV`` in ``nproc`` processes through ``torch.distributed.run`` (the module
     behind ``torchrun``) on this machine; returns its exit status."""
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={nproc}", f"--nnodes={nnodes}", "-m", "mmfuse", *argv]
+               f"--nproc_per_node={nproc}", "-m", "mmfuse", *argv]
     return subprocess.call(command)
