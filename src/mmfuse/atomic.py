@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import re
+import shutil
 from pathlib import Path
 
 _temp_ids = itertools.count()  # distinct temporary names for writers running in threads
@@ -41,12 +42,21 @@ def orphaned(path: Path) -> bool:
 
 def running(pid: int) -> bool:
     """Whether process ``pid`` exists (signal 0 checks without sending anything)."""
-    if pid == os.getpid():
-        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's process
-        return True
+        pass
     return True
+
+
+def replace_folder(source: Path, target: Path) -> None:
+    """Make the finished folder ``source`` become ``target`` by renames (the old ``target``,
+    if any, is moved aside first and deleted last), so readers never see half of either."""
+    old = target.parent / f".{target.name}.old-{os.getpid()}"
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(source, target)
+    shutil.rmtree(old, ignore_errors=True)

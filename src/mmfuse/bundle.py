@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .atomic import replace_folder
 from .errors import BundleError
 
 FORMAT_VERSION = 1
@@ -70,11 +71,7 @@ def atomic_folder(target: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = target.parent / f".{target.name}.old-{os.getpid()}"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(tmp, target)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, target)
 
 
 def save_bundle(directory: str | Path, config: dict, preprocessors: dict,

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from torch import nn
 
+from ..atomic import write_text
 from ..errors import ConfigError
 from ..modalities.base import Column, select
 from ..training.device import to_device
@@ -107,10 +107,7 @@ def feature_column(encoder: nn.Module, prep, column: Column, encoding: hashlib._
 
     def build(_allocate) -> tuple[np.ndarray, ...]:  # features are computed in RAM, then saved
         found = run_frozen(encoder, prep, column, label, progress)
-        names_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = names_file.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(list(found)))
-        os.replace(tmp, names_file)  # before the entry counts as complete
+        write_text(names_file, json.dumps(list(found)))  # before the entry counts as complete
         return tuple(found.values())
 
     arrays = cached_arrays(key, build)

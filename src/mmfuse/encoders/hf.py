@@ -39,7 +39,7 @@ from torch import nn
 
 from ..config_base import Options
 from ..errors import ConfigError, require
-from ..modalities.image import _pair
+from ..modalities.image import pair
 from ..registry import ENCODERS
 from .base import Features, all_present, masked_mean, reading_bundle
 
@@ -376,7 +376,7 @@ class HFImageEncoder(HFEncoder):
             getattr(config, "vision_config", None), "patch_size", None)
         size = spec.get("size")
         # the patch grid (tokens after any class / register tokens), for explain's positions
-        self.grid = (size[0] // _pair(patch)[0], size[1] // _pair(patch)[1]) \
+        self.grid = (size[0] // pair(patch)[0], size[1] // pair(patch)[1]) \
             if patch and size else None
 
     @staticmethod

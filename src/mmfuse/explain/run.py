@@ -128,10 +128,12 @@ def _image_picture(pipeline, encoded, row: int, name: str, tokens: list[dict],
 
 def _video_picture(pipeline, encoded, row: int, name: str, tokens: list[dict],
                    target: Path) -> Path:
-    """The sampled frames in a row, each above a bar of its attribution."""
-    from ..modalities.video import read_clip
-
-    frames = read_clip(_file(pipeline, encoded, row, name), pipeline.inputs[name].options)[0]
+    """The sampled frames in a row, each above a bar of its attribution (the frames the
+    encoded table already holds, not the file decoded again)."""
+    column = encoded.inputs[name]
+    clips, lengths = column.items
+    item = column.index[row]
+    frames = clips[item, : lengths[item]]
     values = np.array([t["importance"] for t in tokens])  # the real frames, in order
     return draw_frame_strip(frames[: len(values)], values, target)
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..data.table import resolve_file
 from ..errors import MmfuseError
-from ..modalities.image import _pair
+from ..modalities.image import pair
 from ..pipeline import EncodedTable, Pipeline
 
 
@@ -46,7 +46,7 @@ def image_positions(encoder, options, count: int, name: str) -> list[list[float]
         ys, xs = np.meshgrid((np.arange(h) + 0.5) / h, (np.arange(w) + 0.5) / w, indexing="ij")
         centres = [None] * (count - h * w) + np.stack([xs, ys], -1).reshape(-1, 2).tolist()
     if getattr(options, "crop", None) is not None:  # back to the uncropped (resized) image
-        (height, width), (ch, cw) = _pair(options.size), _pair(options.crop)
+        (height, width), (ch, cw) = pair(options.size), pair(options.crop)
         left, top = (width - cw) // 2, (height - ch) // 2
         centres = [None if c is None else [(left + c[0] * cw) / width, (top + c[1] * ch) / height]
                    for c in centres]

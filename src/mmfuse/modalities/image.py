@@ -24,13 +24,13 @@ STATS_SAMPLE = 2000  # images used to estimate the normalisation statistics
 STATS_CHUNK = 64  # images converted to float at a time while computing them
 
 
-def _pair(value: int | tuple[int, int]) -> tuple[int, int]:
+def pair(value: int | tuple[int, int]) -> tuple[int, int]:
     return (value, value) if isinstance(value, int) else (int(value[0]), int(value[1]))
 
 
 def output_size(options: ImageOptions) -> tuple[int, int]:
     """(height, width) of a preprocessed image: the crop if any, else the resize target."""
-    return _pair(options.crop if options.crop is not None else options.size)
+    return pair(options.crop if options.crop is not None else options.size)
 
 
 def load_image(path: Path | BinaryIO, options: ImageOptions) -> np.ndarray:
@@ -58,11 +58,11 @@ def load_image(path: Path | BinaryIO, options: ImageOptions) -> np.ndarray:
 
 def fit_image(img: Image.Image, options: ImageOptions) -> np.ndarray:
     """Resize an RGB image to ``options.size``, centre-crop if asked: uint8 ``[H, W, 3]``."""
-    height, width = _pair(options.size)
+    height, width = pair(options.size)
     if img.size != (width, height):
         img = img.resize((width, height), Image.Resampling.BILINEAR)
     if options.crop is not None:
-        ch, cw = _pair(options.crop)
+        ch, cw = pair(options.crop)
         left, top = (width - cw) // 2, (height - ch) // 2
         img = img.crop((left, top, left + cw, top + ch))
     return np.asarray(img, dtype=np.uint8)
@@ -86,7 +86,7 @@ class ImagePreprocessor(FilePreprocessor):
         return {"channels": 3, "size": output_size(self.options), "modality": "image"}
 
     def settings(self) -> dict:
-        return {"size": _pair(self.options.size), "crop": self.options.crop}
+        return {"size": pair(self.options.size), "crop": self.options.crop}
 
     def augments(self) -> bool:
         return self.options.flip_horizontal > 0 or self.options.pad_crop > 0

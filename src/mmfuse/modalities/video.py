@@ -19,7 +19,7 @@ import torch
 from ..config import InputConfig, VideoOptions
 from ..errors import require
 from .files import FilePreprocessor, UnreadableFile
-from .image import _pair, augment_pixels, channel_stats, fit_image, output_size, to_pixels
+from .image import augment_pixels, channel_stats, fit_image, output_size, pair, to_pixels
 
 
 def read_frames(path: Path, options: VideoOptions) -> np.ndarray:
@@ -95,7 +95,7 @@ class VideoPreprocessor(FilePreprocessor):
 
     def settings(self) -> dict:
         o = self.options
-        return {"size": _pair(o.size), "crop": o.crop, "frames": o.frames,
+        return {"size": pair(o.size), "crop": o.crop, "frames": o.frames,
                 "sampling": o.sampling, "fps": o.fps}
 
     def augments(self) -> bool:

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..atomic import write_text
+from ..atomic import replace_folder, write_text
 from ..config import load_config
 from ..errors import MmfuseError
 from .space import ChoiceSpace, TuneConfig, apply_params
@@ -126,12 +126,7 @@ def keep_best_run(out: Path, number: int, params: dict) -> Path:
     if source.is_dir():
         (source / "trial.json").write_text(json.dumps({"trial": number, "params": params},
                                                       indent=1, default=str))
-        old = out / "best.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if best.exists():
-            best.rename(old)  # a crash from here on leaves trials/NNNN for the next run
-        source.rename(best)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(source, best)  # a crash before it leaves trials/NNNN for the next run
     elif best_trial_number(best) != number:
         raise MmfuseError(f"the run of the best trial ({number}) is missing: neither "
                           f"{source} nor {best} holds it; tune into a new --out folder")

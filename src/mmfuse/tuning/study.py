@@ -71,8 +71,8 @@ def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, t
     study = open_study(optuna, storage, tune, worker=0)
     check_same_search(study, raw, out)
     fail_interrupted(optuna, storage, study)
-    done = len(study.trials)
-    study = open_study(optuna, storage, tune, 0, done)  # seeded so a resume draws anew
+    done = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(optuna, tune, 0, done)  # seeded so a resume draws anew
 
     target = min(trials, math.prod(len(v) for v in tune.grid().values())) \
         if tune.sampler == "grid" else trials  # a grid's extra trials would only repeat points
