@@ -19,18 +19,21 @@ import numpy as np
 import torch
 
 from .atomic import write_text
-from .bundle import load_bundle, save_bundle
+from .bundle import bundle_file, load_bundle, save_bundle
 from .config import Config, load_config
 from .data.table import Table, as_table
 from .encoders.base import weights_from_bundle
 from .errors import DataError, MmfuseError
-from .modalities.category import label_text
+from .modalities.kind import modality
+from .model import FUSED
 from .pipeline import EncodedTable, Pipeline
+from .threads import available_cpus, configure_threads
 from .training import checkpoint, distributed
+from .training.after import finish
 from .training.device import resolve_device, resolve_precision
 from .training.loop import train
-from .training.metrics import category_scorer, evaluate_outputs, text_scorer, token_stats
-from .training.threads import available_cpus, configure_threads
+from .training.metrics import evaluate_outputs
+from .training.predictors import Predictor
 
 TableLike = str | Path | list[dict] | Table
 
@@ -136,6 +139,9 @@ class Model:
             on_best=(lambda epoch: self.save(run / "model")) if run else None,
             progress=progress, on_epoch=on_epoch, run=run, resume=saved, ranks=ranks,
         )
+        # on the best weights: calibration on validation, then the classic predictors
+        summary.update(finish(self.pipeline, train_encoded, valid_encoded,
+                              cfg.eval_batch_size or cfg.batch_size, cfg.seed))
         if run is not None and ranks.main:
             self.save(run / "model")  # the best weights, restored by train()
         distributed.barrier(ranks)
@@ -154,7 +160,7 @@ class Model:
     def _hold_out(self, table: Table) -> tuple[Table, Table, list[int]]:
         """Split off ``valid_fraction`` of the rows; rows that share a file stay together."""
         fraction, seed = self.config.training.valid_fraction, self.config.training.seed
-        file_columns = [i.column for i in self.config.inputs if i.type != "text"]
+        file_columns = [i.column for i in self.config.inputs if modality(i.type).value == "file"]
         keys = [f"{row.get(file_columns[0])}" if file_columns and row.get(file_columns[0])
                 else f"\0{i}" for i, row in enumerate(table.rows)]
         unique = sorted(set(keys))
@@ -195,29 +201,40 @@ class Model:
         """:meth:`evaluate` on a table the pipeline has already encoded (with targets), so
         callers that alter its columns (``mmfuse explain``'s drop and permute) decode once.
 
+        An output with a classic predictor is reported twice: what predict serves under
+        ``outputs`` (the predictor, or the head with ``use: head``), the other under ``heads``
+        (the head it replaces) or ``predictors`` (the predictor fitted but not served).
+
         Args:
             outputs: ``pipeline.logits(encoded)`` when the caller has it already (``mmfuse
                 report`` keeps it for its plots), so the model does not run twice.
         """
         self._require_fitted()
-        table = encoded.table
+        pipeline, table = self.pipeline, encoded.table
         groups = [str(v) for v in table.column(by)] if by else None
-        if outputs is None:
-            outputs = self.pipeline.logits(encoded, batch_size)
-        text_outputs = [o.name for o in self.config.outputs if o.type == "text"]
-        teacher = self.pipeline.logits(encoded, batch_size, teacher=True) if text_outputs else {}
-        scorers = {}
-        for name, prep in self.pipeline.outputs.items():
-            column = table.column(prep.column)
-            if name in text_outputs:
-                targets = prep.target_tensor(encoded.targets[name])
-                references = [None if v is None else prep.normalize(str(v)) for v in column]
-                texts = [h[0][0] for h in self.pipeline.model.heads[name].texts(outputs[name])]
-                scorers[name] = text_scorer(texts, references, token_stats(teacher[name], targets))
-            else:
-                scorers[name] = category_scorer(outputs[name], encoded.targets[name], prep.labels,
-                                                [label_text(v) for v in column])
-        return evaluate_outputs(scorers, len(table), groups)
+        predictors = pipeline.predictors
+        if outputs is None or predictors:
+            raw = pipeline.logits(encoded, batch_size, fused=bool(predictors), predictors=False)
+            answers = {name: p.outputs(raw[FUSED].numpy()) for name, p in predictors.items()}
+            outputs = {**{n: v for n, v in raw.items() if n != FUSED},
+                       **{n: answers[n] for n in pipeline.served}}
+        teachers = [n for n, h in pipeline.model.heads.items() if getattr(h, "needs_teacher",
+                                                                           False)]
+        teacher = pipeline.logits(encoded, batch_size, teacher=True) if teachers else {}
+
+        def scorer(name: str, out) -> object:
+            prep = pipeline.outputs[name]
+            extra = {"teacher": teacher[name]} if name in teacher else {}
+            return pipeline.model.heads[name].scorer(out, encoded.targets[name],
+                                                     table.column(prep.column), prep, **extra)
+
+        scorers = {name: scorer(name, outputs[name]) for name in pipeline.outputs}
+        sections = {
+            "heads": {n: scorer(n, raw[n]) for n in pipeline.served},
+            "predictors": {n: scorer(n, answers[n]) for n in predictors
+                           if n not in pipeline.served},
+        } if predictors else None
+        return evaluate_outputs(scorers, len(table), groups, sections)
 
     def predict(self, rows: TableLike, data_root: str | Path | None = None) -> list[dict]:
         """Predictions for rows keyed by input name (or column); file paths relative to cwd."""
@@ -236,8 +253,10 @@ class Model:
     def save(self, directory: str | Path) -> Path:
         """Write the bundle (config, preprocessors, weights, manifest) atomically."""
         self._require_fitted()
+        extra = {f"predictors/{name}.skops": p.dumps()
+                 for name, p in self.pipeline.predictors.items()}
         return save_bundle(directory, self.config.model_dump(mode="json"),
-                           self.pipeline.state(), self.pipeline.model.state_dict())
+                           self.pipeline.state(), self.pipeline.model.state_dict(), extra)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> Model:
@@ -251,6 +270,12 @@ class Model:
         with weights_from_bundle():  # pretrained encoders skip their weight files
             pipeline.model = pipeline.build_model()
         pipeline.model.load_state_dict(weights)
+        for output in config.outputs:
+            if output.predictor:
+                name = f"predictors/{output.name}.skops"
+                pipeline.predictors[output.name] = Predictor.loads(
+                    bundle_file(directory, name), output.type,
+                    len(pipeline.outputs[output.name].target_spec().labels), name)
         pipeline.model.eval()
         pipeline.to(resolve_device(device))
         return cls(config, pipeline)

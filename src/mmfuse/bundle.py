@@ -75,8 +75,14 @@ def atomic_folder(target: Path) -> Iterator[Path]:
 
 
 def save_bundle(directory: str | Path, config: dict, preprocessors: dict,
-                state_dict: dict[str, torch.Tensor]) -> Path:
-    """Write a bundle to ``directory`` atomically (replacing any bundle there)."""
+                state_dict: dict[str, torch.Tensor], extra: dict[str, bytes] | None = None
+                ) -> Path:
+    """Write a bundle to ``directory`` atomically (replacing any bundle there).
+
+    Args:
+        extra: more files, ``{relative path: bytes}`` (a classic predictor's
+            ``predictors/NAME.skops``), hashed in the manifest like the rest.
+    """
     from safetensors.torch import save_file
 
     from . import __version__
@@ -87,11 +93,14 @@ def save_bundle(directory: str | Path, config: dict, preprocessors: dict,
         write_json(tmp / "preprocessors.json", preprocessors, indent=None)
         tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
         save_file(tensors, str(tmp / "model.safetensors"))
+        for name, data in (extra or {}).items():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            _write(tmp / name, data)
         write_json(tmp / "manifest.json", {
             "format_version": FORMAT_VERSION,
             "mmfuse_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "files": file_entries(tmp, FILES),
+            "files": file_entries(tmp, [*FILES, *(extra or {})]),
         })
     return target
 
@@ -167,3 +176,19 @@ def load_bundle(path: str | Path) -> tuple[dict, dict, dict[str, torch.Tensor]]:
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     preprocessors = json.loads((folder / "preprocessors.json").read_text(encoding="utf-8"))
     return config, preprocessors, load_file(str(folder / "model.safetensors"))
+
+
+def bundle_file(path: str | Path, name: str) -> bytes:
+    """The bytes of a bundle's extra file ``name`` (e.g. ``predictors/price.skops``), checked
+    against the manifest.
+
+    Raises:
+        BundleError: the file is missing, not in the manifest, or altered.
+    """
+    folder = find_bundle(path)
+    manifest = read_manifest(folder, FORMAT_VERSION)
+    if name not in manifest["files"]:
+        raise BundleError(f"{folder}: manifest.json does not list {name}, which the config "
+                          "needs; the bundle is incomplete: retrain or restore it")
+    check_files(folder, manifest, [name], "bundle", "restore the bundle or retrain")
+    return (folder / name).read_bytes()

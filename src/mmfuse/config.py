@@ -12,21 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import (
-    Field,
-    PositiveFloat,
-    PositiveInt,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from .config_base import StrictModel, did_you_mean
 from .errors import ConfigError
-from .registry import ENCODERS, FUSIONS, HEADS, Registry
+from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES, Registry
 from .tuning.space import TuneSection
-
-DEFAULT_ENCODERS = {"image": "cnn", "text": "gru", "audio": "audio_cnn", "video": "frame_cnn"}
 
 
 def resolve_component(registry: Registry, spec: Any, default_type: str | None = None) -> dict:
@@ -58,118 +49,6 @@ def resolve_component(registry: Registry, spec: Any, default_type: str | None = 
     return {"type": name, **options.model_dump()}
 
 
-class ImageOptions(StrictModel):
-    """Image preprocessing: decode, convert to RGB, resize, optional centre crop, normalise."""
-
-    size: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
-        64, description="resize to SIZE or (HEIGHT, WIDTH)")
-    crop: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(
-        None, description="centre crop after resizing")
-    normalize: bool = Field(True, description="subtract mean / divide std of the training split")
-    mean: tuple[float, float, float] | None = Field(
-        None, description="fixed per-channel mean on the 0-1 scale, instead of the training "
-        "split's (a pretrained encoder sets the one its weights were trained with)")
-    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
-        None, description="fixed per-channel std on the 0-1 scale (with mean)")
-    flip_horizontal: float = Field(0.0, ge=0, le=1, description="augmentation: flip probability")
-    pad_crop: int = Field(0, ge=0, description="augmentation: pad by N px, random crop back")
-
-    @model_validator(mode="after")
-    def _crop_fits(self) -> ImageOptions:
-        if (self.mean is None) != (self.std is None):
-            raise ValueError("mean and std go together: give both, or neither to use the "
-                             "training split's statistics")
-        if self.crop is not None:
-            size = (self.size, self.size) if isinstance(self.size, int) else self.size
-            crop = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
-            if crop[0] > size[0] or crop[1] > size[1]:
-                raise ValueError(f"crop {self.crop} is larger than size {self.size}; "
-                                 "use a crop no larger than the resized image")
-        return self
-
-
-class TextOptions(StrictModel):
-    """Text preprocessing: a tokenizer fitted on the training split."""
-
-    tokenizer: Literal["word", "pretrained"] | None = Field(
-        None, description="'word' (fitted on training text) or the pretrained encoder's own"
-    )
-    lowercase: bool = True
-    max_length: int = Field(32, gt=0)
-    min_frequency: int = Field(1, ge=1)
-    max_vocab: int | None = Field(None, gt=2)
-
-
-class AudioOptions(StrictModel):
-    """Audio preprocessing: decode, mix or keep channels, resample, trim/pad, frame, featurise."""
-
-    sample_rate: PositiveInt = Field(16000, description="resample every file to this rate (Hz)")
-    channels: PositiveInt = Field(
-        1, description="1 mixes down to mono; N keeps N channels (mono is repeated)")
-    max_seconds: float = Field(10.0, gt=0, description="longer clips are trimmed to this")
-    features: Literal["log_mel", "mfcc", "waveform"] = "log_mel"
-    window: Literal["hann", "hamming", "blackman", "rectangular"] = "hann"
-    window_ms: float = Field(25.0, gt=0, description="analysis window length")
-    hop_ms: float = Field(10.0, gt=0, description="step between windows")
-    n_fft: PositiveInt | None = Field(None, description="FFT size; default: next power of two "
-                                      "at or above the window length")
-    n_mels: PositiveInt = 64
-    n_mfcc: PositiveInt = 20
-    fmin: float = Field(0.0, ge=0)
-    fmax: float | None = Field(None, gt=0, description="default: half the sample rate")
-    normalize: bool = Field(True, description="per-feature mean/std of the training split")
-    clip_normalize: bool = Field(
-        False, description="first remove each clip's own mean and std per feature over its "
-        "frames (cepstral mean and variance normalisation: cancels gain and channel)")
-    noise_snr_db: tuple[float, float] | None = Field(
-        None, description="augmentation: white noise at an SNR drawn from [LOW, HIGH] dB")
-    gain_db: float = Field(0.0, ge=0, description="augmentation: random gain within +-N dB")
-    time_shift: float = Field(0.0, ge=0, description="augmentation: shift by up to N seconds")
-    time_masks: int = Field(0, ge=0, description="augmentation: SpecAugment time masks")
-    time_mask_frames: PositiveInt = Field(10, description="the widest time mask, in frames")
-    freq_masks: int = Field(0, ge=0, description="augmentation: SpecAugment frequency masks")
-    freq_mask_bins: PositiveInt = Field(8, description="the widest frequency mask, in bins")
-
-    @model_validator(mode="after")
-    def _consistent(self) -> AudioOptions:
-        if self.hop_ms > self.window_ms:
-            raise ValueError(f"hop_ms={self.hop_ms} is longer than window_ms={self.window_ms}; "
-                             "frames would skip samples")
-        nyquist = self.sample_rate / 2
-        if self.fmax is not None and self.fmax > nyquist:
-            raise ValueError(f"fmax={self.fmax} is above half the sample rate ({nyquist:g})")
-        if self.fmin >= (self.fmax or nyquist):
-            raise ValueError(f"fmin={self.fmin} must be below fmax")
-        window = int(round(self.window_ms / 1000 * self.sample_rate))
-        if self.n_fft is not None and self.n_fft < window:
-            raise ValueError(f"n_fft={self.n_fft} is shorter than the {window}-sample window; "
-                             "raise n_fft or shorten window_ms")
-        if self.noise_snr_db is not None and self.noise_snr_db[0] > self.noise_snr_db[1]:
-            raise ValueError("noise_snr_db is [LOW, HIGH] with LOW <= HIGH")
-        return self
-
-
-class VideoOptions(ImageOptions):
-    """Video preprocessing: decode, sample frames, then resize / crop / normalise like images."""
-
-    frames: PositiveInt = Field(
-        16, description="frames kept per clip (at most, with 'rate'); an event shorter than "
-        "the gap between two kept frames can be missed")
-    sampling: Literal["uniform", "rate"] = Field(
-        "uniform", description="'uniform': FRAMES spread over the clip; 'rate': every 1/FPS s")
-    fps: float | None = Field(None, gt=0, description="frames per second with sampling: rate")
-
-    @model_validator(mode="after")
-    def _rate_needs_fps(self) -> VideoOptions:
-        if self.sampling == "rate" and self.fps is None:
-            raise ValueError("sampling: rate needs fps (frames per second to keep)")
-        return self
-
-
-MODALITY_OPTIONS: dict[str, type[StrictModel]] = {
-    "image": ImageOptions, "text": TextOptions, "audio": AudioOptions, "video": VideoOptions}
-
-
 def encoder_modalities(builder: Any) -> tuple[str, ...]:
     """The input types an encoder accepts (``modalities``, else its one ``modality``)."""
     modalities = getattr(builder, "modalities", None)
@@ -180,7 +59,8 @@ class InputConfig(StrictModel):
     """One model input: a table column, its modality, preprocessing and encoder."""
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    type: Literal["image", "text", "audio", "video"]
+    type: str = Field(description="the input type: image, text, audio, video, number, "
+                      "category or binary (modalities/)")
     column: str | None = None
     preprocess: dict[str, Any] = Field(default_factory=dict)
     encoder: Any = None
@@ -194,11 +74,23 @@ class InputConfig(StrictModel):
         "mask", description="a row without this input: 'mask' marks it absent and the fusion "
         "leaves it out; 'placeholder' gives it a learned token and vector, fused like data")
 
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        names = MODALITIES.names()
+        if value not in names:
+            raise ValueError(f"unknown input type {value!r}{did_you_mean(value, names)}; "
+                             f"choose one of: {', '.join(names)}")
+        return value
+
     @model_validator(mode="after")
     def _resolve(self) -> InputConfig:
+        from .modalities.kind import modality
+
+        kind = modality(self.type)
         if self.column is None:
             self.column = self.name
-        self.encoder = resolve_component(ENCODERS, self.encoder, DEFAULT_ENCODERS[self.type])
+        self.encoder = resolve_component(ENCODERS, self.encoder, kind.default_encoder)
         builder = ENCODERS.get(self.encoder["type"]).builder
         if self.type not in encoder_modalities(builder):
             raise ValueError(
@@ -208,16 +100,10 @@ class InputConfig(StrictModel):
         defaults = getattr(builder, "default_preprocess", None)
         preprocess = {**(defaults(self.encoder) if defaults else {}), **self.preprocess}
         try:
-            options = MODALITY_OPTIONS[self.type].model_validate(preprocess)
+            options = MODALITIES.get(self.type).options.model_validate(preprocess)
         except ValidationError as exc:
             raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
-        if self.type == "text":
-            needed = getattr(builder, "tokenizer", "word")
-            if options.tokenizer not in (None, needed):
-                raise ValueError(f"preprocess.tokenizer: encoder {self.encoder['type']!r} needs "
-                                 f"tokenizer {needed!r}, not {options.tokenizer!r}")
-            options.tokenizer = needed
-        self.preprocess = options.model_dump()
+        self.preprocess = kind.resolve_options(options, self.encoder, builder).model_dump()
         return self
 
 
@@ -232,11 +118,22 @@ class TextTargetOptions(StrictModel):
     max_vocab: int | None = Field(None, gt=4)
 
 
+PREDICTORS = {"linear": ("number",), "logistic": ("binary", "category"),
+              "random_forest": ("number", "binary", "category"),
+              "gradient_boosting": ("number", "binary", "category")}
+
+
 class OutputConfig(StrictModel):
-    """One model output: a table column to predict and its head."""
+    """One model output: a table column to predict and its head.
+
+    The head's options (e.g. ``loss`` of a number output, ``threshold`` of a binary one) may
+    be given beside ``name`` and ``type`` as well as under ``head:``.
+    """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    type: Literal["category", "text"]
+    type: Literal["category", "binary", "set", "number", "text"] = Field(
+        description="category (softmax), binary, set (multi-label), number (regression) or "
+        "text (generated)")
     column: str | None = None
     preprocess: dict[str, Any] = Field(
         default_factory=dict, description="text outputs: the output tokenizer's options")
@@ -244,6 +141,30 @@ class OutputConfig(StrictModel):
         None, description="text outputs: shorthand for head.decoder")
     head: dict[str, Any] = Field(default_factory=dict)
     loss_weight: float = Field(1.0, gt=0)
+    predictor: dict[str, Any] | None = Field(
+        None, description="a scikit-learn model fitted on the fused vectors of the training "
+        "split after neural training: {type: linear | logistic | random_forest | "
+        "gradient_boosting, ...its options} (training/predictors.py)")
+    use: Literal["predictor", "head"] = Field(
+        "predictor", description="with a predictor: which of the two predict, the server and "
+        "export use (both are evaluated)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _head_options_beside(cls, data: Any) -> Any:
+        """Move head options given at the output's top level into ``head``."""
+        if not isinstance(data, dict) or data.get("type") not in HEADS.names():
+            return data
+        fields = HEADS.get(data["type"]).options.model_fields
+        moved = {k: v for k, v in data.items() if k not in cls.model_fields and k in fields}
+        if not moved:
+            return data
+        head = dict(data.get("head") or {})
+        clash = sorted(set(moved) & set(head))
+        if clash:
+            raise ValueError(f"{clash[0]} is given both beside the output and under head; "
+                             "give it once")
+        return {**{k: v for k, v in data.items() if k not in moved}, "head": {**head, **moved}}
 
     @model_validator(mode="after")
     def _resolve(self) -> OutputConfig:
@@ -267,7 +188,36 @@ class OutputConfig(StrictModel):
                 head["decoder"] = self.decoder
         self.head = resolve_component(HEADS, {"type": self.type, **head})
         self.decoder = self.head.get("decoder")
+        if self.predictor is not None:
+            self.predictor = resolve_predictor(self.predictor, self.type, self.name)
+        elif self.use == "head" and "use" in self.model_fields_set:
+            raise ValueError("use: head chooses between a predictor and the head; this output "
+                             "has no predictor, so drop use")
         return self
+
+
+def resolve_predictor(spec: Any, output_type: str, output: str) -> dict:
+    """Validate ``predictor:`` of an output of ``output_type``: its type suits the output, and
+    its options are those of the scikit-learn estimator (checked by the estimator itself)."""
+    if isinstance(spec, str):
+        spec = {"type": spec}
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ValueError(f"predictor: expected {{type: NAME, ...options}}; choose NAME from "
+                         f"{', '.join(PREDICTORS)}")
+    name = spec["type"]
+    if name not in PREDICTORS:
+        hint = did_you_mean(str(name), list(PREDICTORS))
+        raise ValueError(f"predictor: unknown type {name!r}{hint}; choose one of: "
+                         f"{', '.join(PREDICTORS)}")
+    if output_type not in PREDICTORS[name]:
+        fits = [n for n, kinds in PREDICTORS.items() if output_type in kinds]
+        raise ValueError(f"predictor {name!r} does not predict {output_type} outputs (output "
+                         f"{output!r}); " + (f"use one of: {', '.join(fits)}" if fits else
+                                             f"{output_type} outputs take no predictor"))
+    from .training.predictors import check_options
+
+    check_options(name, output_type, {k: v for k, v in spec.items() if k != "type"})
+    return dict(spec)
 
 
 class TrainingConfig(StrictModel):
@@ -330,9 +280,12 @@ def default_fusion(inputs: list[InputConfig]) -> str:
     image encoded by ``cnn`` (the question rescales the CNN's channels, so it can ask about
     one object's colour or place; measured in ``benchmarks/results/default_fusion.md``), else
     ``concat``."""
-    has_text = any(i.type == "text" for i in inputs)
-    has_cnn_image = any(i.type == "image" and i.encoder["type"] == "cnn" for i in inputs)
-    return "film" if has_text and has_cnn_image else "concat"
+    from .modalities.kind import modality
+
+    has_query = any(modality(i.type).query for i in inputs)
+    has_film_target = any(getattr(ENCODERS.get(i.encoder["type"]).builder, "film_target", False)
+                          for i in inputs)
+    return "film" if has_query and has_film_target else "concat"
 
 
 class Config(StrictModel):

@@ -6,8 +6,12 @@ import torch
 from torch import nn
 
 from .config import Config
-from .encoders.base import Placeholder, expand_rows
+from .features import Placeholder, expand_rows
+from .modalities.kind import modality
 from .registry import ENCODERS, FUSIONS, HEADS
+from .specs import EncoderSpec, TargetSpec
+
+FUSED = ".fused"  # the key of the fused vectors in forward's outputs (no output has a dot)
 
 
 def build_component(registry, spec: dict, *args):
@@ -23,11 +27,11 @@ class MultimodalModel(nn.Module):
     Args:
         config: the validated config.
         input_specs: per input, what its preprocessor says the encoder needs (sizes, vocab).
-        output_labels: per output, the label list learned from the training split.
+        output_specs: per output, what its target preprocessor learned (labels, statistics).
     """
 
-    def __init__(self, config: Config, input_specs: dict[str, dict],
-                 output_labels: dict[str, list[str]]) -> None:
+    def __init__(self, config: Config, input_specs: dict[str, EncoderSpec],
+                 output_specs: dict[str, TargetSpec]) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(
             {i.name: build_component(ENCODERS, i.encoder, input_specs[i.name])
@@ -40,26 +44,45 @@ class MultimodalModel(nn.Module):
         dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim,
                        "modality": enc.modality,
                        "film_channels": getattr(enc, "film_channels", None),
-                       "token_positions": getattr(enc, "token_positions", False)}
-                for name, enc in self.encoders.items()}
+                       "token_positions": getattr(enc, "token_positions", False),
+                       "tabular": modality(i.type).tabular, "query": modality(i.type).query}
+                for i in config.inputs for name, enc in [(i.name, self.encoders[i.name])]}
         self.fusion = build_component(FUSIONS, config.fusion, dims)
         self.heads = nn.ModuleDict(
-            {o.name: build_component(HEADS, o.head, self.fusion.out_dim, output_labels[o.name],
+            {o.name: build_component(HEADS, o.head, self.fusion.out_dim, output_specs[o.name],
                                      dims)
              for o in config.outputs}
         )
 
     def forward(self, inputs: dict[str, dict[str, torch.Tensor]],
-                targets: dict[str, torch.Tensor] | None = None) -> dict:
+                targets: dict[str, torch.Tensor] | None = None, fused: bool = False) -> dict:
         """Logits per output for a batch.
 
         A text head also reads the inputs' features: given ``targets`` it returns
         teacher-forced logits, without them the texts it generates.
 
+        With ``fused``, the fused vectors ``[B, D]`` come too, under the key :data:`FUSED`.
+
         Each input's tensors hold its *unique* items plus ``index`` [B] mapping rows to them, so
         an image shared by many rows of the batch is encoded once. A serial fusion (FiLM) names a
         ``(target, source)`` pair: the target is encoded per row, modulated by the source.
         """
+        features = self.features(inputs)
+        vectors = self.fusion(features)
+        out = {name: head(vectors, features, (targets or {}).get(name))
+               if getattr(head, "generates", False) else head(vectors)
+               for name, head in self.heads.items()}
+        if fused:  # also the fused vectors, which classic predictors read
+            out[FUSED] = vectors
+        return out
+
+    def fuse(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        """The fused vector ``[B, D]`` of every row: what the heads (and the classic
+        predictors of ``training/predictors.py``) read."""
+        return self.fusion(self.features(inputs))
+
+    def features(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict:
+        """Every input's features per row (missing rows masked or filled in)."""
         target, source = getattr(self.fusion, "serial", (None, None))
         features = {}
         for name, encoder in self.encoders.items():
@@ -73,10 +96,7 @@ class MultimodalModel(nn.Module):
                 features[name] = self._expand(name, items, index)
         if target is not None:
             features[target] = self._modulated(inputs[target], features[source], target)
-        fused = self.fusion(features)
-        return {name: head(fused, features, (targets or {}).get(name))
-                if getattr(head, "generates", False) else head(fused)
-                for name, head in self.heads.items()}
+        return features
 
     def _modulated(self, tensors: dict, source, target: str):
         """The FiLM target encoded per row, each row modulated by its own source features;

@@ -24,7 +24,7 @@ from .modalities import (
     build_input_preprocessor,
     build_output_preprocessor,
 )
-from .model import MultimodalModel
+from .model import FUSED, MultimodalModel
 from .training.device import to_cpu, to_device
 
 
@@ -75,6 +75,13 @@ class Pipeline:
         self.outputs = outputs
         self.model = model
         self.device = torch.device("cpu")  # where the model runs; batches are moved there
+        self.predictors: dict = {}  # output -> fitted classic predictor (training/predictors.py)
+
+    @property
+    def served(self) -> list[str]:
+        """Outputs whose predictions come from their classic predictor (``use: predictor``)."""
+        return [o.name for o in self.config.outputs
+                if o.name in self.predictors and o.use == "predictor"]
 
     def to(self, device: torch.device) -> Pipeline:
         """Run the model on ``device`` (preprocessing stays on the CPU)."""
@@ -97,15 +104,16 @@ class Pipeline:
             columns[name] = prep.fit_encode(table)
         targets = {}
         for name, prep in self.outputs.items():
-            targets[name] = prep.fit_encode(table).index
+            prep.fit(table)
+            targets[name] = prep.targets(table)
         self.model = self.build_model()
         return EncodedTable(table, columns, targets)
 
     def build_model(self) -> MultimodalModel:
         """A fresh model sized by the fitted preprocessors."""
         specs = {name: prep.spec() for name, prep in self.inputs.items()}
-        labels = {name: prep.labels for name, prep in self.outputs.items()}
-        return MultimodalModel(self.config, specs, labels)
+        targets = {name: prep.target_spec() for name, prep in self.outputs.items()}
+        return MultimodalModel(self.config, specs, targets)
 
     def encode(self, table: Table, targets: bool = True) -> EncodedTable:
         """Preprocess a table with the fitted preprocessors (targets only when asked).
@@ -121,7 +129,7 @@ class Pipeline:
                 columns[name] = Column(None, np.full(len(table), MISSING, dtype=np.int64))
                 continue
             columns[name] = prep.encode(table)
-        labels = {name: prep.encode(table).index for name, prep in self.outputs.items()} \
+        labels = {name: prep.targets(table) for name, prep in self.outputs.items()} \
             if targets else {}
         return EncodedTable(table, columns, labels)
 
@@ -190,23 +198,38 @@ class Pipeline:
         return EncodedTable(data.table, columns, data.targets)
 
     @torch.no_grad()
-    def logits(self, data: EncodedTable, batch_size: int = 256,
-               teacher: bool = False, rows: np.ndarray | None = None) -> dict:
+    def logits(self, data: EncodedTable, batch_size: int = 256, teacher: bool = False,
+               rows: np.ndarray | None = None, fused: bool = False,
+               predictors: bool = True) -> dict:
         """Outputs of every output for every row (or for ``rows``), in table order (model in
         eval mode), on the CPU in fp32 whatever the device and autocast: logits of category
-        outputs; for text outputs the generated texts' ids and scores, or with ``teacher``
-        (which needs targets) the teacher-forced logits."""
+        outputs (and the head-space outputs of number, binary and set outputs); for text
+        outputs the generated texts' ids and scores, or with ``teacher`` (which needs targets)
+        the teacher-forced logits.
+
+        Args:
+            fused: also return the fused vectors, under :data:`~mmfuse.model.FUSED`.
+            predictors: outputs served by a classic predictor get its answers (not with
+                ``teacher``); False gives every head's own.
+        """
         chosen = np.arange(len(data)) if rows is None else np.asarray(rows)
         if not len(chosen):
             return {}
+        served = self.served if predictors and not teacher else []
+        with_fused = fused or bool(served)
         self.model.eval()
-        parts: dict[str, list] = {name: [] for name in self.outputs}
+        parts: dict[str, list] = {}
         for batch in sequential_batches(len(chosen), batch_size):
             inputs, targets = self.batch(data, chosen[batch])
-            outputs = self.model(inputs, targets) if teacher else self.model(inputs)
+            outputs = self.model(inputs, targets if teacher else None, fused=with_fused)
             for name, out in outputs.items():
-                parts[name].append(to_cpu(out))
-        return {name: concat(p) for name, p in parts.items()}
+                parts.setdefault(name, []).append(to_cpu(out))
+        result = {name: concat(p) for name, p in parts.items()}
+        for name in served:
+            result[name] = self.predictors[name].outputs(result[FUSED].numpy())
+        if not fused:
+            result.pop(FUSED, None)
+        return result
 
     def postprocess(self, logits: dict[str, torch.Tensor]) -> list[dict]:
         """Per row: ``{output: {"prediction": ..., "probabilities": {...}}}``."""

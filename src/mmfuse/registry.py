@@ -27,7 +27,8 @@ class Entry:
 
 
 class Registry:
-    """Maps names to builders for one kind of component (``encoder``, ``fusion``, ``head``)."""
+    """Maps names to builders for one kind of component (``encoder``, ``fusion``, ``head``,
+    ``modality``)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -67,8 +68,9 @@ class Registry:
 ENCODERS = Registry("encoder")
 FUSIONS = Registry("fusion")
 HEADS = Registry("head")
+MODALITIES = Registry("modality")  # input types: modalities/kind.py
 
 
 def _load_components() -> None:
     """Import the component packages so their decorators run (once; cheap afterwards)."""
-    from . import encoders, fusion, heads  # noqa: F401
+    from . import encoders, fusion, heads, modalities  # noqa: F401

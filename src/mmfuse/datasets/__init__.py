@@ -14,6 +14,8 @@ DATASETS = {
                       "french') and the number in French, Chinese or digits",
     "photo-views": "natural images: 96x96 jittered crops of ten photographs shipped with "
                    "scikit-image and scikit-learn (cat, coffee, rocket...), one class each",
+    "products": "a product table: 48x48 pictures, descriptions, brand, weight, rating and a "
+                "handmade flag; price, fragile and tags each need several of them",
 }
 
 
@@ -41,6 +43,14 @@ def generate_dataset(name: str, out_dir: Path, train: int | None, test: int | No
         s = generate_photo_views(out_dir, seed=seed, **given(train_size=train, test_size=test))
         return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test images of "
                    f"{len(s['classes'])} photographs to {out_dir} in {s['seconds']:.1f}s")
+    if name == "products":
+        from .products import generate_products
+
+        s = generate_products(out_dir, seed=seed, **given(train_size=train, test_size=test))
+        return s, (f"wrote {s['train_rows']} training and {s['test_rows']} test products "
+                   f"(CSV and JSONL) to {out_dir} in {s['seconds']:.1f}s; "
+                   f"{s['fragile_share']:.0%} fragile, {s['blank_weight_cells']} blank weights, "
+                   f"{s['unseen_brand_test_rows']} test rows of an unseen brand")
     if name == "moving-shapes":
         from .moving_shapes import generate_moving_shapes as generate
     else:

@@ -25,8 +25,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config_base import Options
 from ..errors import ConfigError
+from ..features import Features, all_present, masked_max, masked_mean
 from ..registry import ENCODERS
-from .base import Features, all_present, masked_max, masked_mean
+from ..specs import EncoderSpec
 
 
 class AudioCNNOptions(Options):
@@ -48,10 +49,10 @@ class AudioCNNEncoder(nn.Module):
 
     modality = "audio"
 
-    def __init__(self, options: AudioCNNOptions, spec: dict) -> None:
+    def __init__(self, options: AudioCNNOptions, spec: EncoderSpec) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
-        in_ch, bins = spec["channels"], spec["feature_dim"]
+        in_ch, bins = spec.channels, spec.feature_dim
         self.kernel, self.stride, self.padding = (options.kernel_size, options.stride,
                                                   options.kernel_size // 2)
         for out_ch in options.channels:

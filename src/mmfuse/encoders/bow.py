@@ -21,8 +21,9 @@ from pydantic import Field
 from torch import nn
 
 from ..config_base import Options
+from ..features import Features, all_present
 from ..registry import ENCODERS
-from .base import Features, all_present
+from ..specs import EncoderSpec
 
 
 class BagOfWordsOptions(Options):
@@ -51,10 +52,10 @@ class BagOfWordsEncoder(nn.Module):
 
     modality = "text"
 
-    def __init__(self, options: BagOfWordsOptions, spec: dict) -> None:
+    def __init__(self, options: BagOfWordsOptions, spec: EncoderSpec) -> None:
         super().__init__()
-        self.embed = nn.Embedding(spec["vocab_size"], options.embedding_dim,
-                                  padding_idx=spec["pad_id"])
+        self.embed = nn.Embedding(spec.vocab_size, options.embedding_dim,
+                                  padding_idx=spec.pad_id)
         self.project = nn.Linear(options.embedding_dim, options.dim)
         self.norm = {"batch": _BatchNorm, "layer": nn.LayerNorm,
                      "none": lambda _: nn.Identity()}[options.norm](options.dim)

@@ -20,8 +20,9 @@ from torch import nn
 
 from ..config_base import Options
 from ..errors import ConfigError
+from ..features import Features, all_present
 from ..registry import ENCODERS
-from .base import Features, all_present
+from ..specs import EncoderSpec
 
 
 class CNNOptions(Options):
@@ -38,11 +39,12 @@ class CNNEncoder(nn.Module):
     """Conv + batch-norm stack; spatial tokens with 2-D positions and a pooled vector."""
 
     modality = "image"
+    film_target = True  # a FiLM fusion can modulate its blocks (the default fusion looks)
 
-    def __init__(self, options: CNNOptions, spec: dict) -> None:
+    def __init__(self, options: CNNOptions, spec: EncoderSpec) -> None:
         super().__init__()
         blocks: list[nn.Module] = []
-        in_ch = spec["channels"]
+        in_ch = spec.channels
         for out_ch in options.channels:
             blocks.append(nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, options.kernel_size, options.stride,
@@ -53,10 +55,10 @@ class CNNEncoder(nn.Module):
         self.body = nn.ModuleList(blocks)
         self.film_channels = list(options.channels)  # what a FiLM fusion may modulate
         with torch.no_grad():
-            h, w = self._grid(torch.zeros(2, spec["channels"], *spec["size"]), None).shape[-2:]
+            h, w = self._grid(torch.zeros(2, spec.channels, *spec.size), None).shape[-2:]
         if h * w == 1:
             raise ConfigError(
-                f"cnn: a {spec['size'][0]}x{spec['size'][1]} image shrinks to a 1x1 map after "
+                f"cnn: a {spec.size[0]}x{spec.size[1]} image shrinks to a 1x1 map after "
                 f"{len(options.channels)} stride-{options.stride} layers, which batch norm cannot "
                 "train on; use a larger image size, fewer channels entries or a smaller stride")
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
@@ -71,7 +73,7 @@ class CNNEncoder(nn.Module):
         )
         self.pooled_dim = options.dim
         self.grid = (h, w)
-        self.image_size = tuple(spec["size"])
+        self.image_size = tuple(spec.size)
         self.kernel_size, self.stride = options.kernel_size, options.stride
         self.token_features = nn.Identity()  # explain: attributions are taken here
 

@@ -33,8 +33,10 @@ from torch import nn
 
 from ..config_base import Options
 from ..errors import ConfigError
+from ..features import Features, all_present
 from ..registry import ENCODERS
-from .base import Features, all_present, reading_bundle
+from ..specs import EncoderSpec
+from .base import reading_bundle
 
 HEAD_CHANNELS = 1280
 STEM_CHANNELS = 32
@@ -271,9 +273,9 @@ class EfficientNetLiteEncoder(nn.Module):
     token_positions = True  # the last two token channels are (x, y)
     film_channels = None  # a FiLM fusion cannot modulate a pretrained backbone
 
-    def __init__(self, options: EfficientNetLiteOptions, spec: dict) -> None:
+    def __init__(self, options: EfficientNetLiteOptions, spec: EncoderSpec) -> None:
         super().__init__()
-        name, size = f"efficientnet_{self.variant}", tuple(spec["size"])
+        name, size = f"efficientnet_{self.variant}", tuple(spec.size)
         if min(size) < MIN_SIZE:
             raise ConfigError(f"{name}: image size {size} is below {MIN_SIZE} pixels a side; "
                               f"set preprocess.size to at least {MIN_SIZE}")

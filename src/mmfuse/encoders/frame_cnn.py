@@ -28,8 +28,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..errors import ConfigError
+from ..features import Features, all_present, masked_mean
 from ..registry import ENCODERS
-from .base import Features, all_present, masked_mean
+from ..specs import EncoderSpec
 from .cnn import CNNEncoder, CNNOptions
 from .rnn import final_states
 
@@ -77,11 +78,11 @@ class FrameCNNEncoder(nn.Module):
 
     modality = "video"
 
-    def __init__(self, options: FrameCNNOptions, spec: dict) -> None:
+    def __init__(self, options: FrameCNNOptions, spec: EncoderSpec) -> None:
         super().__init__()
         if options.temporal == "transformer" and options.dim % options.heads:
             raise ConfigError(f"frame_cnn: heads={options.heads} must divide dim={options.dim}")
-        image_spec = {"channels": spec["channels"], "size": spec["size"]}
+        image_spec = EncoderSpec("image", channels=spec.channels, size=spec.size)
         self.cacheable = False  # True for a backbone with nothing to train: frame vectors cache
         if options.backbone is None:
             frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
@@ -100,7 +101,7 @@ class FrameCNNEncoder(nn.Module):
             self.rnn = nn.GRU(options.dim, options.dim, num_layers=options.layers,
                               batch_first=True)
         elif options.temporal == "transformer":
-            self.position = nn.Parameter(0.02 * torch.randn(spec["frames"], options.dim))
+            self.position = nn.Parameter(0.02 * torch.randn(spec.frames, options.dim))
             layer = nn.TransformerEncoderLayer(options.dim, options.heads, 2 * options.dim,
                                                options.dropout, batch_first=True)
             self.attend = nn.TransformerEncoder(layer, options.layers, enable_nested_tensor=False)

@@ -39,9 +39,11 @@ from torch import nn
 
 from ..config_base import Options
 from ..errors import ConfigError, require
+from ..features import Features, all_present, masked_mean
 from ..modalities.image import pair
 from ..registry import ENCODERS
-from .base import Features, all_present, masked_mean, reading_bundle
+from ..specs import EncoderSpec
+from .base import reading_bundle
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -299,7 +301,7 @@ class HFImageOptions(HFOptions):
 class HFEncoder(nn.Module):
     """What hf_text and hf_image share: the model at ``self.model``, freezing and pooling."""
 
-    def __init__(self, options: HFOptions, spec: dict) -> None:
+    def __init__(self, options: HFOptions, spec: EncoderSpec) -> None:
         super().__init__()
         self.model = load_model(Path(options.path).expanduser(), options.hf_config)
         self.freeze = options.freeze
@@ -369,12 +371,12 @@ class HFImageEncoder(HFEncoder):
 
     modality = "image"
 
-    def __init__(self, options: HFOptions, spec: dict) -> None:
+    def __init__(self, options: HFOptions, spec: EncoderSpec) -> None:
         super().__init__(options, spec)
         config = self.model.config
         patch = getattr(config, "patch_size", None) or getattr(
             getattr(config, "vision_config", None), "patch_size", None)
-        size = spec.get("size")
+        size = spec.size
         # the patch grid (tokens after any class / register tokens), for explain's positions
         self.grid = (size[0] // pair(patch)[0], size[1] // pair(patch)[1]) \
             if patch and size else None

@@ -18,6 +18,7 @@ from pathlib import Path
 from ..config_base import Options
 from ..errors import ConfigError
 from ..registry import ENCODERS
+from ..specs import EncoderSpec
 from .hf import HFTextEncoder, HFTextOptions, PretrainedTokenizer, load_tokenizer
 
 
@@ -40,7 +41,7 @@ def minilm_path() -> Path:
 class MiniLMEncoder(HFTextEncoder):
     """Pretrained MiniLM-L6 transformer; frozen unless ``finetune: true``."""
 
-    def __init__(self, options: MiniLMOptions, spec: dict) -> None:
+    def __init__(self, options: MiniLMOptions, spec: EncoderSpec) -> None:
         hf = HFTextOptions(path=str(minilm_path()), pool="mean", freeze=not options.finetune)
         super().__init__(hf, spec)
 

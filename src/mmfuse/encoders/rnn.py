@@ -20,8 +20,9 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config_base import Options
+from ..features import Features, all_present, masked_max, masked_mean
 from ..registry import ENCODERS
-from .base import Features, all_present, masked_max, masked_mean
+from ..specs import EncoderSpec
 
 
 class RNNOptions(Options):
@@ -40,14 +41,14 @@ class RNNEncoder(nn.Module):
     modalities = ("text", "audio")
     cell: type[nn.Module] = nn.GRU
 
-    def __init__(self, options: RNNOptions, spec: dict) -> None:
+    def __init__(self, options: RNNOptions, spec: EncoderSpec) -> None:
         super().__init__()
-        self.modality = spec.get("modality", "text")
+        self.modality = spec.modality
         if self.modality == "audio":
-            self.embed = nn.Linear(spec["channels"] * spec["feature_dim"], options.embedding_dim)
+            self.embed = nn.Linear(spec.channels * spec.feature_dim, options.embedding_dim)
         else:
-            self.embed = nn.Embedding(spec["vocab_size"], options.embedding_dim,
-                                      padding_idx=spec["pad_id"])
+            self.embed = nn.Embedding(spec.vocab_size, options.embedding_dim,
+                                      padding_idx=spec.pad_id)
         self.rnn = self.cell(
             options.embedding_dim, options.hidden_size, num_layers=options.num_layers,
             batch_first=True, bidirectional=options.bidirectional,

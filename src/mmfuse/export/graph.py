@@ -20,15 +20,8 @@ from torch import nn
 
 from ..config import Config
 from ..errors import MmfuseError
-
-# Per input type: the tensors its preprocessor gives, and their axes beyond axis 0 (the items)
-# whose length changes from batch to batch.
-VARIABLE_AXES: dict[str, dict[str, dict[int, str]]] = {
-    "image": {"pixels": {}},
-    "text": {"ids": {1: "tokens"}, "mask": {1: "tokens"}},
-    "audio": {"features": {3: "frames"}, "mask": {1: "frames"}},
-    "video": {"pixels": {1: "frames"}, "mask": {1: "frames"}},
-}
+from ..modalities.kind import modality
+from ..model import FUSED
 
 
 @dataclass(frozen=True)
@@ -63,12 +56,11 @@ def graph_inputs(config: Config, batch: dict[str, dict[str, torch.Tensor]]) -> l
     out = []
     for spec in config.inputs:
         tensors = {k: v for k, v in batch[spec.name].items() if k != "index"}
-        axes = VARIABLE_AXES[spec.type]
+        axes = modality(spec.type).variable_axes  # the tensors and their variable axes
         if list(tensors) != list(axes):
             raise MmfuseError(
                 f"cannot export input {spec.name!r}: its {spec.type} preprocessor gives tensors "
-                f"{list(tensors)}, but the ONNX exporter knows {list(axes)} "
-                "(mmfuse/export/graph.py VARIABLE_AXES)")
+                f"{list(tensors)}, but its modality declares {list(axes)} (variable_axes)")
         for key, tensor in tensors.items():
             shape: list[int | str] = [f"{spec.name}.items", *tensor.shape[1:]]
             for axis, what in axes[key].items():
@@ -124,8 +116,8 @@ class GraphModule(nn.Module):
         super().__init__()
         self.model = model
         self.inputs = inputs
-        self.outputs = outputs
+        self.outputs = outputs  # may end with FUSED: the fused vectors, for classic predictors
 
     def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        logits = self.model(nest(self.inputs, tensors))
+        logits = self.model(nest(self.inputs, tensors), fused=FUSED in self.outputs)
         return tuple(logits[name] for name in self.outputs)

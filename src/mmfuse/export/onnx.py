@@ -2,8 +2,10 @@
 
 An export is a folder: ``model.onnx`` (the whole model, weights included, one file),
 ``config.json`` and ``preprocessors.json`` (copied from the bundle: the preprocessing runs in
-Python, STFT and log-mel included, as for the PyTorch model) and ``manifest.json`` (format,
-versions, the graph's inputs and outputs, opset, sha256 of each file).
+Python, STFT and log-mel included, as for the PyTorch model), one ``predictor_NAME.onnx`` per
+output served by a classic predictor (converted by skl2onnx; ``model.onnx`` then also gives
+the fused vectors it reads) and ``manifest.json`` (format, versions, the graph's inputs and
+outputs, the predictors, opset, sha256 of each file).
 
 The graph is traced with torch's TorchScript-based exporter (``dynamo=False``): it turns
 packed GRU / LSTM sequences into ONNX's GRU / LSTM with sequence lengths and exports a small
@@ -39,15 +41,18 @@ from ..bundle import (
 )
 from ..config import load_config
 from ..errors import BundleError, MmfuseError, require
+from ..model import FUSED
 from ..pipeline import Pipeline
+from ..training.predictors import to_onnx
 from .examples import CHECKS, TRACE, example_batch
 from .graph import GraphInput, GraphModule, dynamic_axes, flatten, graph_inputs
-from .runtime import OnnxModel, build_heads
+from .runtime import OnnxModel, build_heads, run_predictor
 
 FORMAT_VERSION = 1
 FILES = ("model.onnx", "config.json", "preprocessors.json")
 OPSET = 17
 TOLERANCE = 1e-3  # most |ONNX - PyTorch| logit difference accepted on the check batches
+PREDICTOR_TOLERANCE = 1e-4  # most |skl2onnx - scikit-learn| difference of a predictor's answers
 
 
 def export_onnx(source: str | Path, out_dir: str | Path) -> dict:
@@ -71,20 +76,24 @@ def export_onnx(source: str | Path, out_dir: str | Path) -> dict:
     start = time.perf_counter()
     bundle = find_bundle(source)
     model = Model.load(bundle)
-    text = [o.name for o in model.config.outputs if o.type == "text"]
+    pipeline, net = model.pipeline, model.pipeline.model.eval()
+    text = [n for n, head in net.heads.items() if getattr(head, "generates", False)]
     if text:
         raise MmfuseError(f"{bundle}: text output {text[0]!r} cannot be exported to ONNX yet "
                           "(its search loops over generated tokens); serve the PyTorch model "
                           f"with: mmfuse serve {source}")
-    pipeline, net = model.pipeline, model.pipeline.model.eval()
     trace_batch = example_batch(pipeline, TRACE, seed=0)
     inputs = graph_inputs(model.config, trace_batch)
     outputs = list(pipeline.outputs)
+    served = pipeline.served
+    graph_outputs = outputs + ([FUSED] if served else [])
+    batches = [trace_batch] + [example_batch(pipeline, c, seed=i + 1)
+                               for i, c in enumerate(CHECKS)]
     target = Path(out_dir)
     with atomic_folder(target) as tmp:
         # eval(): the exporter sets the traced module's mode back afterwards, for all of net
-        graph = GraphModule(net, inputs, outputs).eval()
-        _trace(graph, inputs, outputs, trace_batch, tmp / "model.onnx")
+        graph = GraphModule(net, inputs, graph_outputs).eval()
+        _trace(graph, inputs, graph_outputs, trace_batch, tmp / "model.onnx")
         extra = sorted(p.name for p in tmp.iterdir() if p.name != "model.onnx")
         if extra:
             raise MmfuseError(f"the model is too large for a single ONNX file (2 GB); the "
@@ -93,21 +102,59 @@ def export_onnx(source: str | Path, out_dir: str | Path) -> dict:
         for name in ("config.json", "preprocessors.json"):
             shutil.copyfile(bundle / name, tmp / name)
         session = OnnxModel(tmp / "model.onnx", inputs, outputs, {})
-        batches = [trace_batch] + [example_batch(pipeline, c, seed=i + 1)
-                                   for i, c in enumerate(CHECKS)]
         difference = max(_difference(net, session, b) for b in batches)
         if not difference <= TOLERANCE:
             raise MmfuseError(
                 f"the ONNX graph of {bundle} differs from the PyTorch model by {difference:.3g} "
                 f"(more than {TOLERANCE}) on a check batch; nothing was written. Please report "
                 "this with the model's config.json")
-        outputs_info = [{"name": n, "shape": ["batch", len(pipeline.outputs[n].labels)],
-                         "dtype": "float32"} for n in outputs]
-        manifest = _manifest(tmp, inputs, outputs_info)
+        predictors = _export_predictors(pipeline, net, batches, tmp)
+        with torch.no_grad():
+            shapes = {n: list(v.shape[1:]) for n, v in net(trace_batch).items()}
+        outputs_info = [{"name": n, "shape": ["batch", *shapes[n]], "dtype": "float32"}
+                        for n in outputs]
+        manifest = _manifest(tmp, inputs, outputs_info, predictors)
         write_json(tmp / "manifest.json", manifest)
-    return {"path": str(target), "files": {n: str(target / n) for n in (*FILES, "manifest.json")},
-            "inputs": manifest["inputs"], "outputs": outputs_info, "opset": OPSET,
-            "seconds": round(time.perf_counter() - start, 3), "max_abs_diff": difference}
+    files = (*FILES, *(p["file"] for p in predictors), "manifest.json")
+    return {"path": str(target), "files": {n: str(target / n) for n in files},
+            "inputs": manifest["inputs"], "outputs": outputs_info, "predictors": predictors,
+            "opset": OPSET, "seconds": round(time.perf_counter() - start, 3),
+            "max_abs_diff": difference}
+
+
+def _export_predictors(pipeline: Pipeline, net: torch.nn.Module, batches: list[dict],
+                       folder: Path) -> list[dict]:
+    """Convert each served classic predictor with skl2onnx into ``folder`` and check it
+    against scikit-learn on the fused vectors of the check batches; their manifest entries.
+
+    Raises:
+        MmfuseError: a converted predictor differs from scikit-learn by more than
+            ``PREDICTOR_TOLERANCE``.
+    """
+    if not pipeline.served:
+        return []
+    ort = require("onnxruntime", "export", "checking an exported predictor")
+    with torch.no_grad():
+        fused = np.concatenate([net(b, fused=True)[FUSED].numpy() for b in batches])
+    entries = []
+    for name in pipeline.served:
+        predictor = pipeline.predictors[name]
+        file = f"predictor_{name}.onnx"
+        (folder / file).write_bytes(to_onnx(predictor, fused.shape[1], OPSET))
+        session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
+        got = run_predictor(session, predictor.output_type, fused)
+        expected = predictor.model.predict(fused) if predictor.output_type == "number" else \
+            predictor.model.predict_proba(fused)
+        difference = float(np.abs(got - expected).max())
+        if not difference <= PREDICTOR_TOLERANCE:
+            raise MmfuseError(f"the ONNX form of output {name!r}'s predictor differs from "
+                              f"scikit-learn by {difference:.3g} (more than "
+                              f"{PREDICTOR_TOLERANCE}); nothing was written")
+        entries.append({"output": name, "file": file, "type": predictor.output_type,
+                        "classes": None if predictor.classes is None else
+                        predictor.classes.tolist(), "labels": predictor.labels,
+                        "max_abs_diff": difference})
+    return entries
 
 
 def load_exported(out_dir: str | Path, threads: int | None = None) -> Model:
@@ -131,15 +178,18 @@ def load_exported(out_dir: str | Path, threads: int | None = None) -> Model:
     if manifest.get("format") != ONNX_FORMAT:
         raise BundleError(f"{folder} is not an ONNX export (a model bundle?); load a bundle "
                           "with mmfuse.Model.load, or export it with export_onnx")
-    check_files(folder, manifest, FILES, "ONNX export", "export the model again")
+    predictors = manifest.get("predictors", [])
+    check_files(folder, manifest, [*FILES, *(p["file"] for p in predictors)], "ONNX export",
+                "export the model again")
     config = load_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
     pipeline = Pipeline.from_config(config)
     pipeline.load_state(json.loads((folder / "preprocessors.json").read_text(encoding="utf-8")))
     inputs = [GraphInput(**i) for i in manifest["inputs"]]
     outputs = [o["name"] for o in manifest["outputs"]]
-    labels = {name: prep.labels for name, prep in pipeline.outputs.items()}
+    specs = {name: prep.target_spec() for name, prep in pipeline.outputs.items()}
     pipeline.model = OnnxModel(folder / "model.onnx", inputs, outputs,
-                               build_heads(config, labels), threads)
+                               build_heads(config, specs), threads,
+                               {p["output"]: (folder / p["file"], p) for p in predictors})
     return Model(config, pipeline)
 
 
@@ -216,14 +266,16 @@ def _frozen_values(caught: list[warnings.WarningMessage]) -> list[str]:
 
 
 def _difference(net: torch.nn.Module, session: OnnxModel, batch: dict) -> float:
-    """Largest absolute logit difference between PyTorch and onnxruntime on one batch."""
+    """Largest absolute difference of the heads' outputs between PyTorch and onnxruntime on
+    one batch."""
     with torch.no_grad():
         expected = net(batch)
     got = session(batch)
     return max(float(np.abs(got[n].numpy() - expected[n].numpy()).max()) for n in expected)
 
 
-def _manifest(folder: Path, inputs: list[GraphInput], outputs: list[dict]) -> dict:
+def _manifest(folder: Path, inputs: list[GraphInput], outputs: list[dict],
+              predictors: list[dict]) -> dict:
     from .. import __version__
 
     return {
@@ -235,5 +287,6 @@ def _manifest(folder: Path, inputs: list[GraphInput], outputs: list[dict]) -> di
         "opset": OPSET,
         "inputs": [i.as_dict() for i in inputs],
         "outputs": outputs,
-        "files": file_entries(folder, FILES),
+        "predictors": predictors,
+        "files": file_entries(folder, [*FILES, *(p["file"] for p in predictors)]),
     }

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import Config
 from ..errors import MmfuseError, require
-from ..model import build_component
+from ..model import FUSED, build_component
 from ..registry import HEADS
-from ..training.threads import available_cpus
+from ..specs import TargetSpec
+from ..threads import available_cpus
+from ..training.predictors import head_space
 from .graph import GraphInput, flatten
 
 
@@ -31,10 +34,14 @@ class OnnxModel:
         outputs: the output names, in graph order.
         heads: per output, a head that postprocesses logits (labels, top-k).
         threads: onnxruntime intra-op threads (default: the CPUs this process may use).
+        predictors: per output served by a classic predictor, its converted file and its
+            manifest entry (type, classes, labels); the graph then also gives the fused
+            vectors, which the predictor's session reads.
     """
 
     def __init__(self, path: Path, inputs: list[GraphInput], outputs: list[str],
-                 heads: dict[str, nn.Module], threads: int | None = None) -> None:
+                 heads: dict[str, nn.Module], threads: int | None = None,
+                 predictors: dict[str, tuple[Path, dict]] | None = None) -> None:
         ort = require("onnxruntime", "export", "serving an ONNX export")
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or available_cpus()
@@ -47,12 +54,24 @@ class OnnxModel:
         self.inputs = inputs
         self.outputs = outputs
         self.heads = heads
+        self.predictors = {name: (ort.InferenceSession(str(file), options,
+                                                       providers=["CPUExecutionProvider"]), entry)
+                           for name, (file, entry) in (predictors or {}).items()}
 
-    def __call__(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Logits per output for a batch of :meth:`Pipeline.batch`."""
-        logits = self.session.run(self.outputs, flatten(self.inputs, inputs))
-        return {name: torch.from_numpy(out) for name, out in zip(self.outputs, logits,
-                                                                  strict=True)}
+    def __call__(self, inputs: dict[str, dict[str, torch.Tensor]], targets: None = None,
+                 fused: bool = False) -> dict[str, torch.Tensor]:
+        """Outputs per output for a batch of :meth:`Pipeline.batch` (served predictors'
+        answers in their head's output space)."""
+        names = self.outputs + ([FUSED] if self.predictors or fused else [])
+        results = dict(zip(names, self.session.run(names, flatten(self.inputs, inputs)),
+                           strict=True))
+        for name, (session, entry) in self.predictors.items():
+            answer = run_predictor(session, entry["type"], results[FUSED])
+            results[name] = answer if entry["type"] == "number" else head_space(
+                entry["type"], answer, np.asarray(entry["classes"]), entry["labels"])
+        if not fused:
+            results.pop(FUSED, None)
+        return {name: torch.from_numpy(np.asarray(out)) for name, out in results.items()}
 
     def eval(self) -> OnnxModel:
         """Nothing to switch: an export always runs in inference mode."""
@@ -69,7 +88,16 @@ class OnnxModel:
                           "already complete (copy it), or save the run it was exported from")
 
 
-def build_heads(config: Config, labels: dict[str, list[str]]) -> dict[str, nn.Module]:
-    """Heads for postprocessing only: labels and options from the config, no weights (the
-    graph computes the logits, so their layers are never run and get a nominal width of 1)."""
-    return {o.name: build_component(HEADS, o.head, 1, labels[o.name]) for o in config.outputs}
+def build_heads(config: Config, specs: dict[str, TargetSpec]) -> dict[str, nn.Module]:
+    """Heads for postprocessing only: labels, statistics and options from the config and the
+    preprocessors, no weights (the graph computes the outputs, so their layers are never run
+    and get a nominal width of 1)."""
+    return {o.name: build_component(HEADS, o.head, 1, specs[o.name]) for o in config.outputs}
+
+
+def run_predictor(session, output_type: str, fused: np.ndarray) -> np.ndarray:
+    """A converted predictor's answer: values ``[N]`` (number) or probabilities."""
+    names = [o.name for o in session.get_outputs()]
+    wanted = names[0] if output_type == "number" else "probabilities"
+    out = session.run([wanted], {"fused": np.asarray(fused, dtype=np.float32)})[0]
+    return out.reshape(-1) if output_type == "number" else out

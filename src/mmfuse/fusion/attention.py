@@ -23,8 +23,8 @@ from pydantic import Field
 from torch import nn
 
 from ..config_base import Options
-from ..encoders.base import Features
 from ..errors import ConfigError
+from ..features import Features
 from ..registry import FUSIONS
 from .base import SlotProjection, mlp, pick_query
 

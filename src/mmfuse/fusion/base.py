@@ -20,8 +20,8 @@ def mlp(in_dim: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, 
 
 
 def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
-    """The input that conditions the others: ``query`` if given, else the first text input,
-    else the last input.
+    """The input that conditions the others: ``query`` if given, else the first input of a
+    query modality (text), else the last input.
 
     Raises:
         ConfigError: ``query`` names no input.
@@ -31,8 +31,8 @@ def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
             raise ConfigError(f"fusion option query={query!r} names no input; the inputs are: "
                               f"{', '.join(input_dims)}")
         return query
-    texts = [name for name, d in input_dims.items() if d.get("modality") == "text"]
-    return texts[0] if texts else list(input_dims)[-1]
+    queries = [name for name, d in input_dims.items() if d.get("query")]
+    return queries[0] if queries else list(input_dims)[-1]
 
 
 class MultiHeadOptions(Options):

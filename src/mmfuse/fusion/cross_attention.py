@@ -23,7 +23,7 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..encoders.base import Features
+from ..features import Features
 from ..registry import FUSIONS
 from .base import MultiHeadOptions, SlotProjection, mlp
 

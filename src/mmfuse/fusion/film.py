@@ -53,6 +53,11 @@ class FiLMFusion(nn.Module):
         self.query = pick_query(input_dims, options.query)
         capable = [n for n, d in input_dims.items() if d.get("film_channels") and n != self.query]
         target = options.target or (capable[0] if capable else None)
+        if target in input_dims and input_dims[target].get("tabular"):
+            raise ConfigError(
+                f"fusion 'film' cannot modulate input {target!r}: it is tabular (one value per "
+                "row, encoded without channels or positions); FiLM's target is an image encoded "
+                "by cnn, and a tabular input can be its query or one of the other inputs")
         if target not in capable:
             raise ConfigError(
                 f"fusion 'film' needs a target input whose encoder supports FiLM (cnn); "

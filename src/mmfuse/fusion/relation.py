@@ -74,7 +74,15 @@ class RelationFusion(nn.Module):
         super().__init__()
         self.query = pick_query(input_dims, options.query)
         others = [n for n in input_dims if n != self.query]
-        self.context = options.context or others[0]
+        positioned = [n for n in others if not input_dims[n].get("tabular")]
+        self.context = options.context or (positioned or others)[0]
+        if input_dims[self.context].get("tabular"):
+            raise ConfigError(
+                f"fusion relation: its context input {self.context!r} is tabular (one value per "
+                "row, a single token without position), and relations are computed between "
+                "pairs of positioned tokens (image cells, words, frames); set context: to such "
+                "an input, or use a pooled-vector fusion (concat, gated, bilinear, ...) for "
+                "tabular inputs")
         self.conditions = [n for n in input_dims if n != self.context]
         token_dim = input_dims[self.context]["token_dim"]
         self.project = (nn.Linear(token_dim, options.object_dim) if options.object_dim

@@ -22,8 +22,8 @@ import torch
 from pydantic import Field
 from torch import nn
 
-from ..encoders.base import Features
 from ..errors import ConfigError
+from ..features import Features
 from ..registry import FUSIONS
 from .base import MultiHeadOptions, SlotProjection, mlp
 

@@ -28,8 +28,10 @@ generated ``{"tokens": [B, H, max_length + 1], "scores": [B, H]}``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -39,6 +41,7 @@ from ..config_base import Options
 from ..fusion.base import SlotProjection
 from ..modalities.text_target import PAD_ID, decode_ids
 from ..registry import HEADS
+from ..specs import TargetSpec
 from .decoding import beam_search, greedy
 
 
@@ -189,10 +192,13 @@ class TextHead(nn.Module):
 
     generates = True  # the model passes it the inputs' features and the targets
 
-    def __init__(self, options: TextHeadOptions, in_dim: int, labels: list[str],
+    needs_teacher = True  # evaluation also scores teacher-forced logits
+
+    def __init__(self, options: TextHeadOptions, in_dim: int, spec: TargetSpec,
                  input_dims: dict[str, dict] | None = None) -> None:
         super().__init__()
         self.options = options
+        labels = list(spec.labels)
         self.labels = labels  # the output vocabulary, in id order
         self.memory = Memory(in_dim, input_dims or {}, options.dim, options.memory == "inputs")
         self.decoder = DECODERS[options.decoder](len(labels), options)
@@ -237,6 +243,22 @@ class TextHead(nn.Module):
             rows.append([(decode_ids(self.labels, h), s)
                          for h, s in zip(ids, scores, strict=True) if s > -math.inf])
         return rows
+
+    def scorer(self, generated: dict, target: np.ndarray, column: list, prep,
+               teacher: torch.Tensor) -> Callable[[np.ndarray], dict]:
+        """The metrics of this output on any subset of rows, from the generated texts and
+        the teacher-forced logits."""
+        from ..training.metrics import text_scorer, token_stats
+
+        references = [None if v is None else prep.normalize(str(v)) for v in column]
+        texts = [h[0][0] for h in self.texts(generated)]
+        return text_scorer(texts, references, token_stats(teacher, prep.target_tensor(target)))
+
+    def describe(self) -> dict:
+        """What ``GET /v1/model`` says about this output (its labels are the vocabulary)."""
+        o = self.options
+        return {"vocabulary_size": len(self.labels), "decoder": o.decoder,
+                "decoding": o.decoding, "max_length": o.max_length}
 
     def postprocess(self, generated: dict) -> list[dict]:
         """Per row: the text, its score, and with beam search the top hypotheses."""

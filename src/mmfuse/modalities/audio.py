@@ -27,17 +27,73 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, PositiveInt, model_validator
 
-from ..config import AudioOptions, InputConfig
+from ..config_base import StrictModel
 from ..errors import require
-from .files import FilePreprocessor, UnreadableFile
+from ..registry import MODALITIES
+from ..specs import EncoderSpec
+from .files import FileModality, FilePreprocessor, UnreadableFile
+
+if TYPE_CHECKING:
+    from ..config import InputConfig
 
 STATS_SAMPLE = 2000  # clips used to estimate the normalisation statistics
 TOP_DB = 80.0  # log-mel floor below each clip's peak, as librosa's power_to_db
 AMIN = 1e-10  # smallest power before the logarithm
+
+
+class AudioOptions(StrictModel):
+    """Audio preprocessing: decode, mix or keep channels, resample, trim/pad, frame, featurise."""
+
+    sample_rate: PositiveInt = Field(16000, description="resample every file to this rate (Hz)")
+    channels: PositiveInt = Field(
+        1, description="1 mixes down to mono; N keeps N channels (mono is repeated)")
+    max_seconds: float = Field(10.0, gt=0, description="longer clips are trimmed to this")
+    features: Literal["log_mel", "mfcc", "waveform"] = "log_mel"
+    window: Literal["hann", "hamming", "blackman", "rectangular"] = "hann"
+    window_ms: float = Field(25.0, gt=0, description="analysis window length")
+    hop_ms: float = Field(10.0, gt=0, description="step between windows")
+    n_fft: PositiveInt | None = Field(None, description="FFT size; default: next power of two "
+                                      "at or above the window length")
+    n_mels: PositiveInt = 64
+    n_mfcc: PositiveInt = 20
+    fmin: float = Field(0.0, ge=0)
+    fmax: float | None = Field(None, gt=0, description="default: half the sample rate")
+    normalize: bool = Field(True, description="per-feature mean/std of the training split")
+    clip_normalize: bool = Field(
+        False, description="first remove each clip's own mean and std per feature over its "
+        "frames (cepstral mean and variance normalisation: cancels gain and channel)")
+    noise_snr_db: tuple[float, float] | None = Field(
+        None, description="augmentation: white noise at an SNR drawn from [LOW, HIGH] dB")
+    gain_db: float = Field(0.0, ge=0, description="augmentation: random gain within +-N dB")
+    time_shift: float = Field(0.0, ge=0, description="augmentation: shift by up to N seconds")
+    time_masks: int = Field(0, ge=0, description="augmentation: SpecAugment time masks")
+    time_mask_frames: PositiveInt = Field(10, description="the widest time mask, in frames")
+    freq_masks: int = Field(0, ge=0, description="augmentation: SpecAugment frequency masks")
+    freq_mask_bins: PositiveInt = Field(8, description="the widest frequency mask, in bins")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> AudioOptions:
+        if self.hop_ms > self.window_ms:
+            raise ValueError(f"hop_ms={self.hop_ms} is longer than window_ms={self.window_ms}; "
+                             "frames would skip samples")
+        nyquist = self.sample_rate / 2
+        if self.fmax is not None and self.fmax > nyquist:
+            raise ValueError(f"fmax={self.fmax} is above half the sample rate ({nyquist:g})")
+        if self.fmin >= (self.fmax or nyquist):
+            raise ValueError(f"fmin={self.fmin} must be below fmax")
+        window = int(round(self.window_ms / 1000 * self.sample_rate))
+        if self.n_fft is not None and self.n_fft < window:
+            raise ValueError(f"n_fft={self.n_fft} is shorter than the {window}-sample window; "
+                             "raise n_fft or shorten window_ms")
+        if self.noise_snr_db is not None and self.noise_snr_db[0] > self.noise_snr_db[1]:
+            raise ValueError("noise_snr_db is [LOW, HIGH] with LOW <= HIGH")
+        return self
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:
@@ -226,9 +282,9 @@ class AudioPreprocessor(FilePreprocessor):
         self.mean = [0.0] * self.features.dim
         self.std = [1.0] * self.features.dim
 
-    def spec(self) -> dict:
-        return {"channels": self.options.channels, "feature_dim": self.features.dim,
-                "modality": "audio"}
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec("audio", channels=self.options.channels,
+                           feature_dim=self.features.dim)
 
     def settings(self) -> dict:
         o = self.options
@@ -339,3 +395,22 @@ def spec_augment(features: torch.Tensor, options: AudioOptions,
             shape = (count, 1, 1, size) if axis == 3 else (count, 1, size, 1)
             features = features.masked_fill(stripe.view(shape), 0.0)
     return features
+
+
+@MODALITIES.register("audio", AudioOptions)
+class AudioModality(FileModality):
+    """audio: a path to a sound file (WAV, FLAC, OGG, MP3, M4A, ...)."""
+
+    name = "audio"
+    preprocessor = AudioPreprocessor
+    default_encoder = "audio_cnn"
+    variable_axes = {"features": {3: "frames"}, "mask": {1: "frames"}}
+    accept = "audio/*"
+
+    def example_items(self, prep: AudioPreprocessor, sizes: list[int],
+                      rng: np.random.Generator) -> Any:
+        options = prep.options
+        seconds = [min(s / 10, options.max_seconds) for s in sizes]
+        waves = [rng.standard_normal((options.channels, max(1, int(s * options.sample_rate))))
+                 .astype(np.float32) * 0.1 for s in seconds]
+        return prep.column_of(waves).items

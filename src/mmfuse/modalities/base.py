@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..data.table import Table
+from ..specs import EncoderSpec, TargetSpec
 
 MISSING = -1  # the item index of a row that lacks this input
 
@@ -79,6 +80,15 @@ class Preprocessor:
         """Turn a selection of unique items into the encoder's keyword arguments."""
         raise NotImplementedError
 
+    def targets(self, table: Table) -> np.ndarray:
+        """An output's encoded targets for every row of ``table`` (label indices by default;
+        number, binary and set outputs give floats, NaN where a row has no target)."""
+        return self.encode(table).index
+
+    def target_spec(self) -> TargetSpec:
+        """What the output's head needs to build itself (labels, counts, statistics)."""
+        return TargetSpec(labels=list(getattr(self, "labels", [])))
+
     def target_tensor(self, values: np.ndarray) -> torch.Tensor:
         """An output's encoded targets for a batch of rows, as the head's loss takes them."""
         return torch.from_numpy(values)
@@ -95,9 +105,9 @@ class Preprocessor:
     def load_state(self, state: dict) -> None:
         """Restore what :meth:`state` returned."""
 
-    def spec(self) -> dict:
+    def spec(self) -> EncoderSpec:
         """What the encoder needs to know to build itself (sizes, vocabulary size)."""
-        return {}
+        raise NotImplementedError
 
     def batch(self, column: Column, row_items: np.ndarray, train: bool,
               generator: torch.Generator) -> dict:

@@ -6,10 +6,10 @@ from collections import Counter
 
 import numpy as np
 
-from ..config import OutputConfig
 from ..data.table import Table
 from ..errors import DataError
 from ..heads.category import IGNORE_INDEX
+from ..specs import TargetSpec
 from .base import Column, Preprocessor
 
 
@@ -23,10 +23,11 @@ def label_text(value: object) -> str:
 class CategoryPreprocessor(Preprocessor):
     """Label strings <-> class indices; labels unseen in training map to IGNORE_INDEX."""
 
-    def __init__(self, config: OutputConfig) -> None:
+    def __init__(self, config) -> None:
         self.name, self.column = config.name, config.column
         self.labels: list[str] = []
         self.counts: dict[str, int] = {}
+        self.calibration: dict[str, float] = {}  # fitted on validation after training
 
     def fit(self, table: Table) -> None:
         values = [label_text(v) for v in table.column(self.column) if v is not None]
@@ -43,8 +44,12 @@ class CategoryPreprocessor(Preprocessor):
              for v in values], dtype=np.int64)
         return Column(None, index)
 
+    def target_spec(self) -> TargetSpec:
+        return TargetSpec(labels=self.labels, counts=self.counts, calibration=self.calibration)
+
     def state(self) -> dict:
-        return {"labels": self.labels, "counts": self.counts}
+        return {"labels": self.labels, "counts": self.counts, "calibration": self.calibration}
 
     def load_state(self, state: dict) -> None:
         self.labels, self.counts = list(state["labels"]), dict(state["counts"])
+        self.calibration = dict(state.get("calibration", {}))

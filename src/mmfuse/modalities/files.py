@@ -27,6 +27,9 @@ then in memory).
 
 from __future__ import annotations
 
+import io
+import logging
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -36,8 +39,11 @@ import numpy as np
 from ..data.cache import Allocate, cache_key, cached_arrays
 from ..data.table import Table, resolve_file
 from ..errors import DataError
-from ..training.threads import available_cpus
+from ..threads import available_cpus
 from .base import MISSING, Column, Preprocessor, unique_values
+from .kind import BadValue, Modality, blank
+
+log = logging.getLogger("mmfuse.serve")
 
 DECODE_CHUNK = 256  # files handed to the decoding threads at a time (and rows copied per step)
 
@@ -201,3 +207,83 @@ def trim_padding(items: np.ndarray, lengths: np.ndarray, axis: int,
 def _prefix(axis: int, length: int) -> tuple[slice, ...]:
     """The index of the first ``length`` positions along ``axis`` of an item."""
     return (*[slice(None)] * axis, slice(0, length))
+
+
+class FileModality(Modality):
+    """An input whose cells are paths to files (image, audio, video): a request sends the
+    file's bytes, which are recognised by their content (never by a name or a claimed MIME
+    type), checked against the server's limits and decoded by the input's own preprocessor."""
+
+    value = "file"
+
+    def request_value(self, value: Any, prep: Preprocessor, limits: Any) -> Any:
+        if blank(value):
+            return None
+        if not isinstance(value, bytes):
+            raise BadValue(f"expected an uploaded {self.name} file, got {type(value).__name__}")
+        return self.decode_bytes(value, prep, limits)
+
+    def decode_bytes(self, data: bytes, prep: FilePreprocessor, limits: Any) -> Any:
+        """Check and decode a file's bytes (audio and video: from a temporary file, which FFmpeg
+        and libsndfile probe; image overrides it to decode from memory)."""
+        with tempfile.NamedTemporaryFile(prefix="mmfuse-upload-") as upload:
+            upload.write(data)
+            upload.flush()
+            path = Path(upload.name)
+            seconds = media_seconds(path, self.name)
+            cap = limits.max_media_seconds
+            if seconds is None:  # decoding a stream of unknown length could take any memory
+                raise BadValue(f"not a readable {self.name} file, or its header does not give "
+                               "its duration; send WAV, FLAC, OGG, MP3, M4A, MP4, WebM or "
+                               "another file whose header states its length")
+            if seconds > cap:
+                raise BadValue(f"{self.name} of {seconds:.1f} s is over the limit of {cap:g} s; "
+                               "send a shorter clip", 413)
+            return self.decode(prep, path)
+
+    def decode(self, prep: FilePreprocessor, source: Path | io.BytesIO) -> Any:
+        """``prep.decode(source)``, its failures turned into a BadValue."""
+        try:
+            return prep.decode(source)
+        except UnreadableFile as exc:
+            raise BadValue(f"not a readable {self.name} file: {str(exc).splitlines()[0]}"
+                           ) from None
+        except Exception as exc:  # a crafted file may break a decoder in any way
+            log.warning("decoding an uploaded %s failed: %r", self.name, exc)
+            raise BadValue(f"not a readable {self.name} file ({type(exc).__name__})") from None
+
+    def limits(self, limits: Any) -> dict:
+        return {"max_seconds": limits.max_media_seconds}
+
+    def schema(self, prep: Preprocessor, limits: Any, json_body: bool) -> dict:
+        if json_body:
+            return {"type": "string", "contentEncoding": "base64",
+                    "description": f"the {self.name} file's bytes in base64 (a data: URL "
+                    "prefix is allowed)"}
+        return {"type": "string", "format": "binary"}
+
+
+def media_seconds(path: Path, kind: str) -> float | None:
+    """Duration of an audio or video file from its header (None when the header has none or the
+    file is not readable)."""
+    if kind == "audio":
+        try:
+            import soundfile
+
+            info = soundfile.info(str(path))
+            return info.frames / info.samplerate if info.samplerate else None
+        except Exception:  # not a libsndfile format: ask FFmpeg below
+            pass
+    try:
+        import av
+
+        with av.open(str(path)) as container:
+            streams = container.streams.audio if kind == "audio" else container.streams.video
+            if not streams:
+                return None
+            stream = streams[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            return container.duration / 1_000_000 if container.duration else None
+    except Exception:
+        return None

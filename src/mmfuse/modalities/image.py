@@ -9,19 +9,58 @@ off by default: a flip would change the answer to "is X on the left?".
 
 from __future__ import annotations
 
+import io
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
-from ..config import ImageOptions, InputConfig
-from .files import FilePreprocessor, UnreadableFile
+from ..config_base import StrictModel
+from ..registry import MODALITIES
+from ..specs import EncoderSpec
+from .files import FileModality, FilePreprocessor, UnreadableFile
+from .kind import BadValue
+
+if TYPE_CHECKING:
+    from ..config import InputConfig
 
 STATS_SAMPLE = 2000  # images used to estimate the normalisation statistics
 STATS_CHUNK = 64  # images converted to float at a time while computing them
+
+
+class ImageOptions(StrictModel):
+    """Image preprocessing: decode, convert to RGB, resize, optional centre crop, normalise."""
+
+    size: PositiveInt | tuple[PositiveInt, PositiveInt] = Field(
+        64, description="resize to SIZE or (HEIGHT, WIDTH)")
+    crop: PositiveInt | tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="centre crop after resizing")
+    normalize: bool = Field(True, description="subtract mean / divide std of the training split")
+    mean: tuple[float, float, float] | None = Field(
+        None, description="fixed per-channel mean on the 0-1 scale, instead of the training "
+        "split's (a pretrained encoder sets the one its weights were trained with)")
+    std: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = Field(
+        None, description="fixed per-channel std on the 0-1 scale (with mean)")
+    flip_horizontal: float = Field(0.0, ge=0, le=1, description="augmentation: flip probability")
+    pad_crop: int = Field(0, ge=0, description="augmentation: pad by N px, random crop back")
+
+    @model_validator(mode="after")
+    def _crop_fits(self) -> ImageOptions:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("mean and std go together: give both, or neither to use the "
+                             "training split's statistics")
+        if self.crop is not None:
+            size = (self.size, self.size) if isinstance(self.size, int) else self.size
+            crop = (self.crop, self.crop) if isinstance(self.crop, int) else self.crop
+            if crop[0] > size[0] or crop[1] > size[1]:
+                raise ValueError(f"crop {self.crop} is larger than size {self.size}; "
+                                 "use a crop no larger than the resized image")
+        return self
 
 
 def pair(value: int | tuple[int, int]) -> tuple[int, int]:
@@ -82,8 +121,8 @@ class ImagePreprocessor(FilePreprocessor):
             # encoder's statistics)
             self.mean, self.std = list(self.options.mean), list(self.options.std)
 
-    def spec(self) -> dict:
-        return {"channels": 3, "size": output_size(self.options), "modality": "image"}
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec("image", channels=3, size=output_size(self.options))
 
     def settings(self) -> dict:
         return {"size": pair(self.options.size), "crop": self.options.crop}
@@ -153,3 +192,48 @@ def augment_pixels(pixels: torch.Tensor, options: ImageOptions,
         dx, dy = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
         pixels = padded[..., dy:dy + h, dx:dx + w].reshape(pixels.shape)
     return pixels
+
+
+@MODALITIES.register("image", ImageOptions)
+class ImageModality(FileModality):
+    """image: a path to an image file (PNG, JPEG, GIF, BMP, TIFF, WebP, ...)."""
+
+    name = "image"
+    preprocessor = ImagePreprocessor
+    default_encoder = "cnn"
+    variable_axes = {"pixels": {}}
+    accept = "image/*"
+
+    def decode_bytes(self, data: bytes, prep: FilePreprocessor, limits: Any) -> Any:
+        """Pillow reads the header first (size, decompression bombs), then decodes in memory."""
+        cap = limits.max_image_pixels
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(io.BytesIO(data)) as img:  # reads the header only
+                    width, height = img.size
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise BadValue(f"image over the limit of {cap} pixels (a decompression bomb?); "
+                           "send a smaller image", 413) from None
+        except UnidentifiedImageError:
+            raise BadValue("not an image file: its content is not a format Pillow reads (PNG, "
+                           "JPEG, GIF, BMP, TIFF, WebP, ...)") from None
+        except Exception as exc:  # a crafted header may break Pillow's parser in any way
+            raise BadValue(f"not a readable image file ({exc})") from None
+        if width * height > cap:
+            raise BadValue(f"image of {width}x{height} pixels is over the limit of {cap} pixels; "
+                           "send a smaller image", 413)
+        return self.decode(prep, io.BytesIO(data))
+
+    def limits(self, limits: Any) -> dict:
+        return {"max_pixels": limits.max_image_pixels}
+
+    def example_items(self, prep: ImagePreprocessor, sizes: list[int],
+                      rng: np.random.Generator) -> Any:
+        size = prep.spec().size
+        return prep.column_of([random_pixels(rng, size) for _ in sizes]).items
+
+
+def random_pixels(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
+    """A uint8 ``[H, W, 3]`` image of random pixels (export examples)."""
+    return rng.integers(0, 256, (*size, 3), dtype=np.uint8)

@@ -10,15 +10,35 @@ used: loaded from its folder when fitted, and kept in the state, so a bundle nee
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field
 
-from ..config import InputConfig, TextOptions
+from ..config_base import StrictModel
 from ..data.table import Table
+from ..registry import MODALITIES
+from ..specs import EncoderSpec
 from .base import Column, Preprocessor, unique_values
+from .kind import BadValue, Modality, blank
+
+if TYPE_CHECKING:
+    from ..config import InputConfig
 
 PAD, UNK = "[PAD]", "[UNK]"
+
+
+class TextOptions(StrictModel):
+    """Text preprocessing: a tokenizer fitted on the training split."""
+
+    tokenizer: Literal["word", "pretrained"] | None = Field(
+        None, description="'word' (fitted on training text) or the pretrained encoder's own"
+    )
+    lowercase: bool = True
+    max_length: int = Field(32, gt=0)
+    min_frequency: int = Field(1, ge=1)
+    max_vocab: int | None = Field(None, gt=2)
 
 
 def word_tokenizer(lowercase: bool):
@@ -108,9 +128,9 @@ class TextPreprocessor(Preprocessor):
         found = self.tokenizer.token_to_id(self.unk_token) if self.unk_token else None
         return self.pad_id if found is None else found
 
-    def spec(self) -> dict:
-        return {"vocab_size": self.tokenizer.get_vocab_size(), "pad_id": self.pad_id,
-                "modality": "text"}
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec("text", vocab_size=self.tokenizer.get_vocab_size(),
+                           pad_id=self.pad_id)
 
     def state(self) -> dict:
         return {"tokenizer": self.tokenizer.to_str(), "pad_token": self.pad_token,
@@ -132,3 +152,49 @@ class TextPreprocessor(Preprocessor):
         ids = torch.from_numpy(np.ascontiguousarray(ids[:, :width]))
         mask = torch.arange(width).unsqueeze(0) < torch.from_numpy(lengths).unsqueeze(1)
         return {"ids": ids, "mask": mask}
+
+
+@MODALITIES.register("text", TextOptions)
+class TextModality(Modality):
+    """text: a string, tokenised by a tokenizer fitted on the training split (or a pretrained
+    encoder's own)."""
+
+    name = "text"
+    preprocessor = TextPreprocessor
+    default_encoder = "gru"
+    value = "text"
+    query = True  # a question conditions the other inputs (FiLM, attention, relation)
+    variable_axes = {"ids": {1: "tokens"}, "mask": {1: "tokens"}}
+
+    def resolve_options(self, options: TextOptions, encoder: dict, builder: Any) -> TextOptions:
+        needed = getattr(builder, "tokenizer", "word")
+        if options.tokenizer not in (None, needed):
+            raise ValueError(f"preprocess.tokenizer: encoder {encoder['type']!r} needs "
+                             f"tokenizer {needed!r}, not {options.tokenizer!r}")
+        options.tokenizer = needed
+        return options
+
+    def request_value(self, value: Any, prep: Preprocessor, limits: Any) -> str | None:
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            got = "a file upload" if isinstance(value, bytes) else type(value).__name__
+            raise BadValue(f"expected text, got {got}")
+        if len(value) > limits.max_text_chars:
+            raise BadValue(f"text of {len(value)} characters is over the limit of "
+                           f"{limits.max_text_chars}; shorten it", 413)
+        return None if blank(value) else value
+
+    def example_items(self, prep: TextPreprocessor, sizes: list[int],
+                      rng: np.random.Generator) -> Any:
+        spec = prep.spec()
+        lengths = np.asarray(sizes, dtype=np.int64)
+        ids = rng.integers(0, spec.vocab_size, (len(sizes), max(sizes)), dtype=np.int64)
+        ids[np.arange(max(sizes)) >= lengths[:, None]] = spec.pad_id
+        return ids, lengths
+
+    def limits(self, limits: Any) -> dict:
+        return {"max_chars": limits.max_text_chars}
+
+    def schema(self, prep: Preprocessor, limits: Any, json_body: bool) -> dict:
+        return {"type": "string", "maxLength": limits.max_text_chars}

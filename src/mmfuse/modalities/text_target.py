@@ -29,7 +29,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-from ..config import OutputConfig, TextTargetOptions
+from ..config import TextTargetOptions
 from ..data.table import Table
 from ..errors import DataError
 from .base import Column, Preprocessor
@@ -84,7 +84,7 @@ def decode_ids(vocabulary: list[str], ids: list[int]) -> str:
 class TextTargetPreprocessor(Preprocessor):
     """Target strings <-> id sequences; the vocabulary is learned from the training split."""
 
-    def __init__(self, config: OutputConfig) -> None:
+    def __init__(self, config) -> None:
         self.name, self.column = config.name, config.column
         self.options = TextTargetOptions.model_validate(config.preprocess)
         self.max_length = int(config.head["max_length"])

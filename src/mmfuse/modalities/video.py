@@ -12,14 +12,46 @@ the training frames. Shapes: a batch gives ``pixels [U, K, 3, H, W]`` and ``mask
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, PositiveInt, model_validator
 
-from ..config import InputConfig, VideoOptions
 from ..errors import require
-from .files import FilePreprocessor, UnreadableFile
-from .image import augment_pixels, channel_stats, fit_image, output_size, pair, to_pixels
+from ..registry import MODALITIES
+from ..specs import EncoderSpec
+from .files import FileModality, FilePreprocessor, UnreadableFile
+from .image import (
+    ImageOptions,
+    augment_pixels,
+    channel_stats,
+    fit_image,
+    output_size,
+    pair,
+    random_pixels,
+    to_pixels,
+)
+
+if TYPE_CHECKING:
+    from ..config import InputConfig
+
+
+class VideoOptions(ImageOptions):
+    """Video preprocessing: decode, sample frames, then resize / crop / normalise like images."""
+
+    frames: PositiveInt = Field(
+        16, description="frames kept per clip (at most, with 'rate'); an event shorter than "
+        "the gap between two kept frames can be missed")
+    sampling: Literal["uniform", "rate"] = Field(
+        "uniform", description="'uniform': FRAMES spread over the clip; 'rate': every 1/FPS s")
+    fps: float | None = Field(None, gt=0, description="frames per second with sampling: rate")
+
+    @model_validator(mode="after")
+    def _rate_needs_fps(self) -> VideoOptions:
+        if self.sampling == "rate" and self.fps is None:
+            raise ValueError("sampling: rate needs fps (frames per second to keep)")
+        return self
 
 
 def read_frames(path: Path, options: VideoOptions) -> np.ndarray:
@@ -89,9 +121,9 @@ class VideoPreprocessor(FilePreprocessor):
             # encoder's statistics)
             self.mean, self.std = list(self.options.mean), list(self.options.std)
 
-    def spec(self) -> dict:
-        return {"channels": 3, "size": output_size(self.options), "frames": self.options.frames,
-                "modality": "video"}
+    def spec(self) -> EncoderSpec:
+        return EncoderSpec("video", channels=3, size=output_size(self.options),
+                           frames=self.options.frames)
 
     def settings(self) -> dict:
         o = self.options
@@ -127,3 +159,21 @@ class VideoPreprocessor(FilePreprocessor):
             pixels = augment_pixels(pixels, self.options, generator)
         mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
         return {"pixels": pixels, "mask": mask}
+
+
+@MODALITIES.register("video", VideoOptions)
+class VideoModality(FileModality):
+    """video: a path to a video file (MP4, WebM, MKV, AVI, ...), decoded to sampled frames."""
+
+    name = "video"
+    preprocessor = VideoPreprocessor
+    default_encoder = "frame_cnn"
+    variable_axes = {"pixels": {1: "frames"}, "mask": {1: "frames"}}
+    accept = "video/*"
+
+    def example_items(self, prep: VideoPreprocessor, sizes: list[int],
+                      rng: np.random.Generator) -> Any:
+        spec = prep.spec()
+        clips = [np.stack([random_pixels(rng, spec.size) for _ in range(min(s, spec.frames))])
+                 for s in sizes]
+        return prep.column_of(clips).items

@@ -1,6 +1,7 @@
 """The HTTP app: FastAPI routes over a :class:`Service` and a :class:`DynamicBatcher`.
 
 Routes: ``GET /health`` (200 once the model is loaded, 503 before), ``GET /v1/model``,
+``GET /openapi.json`` (the OpenAPI schema of this model's fields: ``openapi.py``),
 ``POST /v1/predict`` (a multipart form, one field per input), ``POST /v1/predict/batch`` (JSON
 rows, files base64-encoded), ``GET /metrics`` (Prometheus) and ``GET /`` (the web page).
 Every refusal is JSON ``{"error": {"status", "field", "message"}}`` with a 4xx status; the
@@ -28,6 +29,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ..modalities.kind import modality
 from .batcher import DynamicBatcher, Overloaded, TimedOut
 from .inputs import Limits, RequestError
 from .metrics import Metrics, MetricsMiddleware
@@ -177,6 +179,11 @@ def create_app(load: Service | Callable[[], Service],
                             "max_queue": settings.max_queue, "timeout_s": settings.timeout_s}
         return info
 
+    @app.get("/openapi.json")
+    async def openapi(request: Request) -> JSONResponse:
+        authorised(request)
+        return JSONResponse(service().openapi(settings.api_key is not None))
+
     # the predict routes answer with a ready JSONResponse, which skips FastAPI's generic (and
     # per-request costly) response validation and encoding
     @app.post("/v1/predict")
@@ -261,7 +268,7 @@ def share_cores(running: int) -> None:
     run at once (OpenMP's thread count is per calling thread): all of them to a lone pass."""
     import torch
 
-    from ..training.threads import available_cpus
+    from ..threads import available_cpus
 
     threads = max(1, available_cpus() // running)
     if torch.get_num_threads() != threads:
@@ -312,7 +319,8 @@ def parse_batch(body: bytes, service: Service, limits: Limits) -> list[dict]:
     if len(rows) > limits.max_batch_rows:
         raise RequestError(413, "rows", f"{len(rows)} rows is over the limit of "
                            f"{limits.max_batch_rows}; split the request")
-    types = service.checker.types
+    files = {name for name, kind in service.checker.types.items()
+             if modality(kind).value == "file"}
     decoded = []
     for r, row in enumerate(rows):
         if not isinstance(row, dict):
@@ -320,7 +328,7 @@ def parse_batch(body: bytes, service: Service, limits: Limits) -> list[dict]:
                                "{input name: value}")
         out = dict(row)
         for name, value in row.items():
-            if types.get(name) not in (None, "text") and value is not None:
+            if name in files and value is not None:
                 out[name] = _base64(value, f"rows[{r}].{name}")
         decoded.append(out)
     return decoded

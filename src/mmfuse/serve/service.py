@@ -11,7 +11,9 @@ from __future__ import annotations
 import time
 
 from ..api import Model
+from ..modalities.kind import modality
 from .inputs import Limits, Prepared, RowChecker
+from .openapi import openapi_schema
 
 
 class Service:
@@ -47,29 +49,25 @@ class Service:
         return results
 
     def describe(self) -> dict:
-        """``GET /v1/model``: inputs with their types and limits, outputs with their labels (a
-        text output: its vocabulary size and decoding)."""
-        config = self.model.config
+        """``GET /v1/model``: inputs with their types, the kind of value a request sends
+        (``value``: text, file, number, category or binary) and its limits; outputs with their
+        types and what their heads say (labels, threshold, vocabulary size...)."""
+        config, pipeline = self.model.config, self.model.pipeline
         inputs = []
         for spec in config.inputs:
-            entry = {"name": spec.name, "type": spec.type, "encoder": spec.encoder["type"],
-                     "required": spec.name not in self.checker.optional}
-            if spec.type == "text":
-                entry["max_chars"] = self.limits.max_text_chars
-            elif spec.type == "image":
-                entry["max_pixels"] = self.limits.max_image_pixels
-            else:
-                entry["max_seconds"] = self.limits.max_media_seconds
-            inputs.append(entry)
-        outputs = []
-        for o in config.outputs:
-            labels = list(self.model.pipeline.outputs[o.name].labels)
-            if o.type == "text":  # the labels are the output vocabulary
-                outputs.append({"name": o.name, "type": o.type, "vocabulary_size": len(labels),
-                                **{k: o.head[k] for k in ("decoder", "decoding", "max_length")}})
-            else:
-                outputs.append({"name": o.name, "type": o.type, "labels": labels})
+            kind = modality(spec.type)
+            inputs.append({"name": spec.name, "type": spec.type, "encoder": spec.encoder["type"],
+                           "value": kind.value, "required": spec.name not in self.checker.optional,
+                           **kind.limits(self.limits), **kind.describe(pipeline.inputs[spec.name])})
+        outputs = [{"name": o.name, "type": o.type,
+                    "served_by": "predictor" if o.name in pipeline.served or (
+                        o.predictor and o.use == "predictor") else "head",
+                    **pipeline.model.heads[o.name].describe()} for o in config.outputs]
         return {"source": self.source, "runtime": self.runtime, "inputs": inputs,
                 "outputs": outputs,
                 "limits": {"max_body_bytes": self.limits.max_body_bytes,
                            "max_batch_rows": self.limits.max_batch_rows}}
+
+    def openapi(self, secured: bool = False) -> dict:
+        """``GET /openapi.json``: the OpenAPI schema of this model's routes and fields."""
+        return openapi_schema(self, secured)

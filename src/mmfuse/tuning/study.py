@@ -26,7 +26,7 @@ import yaml
 
 from ..config import Config, load_config
 from ..errors import ConfigError, DataError, MmfuseError, require
-from ..training.threads import available_cpus
+from ..threads import available_cpus
 from .outputs import TrialTable, write_outputs
 from .space import TuneConfig
 from .trial import Search, run_share
