@@ -224,7 +224,7 @@ class Model:
 
         def scorer(name: str, out) -> object:
             prep = pipeline.outputs[name]
-            extra = {"teacher": teacher[name]} if name in teacher else {}
+            extra = {"teacher": teacher[name]} if name in teachers else {}
             return pipeline.model.heads[name].scorer(out, encoded.targets[name],
                                                      table.column(prep.column), prep, **extra)
 

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .config_base import StrictModel, did_you_mean
 from .errors import ConfigError
@@ -141,7 +142,7 @@ class OutputConfig(StrictModel):
         None, description="text outputs: shorthand for head.decoder")
     head: dict[str, Any] = Field(default_factory=dict)
     loss_weight: float = Field(1.0, gt=0)
-    predictor: dict[str, Any] | None = Field(
+    predictor: dict[str, Any] | str | None = Field(
         None, description="a scikit-learn model fitted on the fused vectors of the training "
         "split after neural training: {type: linear | logistic | random_forest | "
         "gradient_boosting, ...its options} (training/predictors.py)")
@@ -151,12 +152,21 @@ class OutputConfig(StrictModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _head_options_beside(cls, data: Any) -> Any:
-        """Move head options given at the output's top level into ``head``."""
-        if not isinstance(data, dict) or data.get("type") not in HEADS.names():
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        """Move head options given at the output's top level into ``head``; any other unknown
+        key is an error listing the output's keys and its head's options."""
+        if not isinstance(data, dict):
             return data
-        fields = HEADS.get(data["type"]).options.model_fields
-        moved = {k: v for k, v in data.items() if k not in cls.model_fields and k in fields}
+        head_fields = list(HEADS.get(data["type"]).options.model_fields) \
+            if data.get("type") in HEADS.names() else []
+        moved = {k: v for k, v in data.items() if k not in cls.model_fields and k in head_fields}
+        unknown = [k for k in data if k not in cls.model_fields and k not in head_fields]
+        if unknown:
+            allowed = list(cls.model_fields) + head_fields
+            raise PydanticCustomError(
+                "unknown_key", "unknown key{hint}; allowed keys: {allowed}",
+                {"key": str(unknown[0]), "hint": did_you_mean(str(unknown[0]), allowed),
+                 "allowed": ", ".join(allowed)})
         if not moved:
             return data
         head = dict(data.get("head") or {})

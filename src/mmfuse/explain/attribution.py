@@ -70,8 +70,24 @@ def _text_score(predicted: dict) -> tuple:
     return (lambda out: _sequence_logprob(out, ids)), ids
 
 
+def _value_score(predicted: torch.Tensor) -> tuple:
+    """Toward a number output's value, or a binary output's positive logit: the output itself
+    (attributions then say what raised it)."""
+    return (lambda out: out), None
+
+
+def _set_score(predicted: torch.Tensor) -> tuple:
+    """Toward a set output's prediction: the summed logits of the labels it predicts (its most
+    probable one when it predicts none)."""
+    chosen = predicted[0] >= 0
+    if not bool(chosen.any()):
+        chosen = predicted[0] == predicted[0].max()
+    return (lambda out: out[:, chosen].sum(-1)), None
+
+
 # per output type: (score of a batch of outputs, the target the forward pass needs or None)
-TARGET_SCORES = {"category": _category_score, "text": _text_score}
+TARGET_SCORES = {"category": _category_score, "text": _text_score, "number": _value_score,
+                 "binary": _value_score, "set": _set_score}
 
 
 def prediction_scores(pipeline: Pipeline, row_outputs: dict) -> dict:

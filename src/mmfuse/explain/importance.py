@@ -9,7 +9,8 @@ Two ways of taking an input away, each measured on the same encoded table:
   label (permutation importance, Breiman 2001).
 
 Importance is ``metric(all inputs) - metric(input taken away)`` for the output's main metric
-(higher is better): accuracy for a category output, BLEU for a text output. Zero means the
+(higher is better): accuracy for a category output, BLEU for a text output, R² for a number,
+ROC-AUC for a binary and Jaccard for a set output. Zero means the
 output does not depend on the input; a negative value means the model did better without it.
 """
 
@@ -25,7 +26,8 @@ from ..pipeline import EncodedTable
 if TYPE_CHECKING:
     from ..api import Model
 
-MAIN_METRIC = {"category": "accuracy", "text": "bleu"}
+MAIN_METRIC = {"category": "accuracy", "text": "bleu", "number": "r2", "binary": "roc_auc",
+               "set": "jaccard"}
 
 
 def main_metric(output_type: str) -> str:

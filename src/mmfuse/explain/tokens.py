@@ -11,6 +11,8 @@ One describer per modality (the encoder's ``modality``), each returning one dict
 - text: ``{"token": word}``, the tokenizer's token.
 - audio: ``{"time": t}``, the centre of the token's span in seconds from the clip's start.
 - video: ``{"time": t}``, the time its frame was sampled at.
+- number, category, binary (one token): ``{"value": cell}``, the row's cell as the table wrote
+  it.
 """
 
 from __future__ import annotations
@@ -87,8 +89,15 @@ def _video(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: 
     return [{"time": round(times[i], 4) if i < len(times) else None} for i in range(count)]
 
 
+def _value(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
+           count: int) -> list[dict]:
+    value = data.table.rows[row].get(pipeline.inputs[name].column)
+    return [{"value": value} for _ in range(count)]
+
+
 DESCRIBERS: dict[str, Callable[..., list[dict]]] = {
-    "image": _image, "text": _text, "audio": _audio, "video": _video}
+    "image": _image, "text": _text, "audio": _audio, "video": _video, "number": _value,
+    "category": _value, "binary": _value}
 
 
 def describe_tokens(pipeline: Pipeline, data: EncodedTable, row: int, name: str,

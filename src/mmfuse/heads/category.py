@@ -123,7 +123,8 @@ class CategoryHead(nn.Module):
 
 def fit_temperature(logits: torch.Tensor, target: torch.Tensor) -> float:
     """The temperature ``T`` minimising the cross-entropy of ``logits / T`` (L-BFGS over
-    ``log T``, so T stays positive); 1.0 when there is nothing to fit."""
+    ``log T``, so T stays positive), within [0.01, 100] (a model no better than chance on the
+    split would drive T to infinity); 1.0 when there is nothing to fit."""
     if len(target) < 2:
         return 1.0
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -137,5 +138,5 @@ def fit_temperature(logits: torch.Tensor, target: torch.Tensor) -> float:
 
     with torch.enable_grad():
         optimizer.step(closure)
-    value = float(log_t.exp())
-    return value if np.isfinite(value) and 1e-2 < value < 1e2 else 1.0
+    value = float(log_t.detach().exp())
+    return min(max(value, 1e-2), 1e2) if np.isfinite(value) else 1.0

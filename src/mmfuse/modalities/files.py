@@ -255,6 +255,9 @@ class FileModality(Modality):
     def limits(self, limits: Any) -> dict:
         return {"max_seconds": limits.max_media_seconds}
 
+    def describe(self, prep: Preprocessor) -> dict:
+        return {"accept": self.accept}
+
     def schema(self, prep: Preprocessor, limits: Any, json_body: bool) -> dict:
         if json_body:
             return {"type": "string", "contentEncoding": "base64",

@@ -15,8 +15,9 @@ gradient_boosting    ``HistGradientBoostingRegressor`` / ``...Cl.``   number, bi
 A predictor answers in its head's output space (a number output's normalised value, a binary
 output's logit, a category output's log-probabilities), so the head's postprocessing, metrics
 and the export treat both alike. It is stored in the bundle with skops (``predictors/NAME.skops``,
-covered by the manifest's hashes) and loaded back only when every type in the file is on
-:data:`TRUSTED`: no pickle is ever run.
+covered by the manifest's hashes) and loaded back only when every type the file names is on
+:data:`TRUSTED` (an explicit list: skops' own default trust is not relied on): no pickle is
+ever run.
 """
 
 from __future__ import annotations
@@ -42,10 +43,17 @@ ESTIMATORS = {
 DEFAULTS = {"logistic": {"max_iter": 2000}, "random_forest": {"n_estimators": 200}}
 SCALED = ("linear", "logistic")  # fitted on standardised features
 
-# what a stored predictor may contain beyond skops' own safe types
-TRUSTED = [
+# every type a stored predictor may hold: the estimators above and what they are made of
+TRUSTED = frozenset({
+    "builtins.dict", "builtins.list", "builtins.str", "builtins.tuple", "builtins.int",
+    "builtins.float", "builtins.bool", "builtins.NoneType",
+    "numpy.ndarray", "numpy.float32", "numpy.float64", "numpy.int32", "numpy.int64",
+    "numpy.uint8", "numpy.uint32", "numpy.uint64", "numpy.bool_", "numpy.dtype",
+    "numpy.random._generator.Generator", "numpy.random._pcg64.PCG64",
+    "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937",
     "sklearn.pipeline.Pipeline",
     "sklearn.preprocessing._data.StandardScaler",
+    "sklearn.preprocessing._label.LabelEncoder",
     "sklearn.linear_model._ridge.Ridge",
     "sklearn.linear_model._logistic.LogisticRegression",
     "sklearn.ensemble._forest.RandomForestRegressor",
@@ -53,29 +61,39 @@ TRUSTED = [
     "sklearn.tree._classes.DecisionTreeRegressor",
     "sklearn.tree._classes.DecisionTreeClassifier",
     "sklearn.tree._tree.Tree",
-    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
-    "HistGradientBoostingRegressor",
-    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting."
-    "HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
     "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
-    "sklearn._loss.loss.HalfSquaredError",
-    "sklearn._loss.loss.HalfBinomialLoss",
-    "sklearn._loss.loss.HalfMultinomialLoss",
-    "sklearn._loss.link.IdentityLink",
-    "sklearn._loss.link.LogitLink",
-    "sklearn._loss.link.MultinomialLogit",
-    "sklearn._loss.link.Interval",
-    "sklearn._loss._loss.CyHalfSquaredError",
-    "sklearn._loss._loss.CyHalfBinomialLoss",
-    "sklearn._loss._loss.CyHalfMultinomialLoss",
-    "numpy.random._mt19937.MT19937",
-    "numpy.random.bit_generator.__randomstate_ctor",
-    "numpy.random.mtrand.RandomState",
-    "numpy.random._pickle.__randomstate_ctor",
-    "collections.OrderedDict",
-    "builtins.slice",
-]
+    "sklearn._loss.loss.HalfSquaredError", "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfMultinomialLoss", "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.LogitLink", "sklearn._loss.link.MultinomialLogit",
+    "sklearn._loss.link.Interval", "sklearn._loss._loss.CyHalfSquaredError",
+    "sklearn._loss._loss.CyHalfBinomialLoss", "sklearn._loss._loss.CyHalfMultinomialLoss",
+})
+
+
+def stored_types(data: bytes) -> set[str]:
+    """Every ``module.class`` that a skops file's schema names (what loading would build)."""
+    import io
+    import json
+    import zipfile
+
+    found: set[str] = set()
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "__class__" in node and "__module__" in node:
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        walk(json.loads(archive.read("schema.json")))
+    return found
 
 
 def task(output_type: str) -> str:
@@ -163,10 +181,11 @@ class Predictor:
         import skops.io
 
         try:
+            refused = sorted(stored_types(data) - TRUSTED)
             untrusted = skops.io.get_untrusted_types(data=data)
         except Exception as exc:
             raise BundleError(f"{where} is not a readable skops file ({exc})") from None
-        refused = sorted(set(untrusted) - set(TRUSTED))
+        refused = sorted(set(refused) | (set(untrusted) - TRUSTED))
         if refused:
             raise BundleError(f"{where} holds types mmfuse does not trust ({', '.join(refused)}"
                               "); refusing to load it. Retrain, or fit the predictor again")
