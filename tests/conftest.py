@@ -157,6 +157,20 @@ def served_run(tmp_path_factory) -> dict[str, Path]:
     return {"run": folder / "run", "data": folder / "data", "train": train, "test": test}
 
 
+@pytest.fixture(scope="session")
+def every_type_run(tmp_path_factory) -> dict[str, Path]:
+    """A run trained briefly on a table with every input and output type (every_type.py):
+    classic predictors served for price and shape, fitted but not served for heavy."""
+    import mmfuse
+    from every_type import EVERY_TYPE_CONFIG, write_every_type
+
+    folder = tmp_path_factory.mktemp("every_type")
+    table = write_every_type(folder / "data")
+    mmfuse.Model.from_config(copy.deepcopy(EVERY_TYPE_CONFIG)).fit(table, out=folder / "run")
+    return {"run": folder / "run", "data": folder / "data", "csv": table,
+            "jsonl": folder / "data" / "table.jsonl"}
+
+
 @pytest.fixture
 def client(served_run):
     """An in-process client of the app serving ``served_run`` (lifespan included)."""
