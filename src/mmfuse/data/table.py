@@ -22,12 +22,15 @@ class Table:
         root: folder that relative paths are resolved against.
         source: where the rows came from, for error messages.
         restrict: reject file paths that resolve outside ``root``.
+        numbers: each row's number in the file it was read from (1-based data rows), when
+            the table is a subset of it (a training split); None: row i is number i + 1.
     """
 
     rows: list[dict[str, Any]]
     root: Path
     source: str
     restrict: bool = True
+    numbers: list[int] | None = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -45,9 +48,15 @@ class Table:
             )
         return [_empty_to_none(r.get(name)) for r in self.rows]
 
+    def row_number(self, index: int) -> int:
+        """The number of row ``index`` in the file it came from (1-based, header excluded), for
+        error messages."""
+        return self.numbers[index] if self.numbers is not None else index + 1
+
     def subset(self, indices: list[int]) -> Table:
-        """A table with the given rows (same root)."""
-        return Table([self.rows[i] for i in indices], self.root, self.source, self.restrict)
+        """A table with the given rows (same root), which keep their numbers in the file."""
+        return Table([self.rows[i] for i in indices], self.root, self.source, self.restrict,
+                     [self.row_number(i) for i in indices])
 
 
 def _empty_to_none(value: Any) -> Any:
@@ -144,7 +153,8 @@ def resolve_file(value: Any, table: Table, row: int, column: str) -> Path:
     full = (path if path.is_absolute() else table.root / path).resolve()
     if table.restrict and not full.is_relative_to(table.root):
         raise DataError(
-            f"{table.source}, row {row + 1}, column {column!r}: path {str(value)!r} resolves "
+            f"{table.source}, row {table.row_number(row)}, column {column!r}: path {str(value)!r} "
+            "resolves "
             f"outside the table's folder {str(table.root)!r}; move the file there or pass "
             "--data-root with a folder that contains it"
         )

@@ -164,7 +164,8 @@ class FilePreprocessor(Preprocessor):
         return trim_padding(items, lengths, self.pad_axis, allocate), lengths
 
     def _raise_unreadable(self, table: Table, errors: list[tuple[int, str, str]]) -> None:
-        lines = [f"  row {row + 1}: {value!r}: {why}" for row, value, why in errors[:10]]
+        lines = [f"  row {table.row_number(row)}: {value!r}: {why}"
+                 for row, value, why in errors[:10]]
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise DataError(
             f"{table.source}: {len(errors)} unreadable {self.kind} file(s) in column "

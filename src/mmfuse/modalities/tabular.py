@@ -52,7 +52,7 @@ class TabularPreprocessor(Preprocessor):
             try:
                 values.append(self.parse(cell))
             except ValueError as exc:
-                bad.append(f"  row {row + 1}: {cell!r}: {exc}")
+                bad.append(f"  row {table.row_number(row)}: {cell!r}: {exc}")
                 values.append(None)
         if bad:
             more = f"\n  ... and {len(bad) - MAX_REPORTED} more" if len(bad) > MAX_REPORTED else ""
