@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+
 from conftest import draw_shape
 from media import moving_square, tone, write_audio, write_video
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+
 from test_cli import run
 
 EXAMPLE = Path(__file__).parent.parent / "examples" / "products.yaml"

@@ -126,7 +126,6 @@ def test_the_onnx_export_converts_served_predictors(every_type_run, tmp_path):
     in one graph, with the served predictors converted beside it."""
     pytest.importorskip("skl2onnx")
     from every_type import EVERY_TYPE_CONFIG
-
     from mmfuse.export import export_onnx, load_exported
 
     config = copy.deepcopy(EVERY_TYPE_CONFIG)
