@@ -12,12 +12,13 @@ import pytest
 import torch
 
 from media import tone, write_audio
-from mmfuse.config import AudioOptions, InputConfig
+from mmfuse.config import InputConfig
 from mmfuse.data.table import Table
 from mmfuse.errors import DataError
 from mmfuse.modalities import MISSING
 from mmfuse.modalities.audio import (
     AudioFeatures,
+    AudioOptions,
     AudioPreprocessor,
     augment_wave,
     dct_matrix,
@@ -26,6 +27,7 @@ from mmfuse.modalities.audio import (
     read_audio,
     spec_augment,
 )
+from mmfuse.specs import EncoderSpec
 
 
 @pytest.fixture(scope="module")
@@ -183,7 +185,7 @@ def test_mixed_rates_and_channels_in_one_column(tmp_path):
     assert out["mask"].sum(1).tolist() == [101, 51]
     assert out["index"].tolist() == [0, 1, MISSING, 0]
     assert (out["features"][1, :, :, 51:] == 0).all(), "padding frames are zero"
-    assert prep.spec() == {"channels": 1, "feature_dim": 32, "modality": "audio"}
+    assert prep.spec() == EncoderSpec("audio", channels=1, feature_dim=32)
 
 
 def test_normalisation_uses_training_statistics(tmp_path):

@@ -61,7 +61,9 @@ def test_minimal_config_validates_and_fills_defaults():
     assert config.fusion == {"type": "concat", "hidden": [256, 256], "dropout": 0.0}
     (answer,) = config.outputs
     assert answer.column == "answer"
-    assert answer.head["type"] == "category" and answer.head["top_k"] == 10
+    assert answer.head["type"] == "category" and answer.head["report_top"] == 10
+    assert answer.head["top_k"] == 3 and answer.head["class_weights"] is None
+    assert answer.head["calibrate"] is False
     assert config.training.epochs == 10 and config.training.optimizer == "adamw"
 
 
@@ -133,7 +135,8 @@ def test_tokenizer_that_does_not_fit_the_encoder_is_rejected():
                      ["size", "crop", "normalize", "flip_horizontal", "pad_crop"],
                      id="preprocess-option"),
         pytest.param(lambda d: d["outputs"][0].update(head={"top_kk": 3}),
-                     ["outputs.0", "top_kk"], "top_k", ["hidden", "dropout", "top_k"],
+                     ["outputs.0", "top_kk"], "top_k",
+                     ["hidden", "dropout", "class_weights", "calibrate", "top_k", "report_top"],
                      id="head-option"),
     ],
 )
@@ -174,7 +177,9 @@ def test_every_problem_is_reported_at_once():
     ("change", "where", "allowed"),
     [
         pytest.param(lambda d: d["inputs"][0].update(type="imagez"), "inputs.0.type",
-                     ["'image'", "'text'"], id="input-type"),
+                     ["did you mean 'image'",
+                      "choose one of: audio, binary, category, image, number, text, video"],
+                     id="input-type"),
         pytest.param(lambda d: d["training"].update(optimizer="adamz"), "training.optimizer",
                      ["'adamw'", "'adam'", "'sgd'"], id="optimizer"),
         pytest.param(lambda d: d["inputs"][0]["encoder"].update(type="cnnn"), "inputs.0",

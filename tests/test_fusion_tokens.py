@@ -7,14 +7,14 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from mmfuse.encoders import Features
 from mmfuse.errors import ConfigError
+from mmfuse.features import Features
 from mmfuse.registry import FUSIONS
 
 TOKEN_FUSIONS = ["attention", "cross_attention", "transformer"]
 DIMS = {
     "image": {"token_dim": 6, "pooled_dim": 5, "modality": "image"},
-    "question": {"token_dim": 4, "pooled_dim": 3, "modality": "text"},
+    "question": {"token_dim": 4, "pooled_dim": 3, "modality": "text", "query": True},
     "depth": {"token_dim": 5, "pooled_dim": 4, "modality": "image"},
 }
 TOKENS = {"image": 6, "question": 5, "depth": 4}
@@ -112,7 +112,7 @@ def test_attention_concentrates_on_the_token_the_query_selects():
     # Three image tokens 4*e_j. The query -8 * (1 - e_k) saturates every channel but k to -1,
     # so only token k scores high: p_k ~ 1 and u_1 = u_0 + p V ~ q + 4 e_k.
     dims = {"image": {"token_dim": 3, "pooled_dim": 2, "modality": "image"},
-            "question": {"token_dim": 1, "pooled_dim": 3, "modality": "text"}}
+            "question": {"token_dim": 1, "pooled_dim": 3, "modality": "text", "query": True}}
     fusion = build("attention", dims=dims, dim=3, attention_dim=3, hops=1, hidden=[])
     glimpse = fusion.hops[0]["image"]
     with torch.no_grad():

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from mmfuse.encoders import Features
 from mmfuse.errors import ConfigError
+from mmfuse.features import Features
 from mmfuse.registry import FUSIONS
 
 A = torch.tensor([[1.0, 2.0], [0.5, -0.5]])

@@ -6,8 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from mmfuse.encoders import Features
+from mmfuse.features import Features
 from mmfuse.registry import FUSIONS
+from mmfuse.specs import EncoderSpec, TargetSpec
 
 BATCH = 4
 POOLED = {"image": 5, "question": 3, "hint": 4}
@@ -19,7 +20,8 @@ def input_dims(count: int) -> dict[str, dict]:
     names = list(POOLED)[:count]
     return {n: {"token_dim": 6, "pooled_dim": POOLED[n], "modality": MODALITY[n],
                 "film_channels": [4, 4] if n == "image" else None,
-                "token_positions": n == "image"} for n in names}
+                "token_positions": n == "image", "tabular": False,
+                "query": MODALITY[n] == "text"} for n in names}
 
 
 # Option sets beyond the defaults that the smoke tests also run, under their own test ids.
@@ -177,9 +179,9 @@ def test_fusion_in_a_model_trains_every_encoder(name):
         "fusion": {"type": fusion_type, **preset},
         "outputs": [{"name": "answer", "type": "category"}],
     })
-    model = MultimodalModel(config, {"image": {"channels": 3, "size": (16, 16)},
-                                     "question": {"vocab_size": 9, "pad_id": 0}},
-                            {"answer": ["a", "b", "c"]})
+    model = MultimodalModel(config, {"image": EncoderSpec("image", channels=3, size=(16, 16)),
+                                     "question": EncoderSpec("text", vocab_size=9, pad_id=0)},
+                            {"answer": TargetSpec(labels=["a", "b", "c"])})
     ids = torch.tensor([[3, 4, 5], [6, 7, 0]])
     inputs = {
         "image": {"pixels": torch.randn(2, 3, 16, 16), "index": torch.tensor([0, 0, 1])},

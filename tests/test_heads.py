@@ -9,6 +9,7 @@ import torch
 
 from mmfuse.heads.category import IGNORE_INDEX, CategoryHead, CategoryOptions
 from mmfuse.registry import HEADS
+from mmfuse.specs import TargetSpec
 
 LABELS = ["blue", "green", "red", "yellow"]
 LOGITS = torch.tensor([
@@ -19,7 +20,8 @@ LOGITS = torch.tensor([
 
 
 def head(in_dim: int = 5, labels: list[str] = LABELS, **options) -> CategoryHead:
-    return CategoryHead(CategoryOptions.model_validate(options), in_dim, labels)
+    return CategoryHead(CategoryOptions.model_validate(options), in_dim,
+                        TargetSpec(labels=labels))
 
 
 def test_category_head_is_registered():
@@ -37,26 +39,26 @@ def test_loss_is_mean_negative_log_softmax_of_the_target():
     target = torch.tensor([0, 2, 3])
     log_probs = LOGITS.log_softmax(-1)
     expected = -(log_probs[0, 0] + log_probs[1, 2] + log_probs[2, 3]) / 3
-    torch.testing.assert_close(CategoryHead.loss(LOGITS, target), expected)
+    torch.testing.assert_close(head().loss(LOGITS, target), expected)
 
 
 def test_loss_known_number():
     # Two equal logits: -log(1/2) = log 2 whichever label is right.
-    loss = CategoryHead.loss(torch.zeros(2, 2), torch.tensor([0, 1]))
+    loss = head(labels=["no", "yes"]).loss(torch.zeros(2, 2), torch.tensor([0, 1]))
     assert loss.item() == pytest.approx(math.log(2))
 
 
 def test_rows_with_unknown_label_are_left_out_of_the_loss():
     target = torch.tensor([IGNORE_INDEX, 2, IGNORE_INDEX])
     expected = -LOGITS.log_softmax(-1)[1, 2]
-    torch.testing.assert_close(CategoryHead.loss(LOGITS, target), expected)
+    torch.testing.assert_close(head().loss(LOGITS, target), expected)
     assert IGNORE_INDEX == -100
 
 
 def test_label_smoothing_changes_the_loss():
     target = torch.tensor([0, 2, 3])
-    plain = CategoryHead.loss(LOGITS, target)
-    smoothed = CategoryHead.loss(LOGITS, target, label_smoothing=0.1)
+    plain = head().loss(LOGITS, target)
+    smoothed = head().loss(LOGITS, target, label_smoothing=0.1)
     log_probs = LOGITS.log_softmax(-1)
     picked = log_probs[torch.arange(3), target]
     expected = -(0.9 * picked + 0.1 * log_probs.mean(-1)).mean()
@@ -66,14 +68,14 @@ def test_label_smoothing_changes_the_loss():
 
 def test_loss_gradient_flows_to_logits():
     logits = LOGITS.clone().requires_grad_()
-    CategoryHead.loss(logits, torch.tensor([0, IGNORE_INDEX, 1])).backward()
+    head().loss(logits, torch.tensor([0, IGNORE_INDEX, 1])).backward()
     assert logits.grad[0].abs().sum() > 0 and logits.grad[2].abs().sum() > 0
     assert logits.grad[1].abs().sum() == 0
 
 
-@pytest.mark.parametrize("top_k", [1, 2, 4, 10])
-def test_postprocess_top_k_sorted_probabilities(top_k):
-    rows = head(top_k=top_k).postprocess(LOGITS)
+@pytest.mark.parametrize("report_top", [1, 2, 4, 10])
+def test_postprocess_report_top_sorted_probabilities(report_top):
+    rows = head(report_top=report_top).postprocess(LOGITS)
 
     assert len(rows) == 3
     probs = LOGITS.softmax(-1)
@@ -81,7 +83,7 @@ def test_postprocess_top_k_sorted_probabilities(top_k):
         assert set(row) == {"prediction", "probabilities"}
         assert row["prediction"] == LABELS[int(LOGITS[i].argmax())]
         values = list(row["probabilities"].values())
-        assert len(values) == min(top_k, len(LABELS))
+        assert len(values) == min(report_top, len(LABELS))
         assert values == sorted(values, reverse=True)
         assert sum(values) <= 1.0 + 1e-6
         assert next(iter(row["probabilities"])) == row["prediction"]
@@ -90,7 +92,7 @@ def test_postprocess_top_k_sorted_probabilities(top_k):
 
 
 def test_postprocess_all_labels_sum_to_one():
-    rows = head(top_k=10).postprocess(LOGITS)
+    rows = head(report_top=10).postprocess(LOGITS)
     for row in rows:
         assert sum(row["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
 

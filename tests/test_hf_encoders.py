@@ -19,12 +19,14 @@ from PIL import Image, ImageDraw
 
 import mmfuse
 from mmfuse.config import InputConfig, load_config
-from mmfuse.encoders.base import Features, weights_from_bundle
+from mmfuse.encoders.base import weights_from_bundle
 from mmfuse.errors import ConfigError
+from mmfuse.features import Features
 from mmfuse.modalities.image import ImagePreprocessor
 from mmfuse.modalities.text import TextPreprocessor
 from mmfuse.model import build_component
 from mmfuse.registry import ENCODERS
+from mmfuse.specs import EncoderSpec
 
 transformers = pytest.importorskip("transformers")
 
@@ -61,10 +63,10 @@ def image_input(path: Path | str, **encoder) -> dict:
             "encoder": {"type": "hf_image", "path": str(path), **encoder}}
 
 
-def build(spec: dict, input_spec: dict | None = None):
+def build(spec: dict, input_spec: EncoderSpec | None = None):
     """The encoder of one input dict, from its resolved (validated) config."""
     resolved = InputConfig.model_validate(spec)
-    return build_component(ENCODERS, resolved.encoder, input_spec or {})
+    return build_component(ENCODERS, resolved.encoder, input_spec or EncoderSpec(resolved.type))
 
 
 def text_batch() -> dict[str, torch.Tensor]:
@@ -231,10 +233,10 @@ def test_bundle_build_reads_no_folder(folders, tmp_path):
     """Under weights_from_bundle the architecture comes from the recorded hf_config."""
     folder = shutil.copytree(folders["clip"], tmp_path / "clip")
     resolved = InputConfig.model_validate(image_input(folder)).encoder
-    original = build_component(ENCODERS, resolved, {})
+    original = build_component(ENCODERS, resolved, EncoderSpec("image"))
     shutil.rmtree(folder)
     with weights_from_bundle():
-        rebuilt = build_component(ENCODERS, resolved, {})
+        rebuilt = build_component(ENCODERS, resolved, EncoderSpec("image"))
     rebuilt.load_state_dict(original.state_dict())
     batch = image_batch()
     with torch.no_grad():
@@ -289,7 +291,7 @@ def test_text_preprocessor_uses_the_folders_tokenizer_and_pad_token(folders, tmp
     assert ids[0].tolist() == [0, 5, 6, 7, 8, 9, 10, 1] and lengths.tolist() == [8, 3, 4]
     assert ids[1].tolist() == [0, 11, 1] + [PAD_ID] * 5
     assert ids[2, 1] == UNK_ID
-    assert prep.spec()["pad_id"] == PAD_ID
+    assert prep.spec().pad_id == PAD_ID
 
     state, saved = json.loads(json.dumps(prep.state())), resolved.model_dump(mode="json")
     shutil.rmtree(folder)  # a bundle's config and state need no folder

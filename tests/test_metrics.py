@@ -68,16 +68,16 @@ LOGITS = torch.tensor([
     [0.0, 2.0],  # predicts 1
 ])
 TARGET = np.array([0, 0, IGNORE_INDEX, 1])
-LABELS = ["no", "yes"]
 TRUTH = ["no", "no", "maybe", "yes"]
 
 
 def test_category_metrics_known_numbers():
-    metrics = category_metrics(LOGITS, torch.from_numpy(TARGET), LABELS, TRUTH)
+    metrics = category_metrics(LOGITS, torch.from_numpy(TARGET), TRUTH, k=1)
     known = torch.tensor([0, 1, 3])
     loss = torch.nn.functional.cross_entropy(LOGITS[known], torch.from_numpy(TARGET)[known])
     assert metrics == {
         "accuracy": 0.5,  # rows 0 and 3 right; row 2 (unknown label) counts as wrong
+        "top_k_accuracy": 0.5,  # k = 1: the same as accuracy
         "loss": round(loss.item(), 6),
         "majority_baseline": 0.5,
     }
@@ -85,12 +85,12 @@ def test_category_metrics_known_numbers():
 
 def test_category_metrics_without_known_labels_has_nan_loss():
     target = torch.full((2,), IGNORE_INDEX)
-    metrics = category_metrics(LOGITS[:2], target, LABELS, ["x", "y"])
+    metrics = category_metrics(LOGITS[:2], target, ["x", "y"])
     assert math.isnan(metrics["loss"]) and metrics["accuracy"] == 0.0
 
 
 def test_evaluate_outputs_without_groups():
-    result = evaluate_outputs({"answer": category_scorer(LOGITS, TARGET, LABELS, TRUTH)}, 4)
+    result = evaluate_outputs({"answer": category_scorer(LOGITS, TARGET, TRUTH)}, 4)
     assert set(result) == {"n", "outputs"}
     assert result["n"] == 4
     assert set(result["outputs"]) == {"answer"}
@@ -99,7 +99,7 @@ def test_evaluate_outputs_without_groups():
 
 def test_evaluate_outputs_with_groups():
     groups = ["relational", "plain", "plain", "relational"]
-    result = evaluate_outputs({"answer": category_scorer(LOGITS, TARGET, LABELS, TRUTH)}, 4,
+    result = evaluate_outputs({"answer": category_scorer(LOGITS, TARGET, TRUTH)}, 4,
                               groups=groups)
 
     assert result["n"] == 4
@@ -111,13 +111,14 @@ def test_evaluate_outputs_with_groups():
     assert relational["outputs"]["answer"]["accuracy"] == 1.0
     assert plain["outputs"]["answer"]["majority_baseline"] == 0.5
     assert relational["outputs"]["answer"]["majority_baseline"] == 0.5
-    assert set(relational["outputs"]["answer"]) == {"accuracy", "loss", "majority_baseline"}
+    assert set(relational["outputs"]["answer"]) == {"accuracy", "top_k_accuracy", "loss",
+                                                  "majority_baseline"}
 
 
 def test_evaluate_outputs_with_two_outputs():
     logits = {"a": LOGITS, "b": LOGITS.flip(-1)}
     targets = {"a": np.array([0, 1, 0, 1]), "b": np.array([0, 1, 0, 1])}
-    result = evaluate_outputs({n: category_scorer(logits[n], targets[n], LABELS, TRUTH)
+    result = evaluate_outputs({n: category_scorer(logits[n], targets[n], TRUTH)
                                for n in logits}, 4)
     assert result["outputs"]["a"]["accuracy"] == 1.0
     assert result["outputs"]["b"]["accuracy"] == 0.0

@@ -11,11 +11,12 @@ import torch
 
 import mmfuse
 from mmfuse.data.table import read_table
-from mmfuse.encoders.base import Features, expand_rows
 from mmfuse.errors import DataError
+from mmfuse.features import Features, expand_rows
 from mmfuse.modalities import MISSING
 from mmfuse.model import MultimodalModel
 from mmfuse.pipeline import Pipeline
+from mmfuse.specs import EncoderSpec, TargetSpec
 
 
 def features(rows: int, tokens: int = 3, dim: int = 4, seed: int = 0) -> Features:
@@ -47,9 +48,9 @@ def test_a_missing_row_does_not_depend_on_other_rows_items(minimal_config):
     same output (it only sees its question)."""
     config = mmfuse.load_config(minimal_config)
     model = MultimodalModel(
-        config, {"image": {"channels": 3, "size": (32, 32), "modality": "image"},
-                 "question": {"vocab_size": 20, "pad_id": 0, "modality": "text"}},
-        {"answer": ["a", "b", "c"]}).eval()
+        config, {"image": EncoderSpec("image", channels=3, size=(32, 32)),
+                 "question": EncoderSpec("text", vocab_size=20, pad_id=0)},
+        {"answer": TargetSpec(labels=["a", "b", "c"])}).eval()
     question = {"ids": torch.tensor([[3, 4, 5]]), "mask": torch.ones(1, 3, dtype=torch.bool),
                 "index": torch.tensor([0, 0])}
     outputs = []
@@ -156,7 +157,7 @@ def film_fusion():
     entry = FUSIONS.get("film")
     dims = {"image": {"token_dim": 6, "pooled_dim": 5, "modality": "image",
                       "film_channels": [3, 4]},
-            "question": {"token_dim": 5, "pooled_dim": 5, "modality": "text"}}
+            "question": {"token_dim": 5, "pooled_dim": 5, "modality": "text", "query": True}}
     fusion = entry.builder(entry.options.model_validate({}), dims)
     torch.nn.init.normal_(fusion.generator.weight)
     torch.nn.init.normal_(fusion.generator.bias)
@@ -196,7 +197,7 @@ def test_film_bundle_without_the_running_mean_keeps_the_identity_modulation():
 
 
 def test_placeholder_mode_fills_missing_rows_with_learned_vectors():
-    from mmfuse.encoders.base import Placeholder
+    from mmfuse.features import Placeholder
 
     placeholder = Placeholder(4, 5)
     out = placeholder(expand_rows(features(2), torch.tensor([1, MISSING, 0]), 4, 5))

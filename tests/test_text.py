@@ -12,6 +12,7 @@ from mmfuse.config import InputConfig
 from mmfuse.data.table import Table
 from mmfuse.modalities import MISSING
 from mmfuse.modalities.text import PAD, UNK, TextPreprocessor
+from mmfuse.specs import EncoderSpec
 
 TRAIN = [
     "What colour is the RED square?",
@@ -55,8 +56,8 @@ def test_special_tokens_have_fixed_ids():
     prep = fitted()
     assert prep.pad_id == 0 and prep.tokenizer.token_to_id(PAD) == 0
     assert prep.unk_id == 1 and prep.tokenizer.token_to_id(UNK) == 1
-    assert prep.spec() == {"vocab_size": prep.tokenizer.get_vocab_size(), "pad_id": 0,
-                           "modality": "text"}
+    assert prep.spec() == EncoderSpec("text", vocab_size=prep.tokenizer.get_vocab_size(),
+                                      pad_id=0)
 
 
 def test_vocabulary_is_learned_from_training_text():
@@ -203,7 +204,7 @@ def pretrained() -> TextPreprocessor:
 def test_pretrained_tokenizer_is_selected_by_the_encoder(pretrained):
     assert pretrained.kind == "pretrained"
     assert pretrained.pad_id == 0 and pretrained.unk_id == 100
-    assert pretrained.spec() == {"vocab_size": 30522, "pad_id": 0, "modality": "text"}
+    assert pretrained.spec() == EncoderSpec("text", vocab_size=30522, pad_id=0)
 
 
 def test_pretrained_ids_start_with_cls_and_end_with_sep(pretrained):

@@ -84,8 +84,8 @@ def test_served_text_equals_cli_predict(captions):
                          "--set", f"prompt={PROMPTS[1]}", "--json").stdout)
     with TestClient(create_app(load_service(captions["run"]))) as client:
         described = client.get("/v1/model").json()["outputs"][0]
-        assert described == {"name": "caption", "type": "text", "decoder": "gru",
-                             "decoding": "beam", "max_length": 8,
+        assert described == {"name": "caption", "type": "text", "served_by": "head",
+                             "decoder": "gru", "decoding": "beam", "max_length": 8,
                              "vocabulary_size": described["vocabulary_size"]}
         served = client.post("/v1/predict", files={"image": ("a.png", image.read_bytes())},
                              data={"prompt": PROMPTS[1]})

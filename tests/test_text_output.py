@@ -26,6 +26,7 @@ from mmfuse.modalities.text_target import (
     normalize,
     split_tokens,
 )
+from mmfuse.specs import TargetSpec
 from mmfuse.training.metrics import evaluate_outputs, text_metrics, text_scorer
 
 
@@ -205,7 +206,7 @@ def test_head_teacher_forcing_and_generation_shapes(decoder):
     options = TextHeadOptions(decoder=decoder, dim=16, heads=2, max_length=5,
                               decoding="beam", beam_width=3, hypotheses=2)
     vocab = ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "x", "▁y"]
-    head = TextHead(options, 12, vocab, {}).eval()
+    head = TextHead(options, 12, TargetSpec(labels=vocab), {}).eval()
     fused = torch.randn(3, 12)
     target = torch.tensor([[BOS_ID, 4, 5, EOS_ID], [BOS_ID, 4, EOS_ID, PAD_ID],
                            [PAD_ID] * 4])
@@ -229,7 +230,8 @@ def test_gru_decoder_steps_match_teacher_forcing():
     torch.manual_seed(0)
     for decoder in ("gru", "transformer"):
         head = TextHead(TextHeadOptions(decoder=decoder, dim=16, heads=2), 8,
-                        ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "x", "y"], {}).eval()
+                        TargetSpec(labels=["[PAD]", "[UNK]", "[BOS]", "[EOS]", "x", "y"]),
+                        {}).eval()
         fused = torch.randn(2, 8)
         target = torch.tensor([[BOS_ID, 4, 5, 4, EOS_ID]] * 2)
         memory, mask = head.memory(fused, {})
@@ -243,9 +245,9 @@ def test_gru_decoder_steps_match_teacher_forcing():
 def test_padded_memory_slots_do_not_change_the_text():
     torch.manual_seed(0)
     dims = {"prompt": {"token_dim": 6, "pooled_dim": 6}}
-    head = TextHead(TextHeadOptions(dim=16), 8, ["[PAD]", "[UNK]", "[BOS]", "[EOS]", "x"],
-                    dims).eval()
-    from mmfuse.encoders.base import Features
+    head = TextHead(TextHeadOptions(dim=16), 8,
+                    TargetSpec(labels=["[PAD]", "[UNK]", "[BOS]", "[EOS]", "x"]), dims).eval()
+    from mmfuse.features import Features
 
     tokens = torch.randn(1, 3, 6)
     short = Features(tokens[:, :2], torch.ones(1, 2, dtype=torch.bool), torch.randn(1, 6),

@@ -1,4 +1,4 @@
-"""Tests for CPU counting and torch thread settings (mmfuse.training.threads)."""
+"""Tests for CPU counting and torch thread settings (mmfuse.threads)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import mmfuse.training.threads as threads
-from mmfuse.training.threads import available_cpus, configure_threads
+import mmfuse.threads as threads
+from mmfuse.threads import available_cpus, configure_threads
 
 
 def fake_cpus(monkeypatch, affinity: int, quota: float | None) -> None:

@@ -15,7 +15,7 @@ import yaml
 from conftest import MINIMAL, make_shapes_qa
 from mmfuse.config import load_config
 from mmfuse.errors import ConfigError, MmfuseError
-from mmfuse.training.threads import available_cpus
+from mmfuse.threads import available_cpus
 from mmfuse.tuning import outputs, run_tune
 from mmfuse.tuning.space import apply_params
 from mmfuse.tuning.study import STUDY_NAME

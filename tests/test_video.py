@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from media import moving_square, write_video
-from mmfuse.config import InputConfig, VideoOptions
+from mmfuse.config import InputConfig
 from mmfuse.data.table import Table
 from mmfuse.errors import DataError
 from mmfuse.modalities import MISSING
-from mmfuse.modalities.video import VideoPreprocessor, read_frames, sample_frames
+from mmfuse.modalities.video import VideoOptions, VideoPreprocessor, read_frames, sample_frames
+from mmfuse.specs import EncoderSpec
 
 
 @pytest.fixture(autouse=True)
@@ -76,7 +77,7 @@ def test_clips_of_different_sizes_and_lengths_in_one_column(tmp_path):
     out = prep.batch(column, column.index, False, torch.Generator())
     assert out["pixels"].shape == (2, 8, 3, 24, 24)
     assert out["mask"].sum(1).tolist() == [8, 3]
-    assert prep.spec() == {"channels": 3, "size": (24, 24), "frames": 8, "modality": "video"}
+    assert prep.spec() == EncoderSpec("video", channels=3, size=(24, 24), frames=8)
 
 
 def test_normalisation_statistics_come_from_real_frames(tmp_path):

@@ -281,14 +281,16 @@ def export(
 @app.command()
 def datasets(
     name: Annotated[str, typer.Argument(
-        help="sort-of-clevr, av-digits, moving-shapes, spoken-numbers or photo-views")],
+        help="sort-of-clevr, av-digits, moving-shapes, spoken-numbers, photo-views or "
+        "products")],
     out_dir: Annotated[Path, typer.Argument(help="folder to write")],
     train_size: Annotated[int | None, typer.Option(
         "--train", help="training images (sort-of-clevr, default 9800; photo-views 800), rows "
-        "(av-digits, default 3000) or clips (moving-shapes 24000, spoken-numbers 4000)")] = None,
+        "(av-digits, default 3000; products 2000) or clips (moving-shapes 24000, "
+        "spoken-numbers 4000)")] = None,
     test_size: Annotated[int | None, typer.Option(
-        "--test", help="test images (default 200; photo-views 400), rows (1000) or clips "
-        "(300, 500)")] = None,
+        "--test", help="test images (default 200; photo-views 400), rows (1000; products 500) "
+        "or clips (300, 500)")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     missing: Annotated[float | None, typer.Option(
         "--missing", metavar="FRACTION",
@@ -296,8 +298,8 @@ def datasets(
     = None,
     as_json: JsonFlag = False,
 ) -> None:
-    """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes, spoken-numbers or
-    photo-views."""
+    """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes, spoken-numbers,
+    photo-views or products."""
     from .datasets import DATASETS, generate_dataset
 
     if name not in DATASETS:
@@ -316,13 +318,15 @@ def datasets(
 
 @app.command("list")
 def list_components(
-    kind: Annotated[str, typer.Argument(help="fusions, encoders or heads")],
+    kind: Annotated[str, typer.Argument(help="fusions, encoders, heads or modalities")],
     as_json: JsonFlag = False,
 ) -> None:
-    """List the registered fusions, encoders or heads."""
-    from .registry import ENCODERS, FUSIONS, HEADS
+    """List the registered fusions, encoders, heads or modalities (input types, with their
+    preprocess options)."""
+    from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES
 
-    registries = {"fusions": FUSIONS, "encoders": ENCODERS, "heads": HEADS}
+    registries = {"fusions": FUSIONS, "encoders": ENCODERS, "heads": HEADS,
+                  "modalities": MODALITIES}
     if kind not in registries:
         raise MmfuseError(f"unknown kind {kind!r}; choose one of: {', '.join(registries)}")
     from .config import encoder_modalities

@@ -79,12 +79,22 @@ def outcomes_of(model: Model, name: str, raw: Any, table: Table) -> Outcomes:
     prep = model.pipeline.outputs[name]
     rows = model.pipeline.model.heads[name].postprocess(raw)
     predicted = [str(r["prediction"]) for r in rows]
-    confidence = np.array([r["score"] if "score" in r else max(r["probabilities"].values())
-                           for r in rows], dtype=np.float64)
+    confidence = np.array([confidence_of(r) for r in rows], dtype=np.float64)
     truth = [answer_text(prep, v) for v in table.column(prep.column)]
     right = np.array([t is not None and p == t for p, t in zip(predicted, truth, strict=True)])
     output_type = next(o.type for o in model.config.outputs if o.name == name)
     return Outcomes(name, output_type, predicted, truth, confidence, right)
+
+
+def confidence_of(row: dict) -> float:
+    """How sure one answer is: a text's score, a label's probability (a binary output's: of
+    the label it gave), NaN for a number."""
+    if "score" in row:
+        return row["score"]
+    if "probability" in row:
+        return max(row["probability"], 1 - row["probability"])
+    probabilities = row.get("probabilities")
+    return max(probabilities.values()) if probabilities else float("nan")
 
 
 def answer_text(prep: Preprocessor, value: Any) -> str | None:

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from ..modalities.base import MISSING
+from ..modalities.kind import modality
 from .collect import Outcomes, ReportData
 from .html import Section, esc, paragraph
 
@@ -63,12 +64,13 @@ def card(report: ReportData, media: Media, o: Outcomes, row: int, kind: str) -> 
     for spec in report.model.config.inputs:
         fields.append(f'<div class="field"><span class="label">{esc(spec.name)}</span> '
                       f"{media.html(spec.name, row)}</div>")
-    measure = "probability" if o.type == "category" else "score"
+    measure = "score" if o.type == "text" else "probability"
     fields += [f'<div class="field"><span class="label">true</span> {esc(o.truth[row])}</div>',
                f'<div class="field"><span class="label">predicted</span> '
-               f"<strong>{esc(o.predicted[row])}</strong></div>",
-               f'<div class="field"><span class="label">{measure}</span> '
-               f"{o.confidence[row]:.4f}</div>"]
+               f"<strong>{esc(o.predicted[row])}</strong></div>"]
+    if np.isfinite(o.confidence[row]):  # a number output has none
+        fields.append(f'<div class="field"><span class="label">{measure}</span> '
+                      f"{o.confidence[row]:.4f}</div>")
     return (f'<div class="card {kind}" data-output="{esc(o.name)}" data-row="{row}">'
             + "".join(fields) + "</div>")
 
@@ -80,8 +82,10 @@ class Media:
         self.report = report
         self.types = {spec.name: spec.type for spec in report.model.config.inputs}
         self.cache: dict[tuple[str, int], str] = {}
+        # inputs that are not files (text, numbers, categories, yes/no) show their cell
         self.texts = {spec.name: report.table.column(spec.column)
-                      for spec in report.model.config.inputs if spec.type == "text"}
+                      for spec in report.model.config.inputs
+                      if modality(spec.type).value != "file"}
         self.renderers: dict[str, Callable[[str, int], str]] = {
             "image": self.image, "video": self.video, "audio": self.audio}
 

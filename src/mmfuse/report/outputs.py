@@ -5,6 +5,8 @@
   ``sum_b n_b / N * |accuracy_b - confidence_b|`` over 10 equal-width confidence bins).
 - ``text``: BLEU (and chrF, exact match) overall and per ``--by`` group, and examples of the
   reference beside the generated text.
+- ``number``, ``binary``, ``set``: their metrics beside their baselines, overall and per
+  ``--by`` group.
 
 A new output type adds one function here, taking the :class:`ReportData` and the output's
 name and returning its :class:`Section`, and one line in :data:`OUTPUT_SECTIONS`.
@@ -161,7 +163,33 @@ def examples_table(report: ReportData, o: Outcomes) -> str:
     return table(header, lines, caption=f"reference vs generated ({len(chosen)} rows)")
 
 
+METRICS = {"number": ("r2", "mae", "rmse"), "binary": ("roc_auc", "pr_auc", "f1", "accuracy"),
+           "set": ("jaccard", "f1_micro", "f1_macro")}
+
+
+def metrics_section(report: ReportData, name: str) -> Section:
+    """A number, binary or set output: its metrics beside its baseline's (the training mean,
+    the majority label, the most frequent label set), overall and per group."""
+    kind = report.outcomes[name].type
+    keys = METRICS[kind]
+    evaluation = report.evaluation
+    metrics = evaluation["outputs"][name]
+    rows = [("all", evaluation["n"], *(metrics[k] for k in keys)),
+            ("baseline", evaluation["n"], *(metrics["baseline"][k] for k in keys))]
+    for group, values in (evaluation.get("groups") or {}).items():
+        rows.append((group, values["n"], *(values["outputs"][name][k] for k in keys)))
+    served = " (served by its classic predictor; the head it replaces: " + ", ".join(
+        f"{k} {evaluation['heads'][name][k]:.4f}" for k in keys) + ")" \
+        if name in evaluation.get("heads", {}) else ""
+    parts = [paragraph(f"{evaluation['n']} rows{served}."),
+             table([report.by or "rows", "n", *keys], rows)]
+    return Section(f"output-{name}", f"Output {name} ({kind})", "\n".join(parts))
+
+
 OUTPUT_SECTIONS: dict[str, Callable[[ReportData, str], Section]] = {
     "category": category_section,
     "text": text_section,
+    "number": metrics_section,
+    "binary": metrics_section,
+    "set": metrics_section,
 }
