@@ -216,3 +216,65 @@ def test_a_text_output_shows_its_text_and_beam_hypotheses(page: Page, live_serve
     expect(items).to_have_count(2)
     assert items.locator(".hypothesis").all_inner_texts() == [h["text"] for h in hypotheses]
     assert items.locator(".num").all_inner_texts() == ["-0.031", "-4.077"]
+
+
+@pytest.fixture(scope="module")
+def every_type_page_server(every_type_run) -> Iterator[str]:
+    """A server of the model with every input and output type."""
+    from serving import start_server, stop_server
+
+    process, url = start_server([str(every_type_run["run"])])
+    yield url
+    stop_server(process)
+
+
+def test_every_input_type_has_its_control_and_every_output_its_answer(
+        page: Page, every_type_page_server: str, every_type_run):
+    import mmfuse
+
+    data = every_type_run["data"]
+    page.goto(every_type_page_server)
+    # one control per input, by the kind of value it takes
+    assert page.get_attribute("#in-image", "type") == "file"
+    assert page.get_attribute("#in-image", "accept") == "image/*"
+    assert page.get_attribute("#in-sound", "accept") == "audio/*"
+    assert page.get_attribute("#in-clip", "accept") == "video/*"
+    assert page.get_attribute("#in-weight", "type") == "number"
+    assert page.get_attribute("#in-brand", "list") == "values-brand"
+    assert page.eval_on_selector_all("#values-brand option", "os => os.map(o => o.value)") == [
+        "acme", "globex", "initech", "umbrella"]
+    assert page.eval_on_selector("#in-handmade", "e => e.tagName") == "SELECT"
+    expect(page.locator("label[for=in-weight] .hint")).to_have_text("(number, required)")
+
+    page.set_input_files("#in-image", data / "img/004.png")
+    page.set_input_files("#in-sound", data / "snd/004.wav")
+    page.set_input_files("#in-clip", data / "vid/004.mp4")
+    page.fill("#in-note", "a green thing")
+    page.fill("#in-weight", "6.25")
+    page.fill("#in-brand", "globex")
+    page.select_option("#in-handmade", "true")
+    with page.expect_response("**/v1/predict"):
+        page.click("#predict")
+    expect(page.locator('.output[data-output="tags"]')).to_be_visible()
+
+    expected = mmfuse.Model.load(every_type_run["run"]).predict([{
+        "image": str(data / "img/004.png"), "sound": str(data / "snd/004.wav"),
+        "clip": str(data / "vid/004.mp4"), "note": "a green thing", "weight": 6.25,
+        "brand": "globex", "handmade": True}])[0]
+
+    def shown(name: str) -> str:
+        return page.locator(f'.output[data-output="{name}"] .prediction').inner_text()
+
+    assert float(shown("price")) == pytest.approx(expected["price"]["prediction"], rel=1e-5)
+    assert shown("heavy") == expected["heavy"]["prediction"]
+    assert shown("tags") == (", ".join(expected["tags"]["prediction"]) or "(none)")
+    assert shown("shape") == expected["shape"]["prediction"]
+    assert {b["label"] for b in read_bars(page, "heavy")} == {"yes", "no"}
+    assert {b["label"] for b in read_bars(page, "tags")} == {"big", "craft", "warm"}
+    assert read_bars(page, "price") == []  # a number has no probabilities
+
+    page.fill("#in-weight", "")
+    with page.expect_response("**/v1/predict"):
+        page.evaluate("document.querySelector('#in-weight').required = false")
+        page.click("#predict")
+    expect(page.locator("#error")).to_contain_text("weight")

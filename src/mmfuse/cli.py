@@ -135,19 +135,26 @@ def _validation_table(run_dir: Path):
 
 
 def print_evaluation(result: dict, by: str | None) -> None:
-    """A table per output, overall and per group: accuracy and majority baseline of a category
-    output; exact match, token accuracy, BLEU and chrF of a text output."""
-    for name, metrics in result["outputs"].items():
-        table = RichTable(title=f"{name}: {result['n']} rows")
-        table.add_column(by or "")
-        table.add_column("n", justify="right")
-        for key in metrics:
-            table.add_column(key.replace("_", " "), justify="right")
-        rows = [("all", result["n"], metrics)]
-        rows += [(g, v["n"], v["outputs"][name]) for g, v in result.get("groups", {}).items()]
-        for group, n, m in rows:
-            table.add_row(str(group), str(n), *(f"{m[key]:.4f}" for key in metrics))
-        out.print(table)
+    """A table per output, overall, its baseline (when it has one) and per group; then the
+    heads that classic predictors replace and the predictors not served."""
+    notes = {"outputs": "", "heads": " (the head its predictor replaces)",
+             "predictors": " (a predictor fitted, not served)"}
+    for section, note in notes.items():
+        for name, metrics in result.get(section, {}).items():
+            columns = [k for k, v in metrics.items() if not isinstance(v, dict)]
+            table = RichTable(title=f"{name}{note}: {result['n']} rows")
+            table.add_column(by or "")
+            table.add_column("n", justify="right")
+            for key in columns:
+                table.add_column(key.replace("_", " "), justify="right")
+            rows = [("all", result["n"], metrics)]
+            if isinstance(metrics.get("baseline"), dict):
+                rows.append(("baseline", result["n"], metrics["baseline"]))
+            rows += [(g, v["n"], v[section][name]) for g, v in result.get("groups", {}).items()]
+            for group, n, m in rows:
+                table.add_row(str(group), str(n), *(f"{m[key]:.4f}" if key in m else "-"
+                                                    for key in columns))
+            out.print(table)
 
 
 @app.command()
