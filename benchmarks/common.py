@@ -14,7 +14,7 @@ def machine() -> str:
     """One line describing the CPU, core count and library versions."""
     import torch
 
-    from mmfuse.training.threads import available_cpus
+    from mmfuse.threads import available_cpus
 
     cpu = platform.processor() or platform.machine()
     try:

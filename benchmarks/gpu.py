@@ -132,7 +132,7 @@ def main() -> None:
     import torch
 
     from mmfuse.datasets.sort_of_clevr import generate_sort_of_clevr
-    from mmfuse.training.threads import available_cpus
+    from mmfuse.threads import available_cpus
 
     device = args.device
     if not torch.cuda.is_available():

@@ -28,8 +28,8 @@ from mmfuse.data.table import read_table
 from mmfuse.datasets.sort_of_clevr import generate_sort_of_clevr
 from mmfuse.modalities.base import Column
 from mmfuse.pipeline import Pipeline
+from mmfuse.threads import configure_threads
 from mmfuse.training.loop import batch_loss, make_optimizer
-from mmfuse.training.threads import configure_threads
 
 CONFIG = Path(__file__).resolve().parents[1] / "examples" / "sort_of_clevr.yaml"
 

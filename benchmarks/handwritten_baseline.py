@@ -166,7 +166,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     args = parser.parse_args()
     from mmfuse.datasets.sort_of_clevr import generate_sort_of_clevr
-    from mmfuse.training.threads import configure_threads
+    from mmfuse.threads import configure_threads
 
     threads = configure_threads()
     with tempfile.TemporaryDirectory() as tmp:

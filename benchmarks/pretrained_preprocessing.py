@@ -34,9 +34,8 @@ import torch
 from common import RESULTS, command, machine, markdown_table
 from PIL import Image, ImageOps
 
-from mmfuse.config import ImageOptions
 from mmfuse.encoders.efficientnet import VARIANTS, imagenet_classifier, pretrained_backbone
-from mmfuse.modalities.image import fit_image, to_pixels
+from mmfuse.modalities.image import ImageOptions, fit_image, to_pixels
 
 # photo -> the ImageNet classes that name its content
 RIGHT = {
