@@ -32,6 +32,7 @@ from mmfuse.explain import modality_importance
 from mmfuse.explain.attribution import attribute_row
 from mmfuse.explain.run import explain_run
 from mmfuse.modalities.video import sample_frames
+from mmfuse.specs import EncoderSpec
 from test_cli import run
 
 # --- scenes: three objects, a question about one of them, its centre known ---------------------
@@ -420,7 +421,7 @@ def test_audio_tokens_carry_increasing_times_within_the_clip(av_explained):
 
 def cnn(size: tuple[int, int], layers: int = 4) -> CNNEncoder:
     return CNNEncoder(CNNOptions(channels=[4] * layers, pool="mean", dim=8),
-                      {"channels": 3, "size": list(size)})
+                      EncoderSpec("image", channels=3, size=tuple(size)))
 
 
 def test_cnn_token_centres_of_four_stride_two_layers():

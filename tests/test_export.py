@@ -184,9 +184,10 @@ def test_every_fusion_exports_with_pytorch_logits(tmp_path, table, case):
 
 def test_every_registered_encoder_and_fusion_is_covered():
     encoders = {spec["encoder"]["type"] for case in ENCODER_CASES.values() for spec in case}
-    # minilm, hf_text, hf_image and efficientnet_lite2: their own tests below
+    # minilm, hf_text, hf_image and efficientnet_lite2: their own tests below; numeric and
+    # embedding: in tests/test_predictors.py, with every input type in one exported graph
     assert set(ENCODERS.names()) <= encoders | {"minilm", "hf_text", "hf_image",
-                                                "efficientnet_lite2"}
+                                                "efficientnet_lite2", "numeric", "embedding"}
     assert set(FUSIONS.names()) <= {case.split("[")[0] for case in FUSION_OPTIONS}
 
 

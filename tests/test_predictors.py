@@ -117,8 +117,32 @@ def test_the_summary_times_the_predictors(every_type_run, tmp_path):
     config["training"]["epochs"] = 1
     summary = mmfuse.Model.from_config(config).fit(every_type_run["csv"])
     assert set(summary["predictor_seconds"]) == {"fused_vectors", "price", "heavy", "shape"}
+    # heavy's threshold is fitted; shape's temperature is not: a predictor serves shape, and
+    # a temperature scales only the head's logits
+    assert set(summary["calibration"]) == {"split", "heavy"}
     assert summary["calibration"]["split"] == "valid"
-    assert set(summary["calibration"]) >= {"heavy", "shape"}
+
+
+def test_threshold_auto_is_fitted_on_the_answers_served(every_type_run):
+    """A binary output served by its predictor gets the F1-best threshold of the predictor's
+    probabilities, not of the head's it replaces."""
+    from mmfuse.data.table import read_table
+    from mmfuse.heads.binary import best_f1_threshold
+
+    config = {"inputs": [{"name": "weight", "type": "number"}, {"name": "brand",
+                                                                "type": "category"}],
+              "outputs": [{"name": "heavy", "type": "binary", "threshold": "auto",
+                           "predictor": {"type": "logistic"}}],
+              "training": {"epochs": 3, "batch_size": 8, "valid_fraction": 0.0}}
+    model = mmfuse.Model.from_config(config)
+    model.fit(every_type_run["csv"])
+    pipeline = model.pipeline
+    encoded = pipeline.encode(read_table(every_type_run["csv"]))
+    served = pipeline.logits(encoded)["heavy"]
+    target = encoded.targets["heavy"]
+    known = ~np.isnan(target)
+    expected = best_f1_threshold(torch.sigmoid(served.double()).numpy()[known], target[known])
+    assert pipeline.model.heads["heavy"].threshold == pytest.approx(expected)
 
 
 def test_the_onnx_export_converts_served_predictors(every_type_run, tmp_path):

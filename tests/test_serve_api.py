@@ -461,9 +461,10 @@ def test_deeply_nested_json_and_blank_text_are_4xx(client):
 
 def test_media_of_unknown_duration_is_refused(media_run, monkeypatch):
     """Decoding a stream whose header gives no length could take any memory: refused."""
+    from mmfuse.modalities import files
     from mmfuse.serve import inputs
 
-    monkeypatch.setattr(inputs, "media_seconds", lambda path, kind: None)
+    monkeypatch.setattr(files, "media_seconds", lambda path, kind: None)
     service = load_service(media_run / "run")
     with pytest.raises(inputs.RequestError) as refused:
         service.prepare([{"audio": (media_run / "a1.wav").read_bytes(),

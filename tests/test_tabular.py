@@ -214,3 +214,13 @@ def test_periodic_embeddings_differ_from_the_projection():
     assert linear(x).pooled.shape == periodic(x).pooled.shape == (5, 8)
     assert periodic.frequencies.shape == (1, 4)
     assert linear(x).tokens.shape == (5, 1, 8)
+
+
+def test_training_batches_teach_the_unknown_bucket():
+    prep = preprocessor("category", unknown_rate=0.25)
+    column = prep.fit_encode(table([f"v{i}" for i in range(400)]))
+    generator = torch.Generator().manual_seed(0)
+    ids = prep.tensors(column.items, True, generator)["ids"]
+    assert 0.15 < float((ids == 0).float().mean()) < 0.35  # about a quarter hidden
+    assert (prep.tensors(column.items, False, generator)["ids"] > 0).all()  # never in eval
+    assert preprocessor("category").options.unknown_rate == 0.05

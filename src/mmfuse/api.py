@@ -29,7 +29,7 @@ from .model import FUSED
 from .pipeline import EncodedTable, Pipeline
 from .threads import available_cpus, configure_threads
 from .training import checkpoint, distributed
-from .training.after import finish
+from .training.after import check_predictor_targets, finish
 from .training.device import resolve_device, resolve_precision
 from .training.loop import train
 from .training.metrics import evaluate_outputs
@@ -119,6 +119,7 @@ class Model:
             train_encoded = self.pipeline.fit(table)
             valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None \
                 else None
+        check_predictor_targets(self.pipeline, train_encoded)
         self.pipeline.to(target)
         if run is not None and ranks.main:  # the data is read: replace the old run now
             if overwrite:
@@ -270,8 +271,11 @@ class Model:
         with weights_from_bundle():  # pretrained encoders skip their weight files
             pipeline.model = pipeline.build_model()
         pipeline.model.load_state_dict(weights)
+        # a bundle saved while training (the best epoch so far) has no predictor yet: its
+        # heads serve until training ends and the final bundle is written
+        fitted = state.get("predictors")  # absent from bundles older than this list
         for output in config.outputs:
-            if output.predictor:
+            if output.predictor and (fitted is None or output.name in fitted):
                 name = f"predictors/{output.name}.skops"
                 pipeline.predictors[output.name] = Predictor.loads(
                     bundle_file(directory, name), output.type,

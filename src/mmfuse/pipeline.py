@@ -242,9 +242,11 @@ class Pipeline:
         return self.postprocess(self.logits(self.encode(table, targets=False), batch_size))
 
     def state(self) -> dict:
-        """Learned state of all preprocessors, as JSON-able data."""
+        """Learned state of all preprocessors, as JSON-able data, and which outputs have a
+        fitted classic predictor (a bundle saved while training has none yet)."""
         return {"inputs": {n: p.state() for n, p in self.inputs.items()},
-                "outputs": {n: p.state() for n, p in self.outputs.items()}}
+                "outputs": {n: p.state() for n, p in self.outputs.items()},
+                "predictors": sorted(self.predictors)}
 
     def load_state(self, state: dict) -> None:
         """Restore :meth:`state` into the preprocessors."""

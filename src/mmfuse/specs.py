@@ -10,7 +10,6 @@ statistics, with no string keys to misspell.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -49,12 +48,15 @@ class TargetSpec:
         std: the training targets' standard deviation (number outputs).
         calibration: what was fitted on the validation split after training: ``temperature``
             (category outputs with ``calibrate: true``), ``threshold`` (binary outputs with
-            ``threshold: auto``), and what postprocessing needs beside the labels (a set
-            output's most frequent training set, whether binary labels were JSON booleans).
+            ``threshold: auto``).
+        top_set: a set output's most frequent label set in training (its baseline).
+        json_bool: a binary output's labels were JSON booleans (predictions stay booleans).
     """
 
     labels: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
     mean: float = 0.0
     std: float = 1.0
-    calibration: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, float] = field(default_factory=dict)
+    top_set: list[str] = field(default_factory=list)
+    json_bool: bool = False

@@ -104,7 +104,8 @@ def describe_tokens(pipeline: Pipeline, data: EncodedTable, row: int, name: str,
                     inputs: dict, count: int) -> list[dict]:
     """One dict per token of input ``name`` in ``row`` (see the module docstring)."""
     modality = pipeline.model.encoders[name].modality
-    return DESCRIBERS[modality](pipeline, data, row, name, inputs, count)
+    # a type without a describer of its own (one registered outside mmfuse) shows its cell
+    return DESCRIBERS.get(modality, _value)(pipeline, data, row, name, inputs, count)
 
 
 def heat_points(tokens: list[dict], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

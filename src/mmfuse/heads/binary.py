@@ -53,7 +53,7 @@ class BinaryHead(nn.Module):
             "threshold", 0.5 if options.threshold == "auto" else options.threshold))
         self.majority = 1.0 if spec.counts.get(self.labels[1], 0) > spec.counts.get(
             self.labels[0], 0) else 0.0
-        self.boolean = bool(spec.calibration.get("boolean", False))  # labels were JSON booleans
+        self.boolean = spec.json_bool  # the labels were JSON booleans
         body, width = mlp(in_dim, options.hidden, options.dropout)
         self.net = nn.Sequential(body, nn.Linear(width, 1))
 
@@ -78,6 +78,11 @@ class BinaryHead(nn.Module):
         if not bool(known.any()):
             return float("nan")
         return ((logits[known] >= 0) == (target[known] == 1)).float().mean().item()
+
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a threshold is to be fitted after training (``threshold: auto``)."""
+        return self.options.threshold == "auto"
 
     def calibrate(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """With ``threshold: auto``, the threshold maximising F1 on validation logits."""

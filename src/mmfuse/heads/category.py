@@ -51,6 +51,8 @@ class CategoryOptions(Options):
 class CategoryHead(nn.Module):
     """Softmax classifier trained with cross-entropy on logits."""
 
+    calibrates_logits = True  # its temperature scales the head's own logits
+
     def __init__(self, options: CategoryOptions, in_dim: int, spec: TargetSpec,
                  input_dims: dict[str, dict] | None = None) -> None:
         super().__init__()
@@ -66,6 +68,11 @@ class CategoryHead(nn.Module):
         # not saved with the weights: rebuilt from the label counts in the bundle's state
         self.register_buffer("class_weight", weights, persistent=False)
 
+    @property
+    def needs_calibration(self) -> bool:
+        """Whether a temperature is to be fitted after training (``calibrate: true``)."""
+        return self.options.calibrate
+
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         logits = self.net(fused)
         return logits if self.temperature == 1.0 else logits / self.temperature
@@ -74,7 +81,8 @@ class CategoryHead(nn.Module):
         """Mean (class-weighted) cross-entropy over rows with a known label."""
         if not bool((target != IGNORE_INDEX).any()):
             return logits.sum() * 0.0
-        weight = None if self.class_weight is None else self.class_weight.to(logits.dtype)
+        weight = None if self.class_weight is None else self.class_weight.float()
+        logits = logits if weight is None else logits.float()  # weights in fp32 under autocast
         return F.cross_entropy(logits, target, weight=weight, ignore_index=IGNORE_INDEX,
                                label_smoothing=label_smoothing)
 

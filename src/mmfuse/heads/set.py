@@ -3,7 +3,9 @@
 ``p_l = sigmoid(w_l h + b_l)`` for every label ``l``; the loss is per-label sigmoid
 cross-entropy, averaged over the labels and the rows with a target; the prediction is every
 label with ``p_l >= threshold``. A table cell holds the labels separated by ``separator``
-(default: whitespace), or, in JSONL, a list; an empty cell is the empty set.
+(default: whitespace), or, in JSONL, a list; an empty cell is the empty set. Labels never seen
+in training are dropped from the truth (they cannot be predicted), so a row whose labels are
+all unseen counts as the empty set in the metrics.
 
 Shapes: fused ``[B, D]`` -> logits ``[B, num_labels]``.
 """
@@ -43,8 +45,7 @@ class SetHead(nn.Module):
         super().__init__()
         self.options = options
         self.labels = list(spec.labels)
-        top = spec.calibration.get("top_set", [])
-        self.top_set = np.array([label in top for label in self.labels], dtype=bool)
+        self.top_set = np.array([label in spec.top_set for label in self.labels], dtype=bool)
         body, width = mlp(in_dim, options.hidden, options.dropout)
         self.net = nn.Sequential(body, nn.Linear(width, len(self.labels)))
 

@@ -1,8 +1,10 @@
 """``category`` inputs: a value from a set (brand, country, colour), learned as an embedding.
 
 The vocabulary is the training split's values seen at least ``min_frequency`` times, sorted;
-id 0 is the unknown bucket, which takes rarer values and values never seen in training, so the
-model learns what an unfamiliar brand is worth instead of failing on it. ``3`` in a JSON table
+id 0 is the unknown bucket, which takes rarer values and values never seen in training. So that
+its vector is learned too (every training value may be frequent enough to have its own),
+training batches hand ``unknown_rate`` of their values to the bucket: the model learns what an
+unfamiliar brand is worth instead of guessing from an untrained vector. ``3`` in a JSON table
 and ``"3"`` in a CSV are the same value. Shapes: a batch gives ``ids [U]`` (int64).
 """
 
@@ -33,6 +35,9 @@ class CategoryInputOptions(StrictModel):
     max_values: int | None = Field(None, ge=1, description="keep at most this many of the most "
                                    "frequent values; the rest go to the unknown bucket")
     lowercase: bool = Field(False, description="treat 'Acme' and 'acme' as one value")
+    unknown_rate: float = Field(0.05, ge=0, lt=1, description="training: the share of values "
+                                "replaced by the unknown bucket, which so learns what an "
+                                "unseen value is worth")
 
 
 class CategoryInputPreprocessor(TabularPreprocessor):
@@ -69,7 +74,14 @@ class CategoryInputPreprocessor(TabularPreprocessor):
         return np.array([self.lookup.get(v, 0) for v in unique], dtype=np.int64)
 
     def tensors(self, items: np.ndarray, train: bool, generator: torch.Generator) -> dict:
-        return {"ids": torch.from_numpy(np.asarray(items, dtype=np.int64))}
+        ids = torch.from_numpy(np.array(items, dtype=np.int64))
+        if train and self.options.unknown_rate:
+            hide = torch.rand(len(ids), generator=generator) < self.options.unknown_rate
+            ids[hide] = 0
+        return {"ids": ids}
+
+    def augments(self) -> bool:
+        return self.options.unknown_rate > 0
 
     def spec(self) -> EncoderSpec:
         return EncoderSpec("category", vocab_size=len(self.values) + 1)

@@ -13,6 +13,11 @@ from ..specs import TargetSpec
 from .base import Column, Preprocessor
 
 
+def missing(value: object) -> bool:
+    """An empty cell, or a NaN (how pandas and Parquet write a gap): no label."""
+    return value is None or (isinstance(value, float) and value != value)
+
+
 def label_text(value: object) -> str:
     """A label as text: ``3`` in JSON and ``"3"`` in CSV are the same label."""
     if isinstance(value, float) and value.is_integer():
@@ -30,7 +35,7 @@ class CategoryPreprocessor(Preprocessor):
         self.calibration: dict[str, float] = {}  # fitted on validation after training
 
     def fit(self, table: Table) -> None:
-        values = [label_text(v) for v in table.column(self.column) if v is not None]
+        values = [label_text(v) for v in table.column(self.column) if not missing(v)]
         if not values:
             raise DataError(f"{table.source}: column {self.column!r} has no labels to learn from")
         self.counts = dict(Counter(values))
@@ -40,7 +45,7 @@ class CategoryPreprocessor(Preprocessor):
         lookup = {label: i for i, label in enumerate(self.labels)}
         values = table.column(self.column)
         index = np.array(
-            [IGNORE_INDEX if v is None else lookup.get(label_text(v), IGNORE_INDEX)
+            [IGNORE_INDEX if missing(v) else lookup.get(label_text(v), IGNORE_INDEX)
              for v in values], dtype=np.int64)
         return Column(None, index)
 

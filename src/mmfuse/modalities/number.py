@@ -9,7 +9,8 @@ Scaling (``preprocess.scaling``), fitted on the training split's values:
 - ``none``: the value as it is.
 
 A blank cell is a missing input; text that is not a number is an error naming the row, the
-column and the value. Shapes: a batch gives ``values [U, 1]`` (float32).
+column and the value. Scaled values are clipped to +-1000, so an absurd cell cannot overflow
+the network. Shapes: a batch gives ``values [U, 1]`` (float32).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from ..errors import DataError
 from ..registry import MODALITIES
 from ..specs import EncoderSpec
 from .tabular import TabularModality, TabularPreprocessor
+
+CLIP = 1000.0  # scaled values are clipped to +-CLIP (standard deviations, with zscore)
 
 
 class NumberOptions(StrictModel):
@@ -46,7 +49,10 @@ def parse_number(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a boolean, not a number")
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an integer beyond float's range
+            raise ValueError("not a finite number") from None
     else:
         try:
             number = float(str(value).strip())
@@ -98,7 +104,9 @@ class NumberPreprocessor(TabularPreprocessor):
         return (values - self.shift) / self.scale
 
     def tensors(self, items: np.ndarray, train: bool, generator: torch.Generator) -> dict:
-        return {"values": torch.from_numpy(self.scaled(items).astype(np.float32)).view(-1, 1)}
+        # clipped: a cell of 1e200 (a typo, an attack) must not overflow the network to NaN
+        scaled = np.clip(self.scaled(items), -CLIP, CLIP).astype(np.float32)
+        return {"values": torch.from_numpy(scaled).view(-1, 1)}
 
     def spec(self) -> EncoderSpec:
         return EncoderSpec("number", width=1)

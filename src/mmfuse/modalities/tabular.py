@@ -89,6 +89,9 @@ class TabularModality(Modality):
 
     tabular = True
 
+    def missing(self, value: Any) -> bool:
+        return missing_cell(value)
+
     def request_value(self, value: Any, prep: TabularPreprocessor, limits: Any) -> Any:
         if missing_cell(value):
             return None

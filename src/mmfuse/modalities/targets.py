@@ -24,7 +24,7 @@ from ..specs import TargetSpec
 from .binary import FALSE, TRUE, parse_binary
 from .category import label_text
 from .number import parse_number
-from .tabular import TabularPreprocessor
+from .tabular import TabularPreprocessor, missing_cell
 
 
 class NumberTargetPreprocessor(TabularPreprocessor):
@@ -91,7 +91,7 @@ class BinaryTargetPreprocessor(TabularPreprocessor):
         return float(self.labels.index(text))
 
     def fit(self, table: Table) -> None:
-        cells = [v for v in table.column(self.column) if v is not None]
+        cells = [v for v in table.column(self.column) if not missing_cell(v)]
         texts = Counter(label_text(v) for v in cells)
         if len(texts) == 0:
             raise DataError(f"{table.source}: column {self.column!r} has no labels to learn from")
@@ -123,8 +123,8 @@ class BinaryTargetPreprocessor(TabularPreprocessor):
 
 
     def target_spec(self) -> TargetSpec:
-        return TargetSpec(labels=self.labels, counts=self.counts,
-                          calibration={**self.calibration, "boolean": float(self.json_bool)})
+        return TargetSpec(labels=self.labels, counts=self.counts, calibration=self.calibration,
+                          json_bool=self.json_bool)
 
     def state(self) -> dict:
         return {"labels": self.labels, "counts": self.counts, "boolean": self.boolean,
@@ -156,7 +156,7 @@ class SetTargetPreprocessor(TabularPreprocessor):
         elif isinstance(value, dict):
             raise ValueError("an object, not labels")
         else:
-            labels = str(value).split(self.separator)
+            labels = label_text(value).split(self.separator)
         return tuple(sorted({label.strip() for label in labels if label.strip()}))
 
     def parsed(self, table: Table) -> list[Any]:
@@ -187,8 +187,7 @@ class SetTargetPreprocessor(TabularPreprocessor):
         return torch.from_numpy(np.ascontiguousarray(values))
 
     def target_spec(self) -> TargetSpec:
-        return TargetSpec(labels=self.labels, counts=self.counts,
-                          calibration={"top_set": self.top_set})
+        return TargetSpec(labels=self.labels, counts=self.counts, top_set=self.top_set)
 
     def state(self) -> dict:
         return {"labels": self.labels, "counts": self.counts, "top_set": self.top_set}

@@ -78,12 +78,40 @@ def outcomes_of(model: Model, name: str, raw: Any, table: Table) -> Outcomes:
     """The answers of output ``name`` from its head's postprocess, judged against the table."""
     prep = model.pipeline.outputs[name]
     rows = model.pipeline.model.heads[name].postprocess(raw)
-    predicted = [str(r["prediction"]) for r in rows]
-    confidence = np.array([confidence_of(r) for r in rows], dtype=np.float64)
-    truth = [answer_text(prep, v) for v in table.column(prep.column)]
-    right = np.array([t is not None and p == t for p, t in zip(predicted, truth, strict=True)])
     output_type = next(o.type for o in model.config.outputs if o.name == name)
+    confidence = np.array([confidence_of(r) for r in rows], dtype=np.float64)
+    cells = table.column(prep.column)
+    if output_type in ("number", "binary", "set"):
+        # judged on the encoded targets: a number within 5% of the truth, a yes/no by its
+        # meaning ("Yes" or true for "yes"), a set by its labels whatever their order
+        targets = prep.targets(table)
+        predicted = [" ".join(r["prediction"]) if isinstance(r["prediction"], list)
+                     else str(r["prediction"]) for r in rows]
+        truth = [None if c is None else label_text(c) if not isinstance(c, list)
+                 else " ".join(map(str, c)) for c in cells]
+        right = np.array([agrees(output_type, r["prediction"], targets[i], prep)
+                          for i, r in enumerate(rows)], dtype=bool)
+        return Outcomes(name, output_type, predicted, truth, confidence, right)
+    predicted = [str(r["prediction"]) for r in rows]
+    truth = [answer_text(prep, v) for v in cells]
+    right = np.array([t is not None and p == t for p, t in zip(predicted, truth, strict=True)])
     return Outcomes(name, output_type, predicted, truth, confidence, right)
+
+
+def agrees(output_type: str, prediction: Any, target: np.ndarray, prep: Preprocessor) -> bool:
+    """Whether a number, binary or set answer matches its row's encoded target."""
+    if output_type == "number":
+        if np.isnan(target):
+            return False
+        truth = float(target) * prep.std + prep.mean
+        return abs(float(prediction) - truth) <= 0.05 * max(abs(truth), 1e-9)
+    if output_type == "binary":
+        if np.isnan(target):
+            return False
+        positive = prediction is True or prediction == prep.labels[1]
+        return positive == bool(target)
+    chosen = set(prediction)
+    return bool(np.array_equal(target > 0.5, [label in chosen for label in prep.labels]))
 
 
 def confidence_of(row: dict) -> float:

@@ -304,7 +304,8 @@ def parse_batch(body: bytes, service: Service, limits: Limits) -> list[dict]:
     """Rows of a ``{"rows": [...]}`` request with base64 file values decoded to bytes."""
     try:
         data = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, and
+        # the ValueError of an integer with more digits than Python converts
         raise RequestError(400, None, f"the body is not valid JSON ({exc}); send "
                            '{"rows": [{"input": value, ...}, ...]}') from None
     if not isinstance(data, dict) or not isinstance(data.get("rows"), list):

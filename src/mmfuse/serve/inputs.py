@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..config import Config
-from ..modalities.kind import BadValue, blank, modality
+from ..modalities.kind import BadValue, modality
 from ..pipeline import Pipeline
 
 log = logging.getLogger("mmfuse.serve")
@@ -97,7 +97,8 @@ class RowChecker:
             raise RequestError(422, where + unknown[0],
                                f"unknown field {unknown[0]!r}; this model's inputs are: "
                                f"{', '.join(self.types)}")
-        given = {n for n, v in row.items() if not blank(v)}
+        given = {n for n, v in row.items() if n in self.types
+                 and not modality(self.types[n]).missing(v)}
         required = [n for n in self.types if n not in self.optional and n not in given]
         if required:
             raise RequestError(422, where + required[0],

@@ -1,13 +1,15 @@
-"""What follows neural training, on the best weights: calibration on the validation split, then
-the classic predictors on the fused vectors of the training split.
+"""What follows neural training, on the best weights: the classic predictors on the fused
+vectors of the training split, then calibration on the validation split.
 
-- Calibration: a category output with ``calibrate: true`` fits its softmax temperature, a binary
-  output with ``threshold: auto`` its F1-best threshold (heads ``calibrate``). Without a
-  validation split they are fitted on the training split, which flatters the model: the
-  summary says which split was used.
 - Predictors: the fused vectors of every training row are computed once, in eval mode, and each
   output with ``predictor:`` fits its scikit-learn estimator on them
   (``training/predictors.py``).
+- Calibration, of what is served: a binary output with ``threshold: auto`` fits its F1-best
+  threshold on the answers it serves (its predictor's, when one serves it); a category output
+  with ``calibrate: true`` fits the softmax temperature of its head (not when a predictor
+  serves it: the temperature scales the head's logits, and the predictor's probabilities are
+  its own). Without a validation split they are fitted on the training split, which flatters
+  the model: the summary says which split was used.
 
 The results live in the output's preprocessor state (calibration) and in the pipeline's
 ``predictors``, both saved in the bundle.
@@ -17,21 +19,25 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
+from ..errors import DataError
 from ..model import FUSED
 from ..pipeline import EncodedTable, Pipeline
-from .predictors import fit_predictor
+from .predictors import fit_predictor, training_targets
 
 
 def calibrate(pipeline: Pipeline, data: EncodedTable, batch_size: int) -> dict:
     """Fit every head's calibration on ``data``; returns ``{output: calibration}`` of those
     that fitted one."""
+    served = set(pipeline.served)
     heads = {name: head for name, head in pipeline.model.heads.items()
-             if hasattr(head, "calibrate")}
+             if getattr(head, "needs_calibration", False)
+             and not (name in served and getattr(head, "calibrates_logits", False))}
     if not heads or not len(data):
         return {}
-    logits = pipeline.logits(data, batch_size, predictors=False)
+    logits = pipeline.logits(data, batch_size)  # what is served: a predictor's answers too
     fitted = {}
     for name, head in heads.items():
         target = pipeline.outputs[name].target_tensor(data.targets[name])
@@ -41,6 +47,23 @@ def calibrate(pipeline: Pipeline, data: EncodedTable, batch_size: int) -> dict:
             prep.calibration = {**prep.calibration, **values}
             fitted[name] = values
     return fitted
+
+
+def check_predictor_targets(pipeline: Pipeline, data: EncodedTable) -> None:
+    """Before training: a classifier predictor needs two classes among the training rows.
+
+    Raises:
+        DataError: naming the output, its column and the fix.
+    """
+    for output in pipeline.config.outputs:
+        if output.predictor and output.type != "number":
+            rows, y = training_targets(output.type, data.targets[output.name])
+            if len(np.unique(y)) < 2:
+                raise DataError(
+                    f"{data.table.source}: output {output.name!r} (column {output.column!r}) "
+                    f"holds {'one class' if len(rows) else 'no label'} among the training rows; "
+                    f"its predictor {output.predictor['type']!r} needs two. Drop the "
+                    "predictor, or train on rows with both")
 
 
 def fit_predictors(pipeline: Pipeline, data: EncodedTable, batch_size: int, seed: int) -> dict:
@@ -65,14 +88,14 @@ def fit_predictors(pipeline: Pipeline, data: EncodedTable, batch_size: int, seed
 @torch.no_grad()
 def finish(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable | None,
            batch_size: int, seed: int) -> dict:
-    """Calibrate, then fit the predictors; the summary of both for the training summary."""
+    """Fit the predictors, then calibrate; the summary of both for the training summary."""
     summary: dict = {}
+    seconds = fit_predictors(pipeline, train_data, batch_size, seed)
+    if seconds:
+        summary["predictor_seconds"] = seconds
     calibration = calibrate(pipeline, valid_data if valid_data is not None else train_data,
                             batch_size)
     if calibration:
         summary["calibration"] = {"split": "valid" if valid_data is not None else "train",
                                   **calibration}
-    seconds = fit_predictors(pipeline, train_data, batch_size, seed)
-    if seconds:
-        summary["predictor_seconds"] = seconds
     return summary

@@ -10,6 +10,7 @@ is then a no-op, so the training loop has one code path.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import subprocess
 import sys
@@ -89,13 +90,19 @@ def rows_of(n: int, ranks: Ranks) -> np.ndarray:
 
 
 def weighted_mean(values: dict[str, float], weight: float, ranks: Ranks) -> dict[str, float]:
-    """``values`` averaged over ranks, each weighted by its ``weight`` (its rows)."""
+    """``values`` averaged over ranks, each weighted by its ``weight`` (its rows); a rank
+    whose value is NaN (no target among its rows) is left out of that value's mean."""
     if not ranks.active:
         return values
     names = sorted(values)
-    sums = torch.tensor([values[k] * weight for k in names] + [weight], dtype=torch.float64)
+    finite = [math.isfinite(values[k]) for k in names]
+    sums = torch.tensor([values[k] * weight if ok else 0.0 for k, ok in zip(names, finite,
+                                                                           strict=True)]
+                        + [weight if ok else 0.0 for ok in finite], dtype=torch.float64)
     dist.all_reduce(sums)
-    return {k: (sums[i] / sums[-1]).item() for i, k in enumerate(names)}
+    n = len(names)
+    return {k: (sums[i] / sums[n + i]).item() if sums[n + i] > 0 else float("nan")
+            for i, k in enumerate(names)}
 
 
 def any_rank(flag: bool, ranks: Ranks) -> bool:

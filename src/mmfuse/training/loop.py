@@ -203,7 +203,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
 
     def save_checkpoint(epoch: int, position: int, running: RunningMean | None) -> None:
         state.update(epoch=epoch, position=position, elapsed=clock.elapsed(),
-                     running={"sums": running.sums, "count": running.count} if running else None)
+                     running=running.state() if running else None)
         rngs = distributed.gather(random_states(generator, device), ranks)  # every rank's
         if run is not None and ranks.main:
             writer.save(run, state["step"], {
@@ -228,8 +228,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
                     else shuffled_batches(len(train_data), rank_batch, order_rng), ranks)
                 running, epoch_started = RunningMean(), time.perf_counter()
                 if state["position"] and state["running"]:
-                    running.sums, running.count = dict(state["running"]["sums"]), \
-                        state["running"]["count"]
+                    running.load_state(state["running"])
                 bar.start(epoch, epochs, len(batches))
                 position, pending, out_of_time = state["position"], None, False
                 for i in range(position, len(batches)):

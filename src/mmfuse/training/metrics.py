@@ -7,6 +7,7 @@ second of wall time.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -21,22 +22,36 @@ from ..modalities.text_target import PAD_ID, has_cjk
 
 
 class RunningMean:
-    """Example-weighted running means of named values, plus throughput."""
+    """Example-weighted running means of named values, plus throughput. A NaN value (an output
+    with no target in the batch) is left out of its mean, not spread over the epoch."""
 
     def __init__(self) -> None:
         self.sums: dict[str, float] = {}
+        self.weights: dict[str, float] = {}  # examples behind each value's sum
         self.count = 0
         self.start = time.perf_counter()
 
     def update(self, n: int, **values: float) -> None:
         """Add a batch of ``n`` examples whose means are ``values``."""
         for key, value in values.items():
-            self.sums[key] = self.sums.get(key, 0.0) + float(value) * n
+            self.sums.setdefault(key, 0.0)
+            if math.isfinite(float(value)):
+                self.sums[key] += float(value) * n
+                self.weights[key] = self.weights.get(key, 0.0) + n
         self.count += n
 
     def means(self) -> dict[str, float]:
-        """The example-weighted mean of each value."""
-        return {k: v / max(1, self.count) for k, v in self.sums.items()}
+        """The example-weighted mean of each value (NaN for one that was never finite)."""
+        return {k: v / self.weights[k] if self.weights.get(k) else float("nan")
+                for k, v in self.sums.items()}
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of an epoch's running sums."""
+        return {"sums": dict(self.sums), "weights": dict(self.weights), "count": self.count}
+
+    def load_state(self, state: dict) -> None:
+        self.sums, self.count = dict(state["sums"]), state["count"]
+        self.weights = dict(state.get("weights", dict.fromkeys(self.sums, self.count)))
 
     def examples_per_second(self) -> float:
         """Examples seen per second since creation."""
@@ -171,6 +186,10 @@ def binary_metrics(probability: np.ndarray, truth: np.ndarray, threshold: float,
     label (``majority``: 1.0 or 0.0). Rows without a target (NaN) are left out."""
     known = ~np.isnan(truth)
     p, y = probability[known], truth[known].astype(np.int64)
+    if not len(y):
+        nan = float("nan")
+        empty = dict.fromkeys(("accuracy", "precision", "recall", "f1", "roc_auc", "pr_auc"), nan)
+        return {**empty, "loss": nan, "threshold": round(threshold, 6), "baseline": empty}
     both = len(set(y.tolist())) == 2
     return {**binary_counts(p >= threshold, y), "roc_auc": round(roc_auc(p, y), 6),
             "pr_auc": round(average_precision(p, y), 6), "loss": round(loss, 6),

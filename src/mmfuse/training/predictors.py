@@ -178,18 +178,26 @@ class Predictor:
             BundleError: the file holds a type outside :data:`TRUSTED`, or is not skops.
         """
         require("skops", "predictors", "loading a bundle's classic predictor")
+        import zipfile
+
         import skops.io
 
         try:
             refused = sorted(stored_types(data) - TRUSTED)
             untrusted = skops.io.get_untrusted_types(data=data)
-        except Exception as exc:
-            raise BundleError(f"{where} is not a readable skops file ({exc})") from None
+        except (zipfile.BadZipFile, KeyError, ValueError) as exc:  # not a skops archive
+            raise BundleError(f"{where} is not a readable skops file ({exc}); retrain, or "
+                              "restore the bundle") from None
         refused = sorted(set(refused) | (set(untrusted) - TRUSTED))
         if refused:
             raise BundleError(f"{where} holds types mmfuse does not trust ({', '.join(refused)}"
                               "); refusing to load it. Retrain, or fit the predictor again")
-        return cls(skops.io.loads(data, trusted=untrusted), output_type, labels)
+        try:
+            model = skops.io.loads(data, trusted=untrusted)
+        except Exception as exc:  # skops rebuilds arbitrary trusted objects; any may fail
+            raise BundleError(f"{where} could not be loaded ({type(exc).__name__}: {exc}); "
+                              "retrain, or fit the predictor again") from None
+        return cls(model, output_type, labels)
 
 
 def head_space(output_type: str, proba: np.ndarray, classes: np.ndarray, labels: int
