@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 DEV_STAMP := $(VENV)/.installed-dev-stamp
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-slow test-all lint bench clean
 
 $(STAMP): pyproject.toml Makefile
 	# espeak-ng synthesises the speech of the av-digits dataset (Debian package).
@@ -36,11 +36,16 @@ setup: $(STAMP)
 demo: setup
 	$(VENV)/bin/mmfuse demo
 
+# the suite, without the end-to-end tests marked slow (long trainings: the defaults' twelve
+# probe tasks, kill-and-resume, two processes, tune); CI runs both (.ci/run)
 test: $(DEV_STAMP)
-	$(PY) -m pytest -q
-
-test-fast: $(DEV_STAMP)
 	$(PY) -m pytest -q -m "not slow"
+
+test-slow: $(DEV_STAMP)
+	$(PY) -m pytest -q -m slow
+
+test-all: $(DEV_STAMP)
+	$(PY) -m pytest -q
 
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

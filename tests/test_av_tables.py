@@ -85,6 +85,7 @@ def evaluate(run_dir, table, *extra) -> dict:
     return result["outputs"]["label"]
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_image_and_audio_together_answer_what_neither_can_alone(image_audio_run):
     test = image_audio_run["folder"] / "test.csv"
     both = evaluate(image_audio_run["run"], test)
@@ -175,6 +176,7 @@ VIDEO_TEXT = {
 }
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_video_and_text_from_the_cli(tmp_path):
     make_video_text(tmp_path, 48, seed=0, name="train")
     make_video_text(tmp_path, 16, seed=1, name="test")

@@ -62,6 +62,7 @@ def reference(shapes_qa, tmp_path_factory) -> dict:
             "summary": json.loads(done.stdout)}
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_sigkill_at_random_moments_then_resume_matches_an_uninterrupted_run(reference, tmp_path):
     rng = random.Random(15)
     run = tmp_path / "killed"
@@ -109,6 +110,7 @@ main()
 """
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_a_kill_inside_a_checkpoint_write_resumes_from_the_one_before(reference, tmp_path):
     driver = tmp_path / "driver.py"
     driver.write_text(KILL_IN_WRITE)
@@ -223,6 +225,7 @@ def test_cli_rerun_without_flags_is_a_clear_error(reference, tmp_path):
     assert "already holds a run" in done.stderr and "--overwrite" in done.stderr
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_sigterm_writes_a_checkpoint_then_ends_the_process(reference, tmp_path):
     run = tmp_path / "run"
     train = command(reference["config"], reference["data"], run, "--resume")

@@ -48,6 +48,7 @@ def test_minimal_config_names_only_types():
                       "outputs": [{"name": "answer", "type": "category"}]}
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 @pytest.mark.parametrize("name", list(SIZES))
 def test_defaults_beat_the_majority_baseline(name, tmp_path):
     n_train, n_test, epochs, margin = SIZES[name]

@@ -42,6 +42,7 @@ def config(**training) -> dict:
     return cfg
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_two_processes_reach_the_accuracy_of_one(shapes_qa, tmp_path):
     one = train_cli(tmp_path, config(), shapes_qa["en_train"], tmp_path / "one")
     two = train_cli(tmp_path, config(), shapes_qa["en_train"], tmp_path / "two", "--nproc", "2")
@@ -61,6 +62,7 @@ def test_two_processes_reach_the_accuracy_of_one(shapes_qa, tmp_path):
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 12  # rank 0
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_inputs_missing_from_whole_batches_do_not_hang_the_ranks(tmp_path):
     """Half the questions are blank and batches are 4 rows a rank: many steps run with no
     question at all on one rank, so its encoder has no gradient there (DDP must not wait)."""

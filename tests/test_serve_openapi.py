@@ -77,7 +77,7 @@ def test_the_server_answers_every_type(every_type_server, every_type_run):
     assert form.status_code == 422 and form.json()["error"]["field"] == "handmade"
 
 
-EXAMPLES = 40  # generated requests per operation
+EXAMPLES = 25  # generated requests per operation
 
 
 def test_fuzzing_finds_no_server_error(every_type_server):

@@ -60,6 +60,7 @@ def stored_trials(out: Path) -> list:
 # --- end to end through the command
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_tune_command_writes_trials_best_config_and_best_run(tmp_path, table):
     tune = {"parameters": {**LR, "fusion.type": {"space": "choice",
                                                  "values": ["concat", "gated"]}}}
@@ -245,6 +246,7 @@ def test_on_epoch_sees_each_written_record_and_its_exception_stops_fit(tmp_path,
     assert seen == [(1, 1, True), (2, 2, True)]  # called after the line is written
 
 
+@pytest.mark.slow  # make test-slow (CI runs it too)
 def test_two_workers_share_the_trials(tmp_path, table):
     config = write_config(tmp_path, config_with({"parameters": LR}))
     out = tmp_path / "study"
