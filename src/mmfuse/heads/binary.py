@@ -131,11 +131,13 @@ def best_f1_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
     """The probability threshold with the highest F1 (0.5 without a positive row): each
     distinct probability is tried, and the midpoint to the next lower one is returned, so a
     slightly different score of the same row falls on the same side."""
+    from ..training.metrics import run_ends
+
     if not len(truth) or not truth.sum():
         return 0.5
     order = np.argsort(-probability, kind="mergesort")
     p, y = probability[order], truth[order]
-    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]  # predict positive for rows 0..last
+    last = run_ends(p)  # predict positive for rows 0..last
     tp = np.cumsum(y)[last]
     f1 = 2 * tp / (last + 1 + y.sum())
     best = int(np.argmax(f1))

@@ -48,9 +48,6 @@ class BinaryInputPreprocessor(TabularPreprocessor):
 
     what = "true/false, yes/no or 1/0"
 
-    def __init__(self, config: Any) -> None:
-        super().__init__(config)
-
     def parse(self, value: Any) -> bool:
         return parse_binary(value)
 

@@ -23,6 +23,7 @@ from ..errors import DataError
 from ..registry import MODALITIES
 from ..specs import EncoderSpec
 from .category import label_text
+from .kind import check_length
 from .tabular import TabularModality, TabularPreprocessor
 
 UNKNOWN = "[UNK]"  # id 0: rare and unseen values
@@ -115,11 +116,8 @@ class CategoryModality(TabularModality):
         return schema
 
     def request_value(self, value: Any, prep: CategoryInputPreprocessor, limits: Any) -> Any:
-        if isinstance(value, str) and len(value) > limits.max_text_chars:
-            from .kind import BadValue
-
-            raise BadValue(f"text of {len(value)} characters is over the limit of "
-                           f"{limits.max_text_chars}; shorten it", 413)
+        if isinstance(value, str):
+            check_length(value, limits)
         return super().request_value(value, prep, limits)
 
     def describe(self, prep: CategoryInputPreprocessor) -> dict:

@@ -48,6 +48,17 @@ def blank(value: Any) -> bool:
     return value is None or value == b"" or (isinstance(value, str) and not value.strip())
 
 
+def check_length(text: str, limits: Any) -> None:
+    """A request's text within the server's ``max_text_chars``.
+
+    Raises:
+        BadValue: 413, the text is longer.
+    """
+    if len(text) > limits.max_text_chars:
+        raise BadValue(f"text of {len(text)} characters is over the limit of "
+                       f"{limits.max_text_chars}; shorten it", 413)
+
+
 class Modality:
     """What mmfuse knows about one input type (subclassed once per type)."""
 

@@ -24,7 +24,6 @@ from pydantic import Field
 
 from ..config_base import StrictModel
 from ..data.table import Table
-from ..errors import DataError
 from ..registry import MODALITIES
 from ..specs import EncoderSpec
 from .tabular import TabularModality, TabularPreprocessor
@@ -80,10 +79,7 @@ class NumberPreprocessor(TabularPreprocessor):
         return number
 
     def fit(self, table: Table) -> None:
-        values = np.array([v for v in self.parsed(table) if v is not None], dtype=np.float64)
-        if not len(values):
-            raise DataError(f"{table.source}: column {self.column!r} has no numbers to learn "
-                            "scaling from; fill some cells or remove this input")
+        values = self.training_values(table, "input")
         scaling = self.options.scaling
         if scaling == "log1p":
             values = np.log1p(values)

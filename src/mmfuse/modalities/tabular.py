@@ -62,6 +62,18 @@ class TabularPreprocessor(Preprocessor):
                             "missing) and run again.")
         return values
 
+    def training_values(self, table: Table, role: str) -> np.ndarray:
+        """The column's parsed numbers (blank cells left out) to learn statistics from.
+
+        Raises:
+            DataError: no cell holds one (``role``: "input" or "output", for the fix).
+        """
+        values = np.array([v for v in self.parsed(table) if v is not None], dtype=np.float64)
+        if not len(values):
+            raise DataError(f"{table.source}: column {self.column!r} has no numbers to learn "
+                            f"from; fill some cells or remove this {role}")
+        return values
+
     def encode(self, table: Table) -> Column:
         return self.column_of(self.parsed(table))
 

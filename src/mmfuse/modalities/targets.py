@@ -40,10 +40,7 @@ class NumberTargetPreprocessor(TabularPreprocessor):
         return parse_number(value)
 
     def fit(self, table: Table) -> None:
-        values = np.array([v for v in self.parsed(table) if v is not None], dtype=np.float64)
-        if not len(values):
-            raise DataError(f"{table.source}: column {self.column!r} has no numbers to learn "
-                            "from; fill some cells or remove this output")
+        values = self.training_values(table, "output")
         self.mean, self.std = float(values.mean()), float(values.std() or 1.0)
 
     def targets(self, table: Table) -> np.ndarray:

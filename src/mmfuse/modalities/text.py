@@ -21,7 +21,7 @@ from ..data.table import Table
 from ..registry import MODALITIES
 from ..specs import EncoderSpec
 from .base import Column, Preprocessor, unique_values
-from .kind import BadValue, Modality, blank
+from .kind import BadValue, Modality, blank, check_length
 
 if TYPE_CHECKING:
     from ..config import InputConfig
@@ -180,9 +180,7 @@ class TextModality(Modality):
         if not isinstance(value, str):
             got = "a file upload" if isinstance(value, bytes) else type(value).__name__
             raise BadValue(f"expected text, got {got}")
-        if len(value) > limits.max_text_chars:
-            raise BadValue(f"text of {len(value)} characters is over the limit of "
-                           f"{limits.max_text_chars}; shorten it", 413)
+        check_length(value, limits)
         return None if blank(value) else value
 
     def example_items(self, prep: TextPreprocessor, sizes: list[int],

@@ -60,8 +60,8 @@ class Service:
                            "value": kind.value, "required": spec.name not in self.checker.optional,
                            **kind.limits(self.limits), **kind.describe(pipeline.inputs[spec.name])})
         outputs = [{"name": o.name, "type": o.type,
-                    "served_by": "predictor" if o.name in pipeline.served or (
-                        o.predictor and o.use == "predictor") else "head",
+                    "served_by": "predictor" if o.predictor and o.use == "predictor"
+                    else "head",
                     **pipeline.model.heads[o.name].describe()} for o in config.outputs]
         return {"source": self.source, "runtime": self.runtime, "inputs": inputs,
                 "outputs": outputs,

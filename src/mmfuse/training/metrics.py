@@ -151,6 +151,12 @@ def roc_auc(scores: np.ndarray, truth: np.ndarray) -> float:
     return float(u / (positives * negatives))
 
 
+def run_ends(sorted_scores: np.ndarray) -> np.ndarray:
+    """The last index of each run of equal scores in descending ``sorted_scores``: the rows
+    predicted positive at each distinct threshold are 0..end."""
+    return np.r_[np.flatnonzero(np.diff(sorted_scores)), len(sorted_scores) - 1]
+
+
 def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
     """Area under the precision-recall curve as average precision: the precision at each
     distinct score threshold, weighted by the recall it adds (scikit-learn's definition)."""
@@ -159,7 +165,7 @@ def average_precision(scores: np.ndarray, truth: np.ndarray) -> float:
         return float("nan")
     order = np.argsort(-scores, kind="mergesort")
     s, y = scores[order], truth[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # the end of each run of equal scores
+    last = run_ends(s)
     hits = np.cumsum(y)[last]
     precision = hits / (last + 1)
     recall_gain = np.diff(np.r_[0, hits]) / positives
