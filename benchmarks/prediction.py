@@ -55,7 +55,7 @@ def classic(model, data: Path) -> list[dict]:
     """Each classic predictor fitted on the fused training vectors, scored on the test ones."""
     from mmfuse.data.table import read_table
     from mmfuse.model import FUSED
-    from mmfuse.training.predictors import fit_predictor
+    from mmfuse.predictors import fit_predictor
 
     pipeline = model.pipeline
     train = pipeline.encode(read_table(data / "train.csv"))

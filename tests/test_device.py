@@ -1,4 +1,4 @@
-"""Devices and mixed precision (mmfuse.training.device): names, transfers, bf16/fp16 training
+"""Devices and mixed precision (mmfuse.device): names, transfers, bf16/fp16 training
 with fp32 weights and metrics. The CUDA paths themselves run in benchmarks/gpu.py."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import mmfuse
 from mmfuse.errors import ConfigError
-from mmfuse.training.device import grad_scaler, resolve_device, to_cpu, to_device
+from mmfuse.device import grad_scaler, resolve_device, to_cpu, to_device
 
 
 def test_auto_is_the_cpu_without_cuda_and_cuda_without_it_is_a_clear_error(monkeypatch):

@@ -74,7 +74,7 @@ def test_a_predictor_holding_an_untrusted_type_is_refused():
     import skops.io
     from sklearn.svm import SVR
 
-    from mmfuse.training.predictors import Predictor
+    from mmfuse.predictors import Predictor
 
     data = skops.io.dumps(SVR().fit(np.random.randn(10, 2), np.random.randn(10)))
     with pytest.raises(BundleError, match="types mmfuse does not trust.*SVR"):

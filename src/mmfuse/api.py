@@ -30,10 +30,10 @@ from .pipeline import EncodedTable, Pipeline
 from .threads import available_cpus, configure_threads
 from .training import checkpoint, distributed
 from .training.after import check_predictor_targets, finish
-from .training.device import resolve_device, resolve_precision
+from .device import resolve_device, resolve_precision
 from .training.loop import train
 from .training.metrics import evaluate_outputs
-from .training.predictors import Predictor
+from .predictors import Predictor
 
 TableLike = str | Path | list[dict] | Table
 

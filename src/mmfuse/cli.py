@@ -237,7 +237,7 @@ def serve(
         raise MmfuseError(f"--device {device}: the onnx runtime runs on the CPU; serve the run "
                           "folder with --runtime torch to use a GPU")
     if runtime == "torch":
-        from .training.device import resolve_device
+        from .device import resolve_device
 
         device = str(resolve_device(device or "auto"))  # a bad device fails before binding
     limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,

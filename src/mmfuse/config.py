@@ -224,7 +224,7 @@ def resolve_predictor(spec: Any, output_type: str, output: str) -> dict:
         raise ValueError(f"predictor {name!r} does not predict {output_type} outputs (output "
                          f"{output!r}); " + (f"use one of: {', '.join(fits)}" if fits else
                                              f"{output_type} outputs take no predictor"))
-    from .training.predictors import check_options
+    from .predictors import check_options
 
     check_options(name, output_type, {k: v for k, v in spec.items() if k != "type"})
     return dict(spec)

@@ -25,7 +25,7 @@ from .modalities import (
     build_output_preprocessor,
 )
 from .model import FUSED, MultimodalModel
-from .training.device import to_cpu, to_device
+from .device import to_cpu, to_device
 
 
 @dataclass

@@ -29,7 +29,7 @@ from torch import nn
 from ..atomic import write_text
 from ..errors import ConfigError
 from ..modalities.base import Column, select
-from ..training.device import to_device
+from ..device import to_device
 from .cache import cache_dir, cached_arrays
 
 BATCH = 32  # items per forward pass of the frozen part

@@ -21,7 +21,7 @@ from ..model import FUSED, build_component
 from ..registry import HEADS
 from ..specs import TargetSpec
 from ..threads import available_cpus
-from ..training.predictors import head_space
+from ..predictors import head_space
 from .graph import GraphInput, flatten
 
 

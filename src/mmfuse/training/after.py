@@ -25,7 +25,7 @@ import torch
 from ..errors import DataError
 from ..model import FUSED
 from ..pipeline import EncodedTable, Pipeline
-from .predictors import fit_predictor, training_targets
+from ..predictors import fit_predictor, training_targets
 
 
 def calibrate(pipeline: Pipeline, data: EncodedTable, batch_size: int) -> dict:

@@ -23,7 +23,7 @@ import torch
 
 from ..atomic import orphaned, temp_name, write_text
 from ..errors import ConfigError, DataError, MmfuseError
-from .device import map_tensors
+from ..device import map_tensors
 
 FOLDER = "checkpoints"
 RUN_FILES = ("run.json", "metrics.jsonl", "model", FOLDER)  # what makes a folder hold a run

@@ -29,7 +29,7 @@ from ..modalities import MISSING
 from ..pipeline import EncodedTable, Pipeline
 from . import checkpoint, distributed
 from .control import Clock, StopRequest
-from .device import autocast, grad_scaler
+from ..device import autocast, grad_scaler
 from .distributed import SINGLE, Ranks
 from .metrics import RunningMean
 from .progress import EpochProgress

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BundleError, require
+from .errors import BundleError, require
 
 # (predictor, output kind) -> estimator; kind is "regression" (number) or "classification"
 ESTIMATORS = {
@@ -117,7 +117,7 @@ def estimator(name: str, output_type: str, options: dict, seed: int = 0) -> Any:
     allowed = sorted(cls().get_params())
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        from ..config_base import did_you_mean
+        from .config_base import did_you_mean
 
         raise ValueError(f"predictor {name!r}: unknown option {unknown[0]!r}"
                          f"{did_you_mean(unknown[0], allowed)}; {cls_name} takes: "
@@ -235,7 +235,7 @@ def fit_predictor(spec: dict, output_type: str, labels: int, fused: np.ndarray,
     Raises:
         DataError: the training rows hold a single class (nothing to tell apart).
     """
-    from ..errors import DataError
+    from .errors import DataError
 
     rows, y = training_targets(output_type, targets)
     if output_type != "number" and len(np.unique(y)) < 2:
