@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from mmfuse.config import load_config
-from mmfuse.heads.category import IGNORE_INDEX
 from mmfuse.modalities.kind import modality_names
-from mmfuse.modalities.text_target import BOS_ID, EOS_ID, PAD_ID
 from mmfuse.model import MultimodalModel
+from mmfuse.outputs.category import IGNORE_INDEX
+from mmfuse.outputs.text import BOS_ID, EOS_ID, PAD_ID
 from mmfuse.registry import ENCODERS, FUSIONS, HEADS
 from mmfuse.specs import EncoderSpec, TargetSpec
 

@@ -135,7 +135,7 @@ def batch_norms(module: torch.nn.Module) -> list[torch.nn.BatchNorm2d]:
 
 
 def test_frozen_encoder_has_no_gradients_and_keeps_batch_norm_in_eval(frozen):
-    assert frozen.cacheable
+    assert frozen.traits.cacheable
     assert not any(p.requires_grad for p in frozen.parameters())
     frozen.train()
     assert frozen.training and not any(bn.training for bn in batch_norms(frozen))
@@ -145,7 +145,7 @@ def test_frozen_encoder_has_no_gradients_and_keeps_batch_norm_in_eval(frozen):
 
 def test_train_last_blocks_trains_those_blocks_and_the_head_only():
     encoder = build(train_last_blocks=2).train()
-    assert encoder.cacheable  # what comes before the trained blocks
+    assert encoder.traits.cacheable  # what comes before the trained blocks
     trainable = [n for n, p in encoder.named_parameters() if p.requires_grad]
     owners = {".".join(n.split(".")[1:3 if ".blocks." in n else 2]) for n in trainable}
     assert owners == {"blocks.14", "blocks.15", "head"}
@@ -161,7 +161,7 @@ def test_train_last_blocks_trains_those_blocks_and_the_head_only():
 
 def test_unfrozen_encoder_passes_gradients_to_the_stem():
     encoder = build(freeze=False).train()
-    assert not encoder.cacheable and all(p.requires_grad for p in encoder.parameters())
+    assert not encoder.traits.cacheable and all(p.requires_grad for p in encoder.parameters())
     assert all(bn.training for bn in batch_norms(encoder))
     encoder(pixels()).tokens.square().sum().backward()
     assert encoder.backbone.stem.conv.weight.grad.abs().sum() > 0
@@ -195,7 +195,8 @@ def test_train_last_blocks_without_freeze_is_rejected():
 
 def test_tokens_are_cells_with_their_positions(frozen):
     features = frozen.eval()(pixels(3))
-    assert frozen.token_positions and frozen.film_channels is None
+    assert frozen.traits.token_positions and not frozen.traits.film_target
+    assert frozen.film_channels is None
     assert features.tokens.shape == (3, 4, 1282) and frozen.num_tokens == 4
     assert frozen.token_dim == 1282 and frozen.pooled_dim == 1280
     assert features.pooled.shape == (3, 1280) and features.mask.all() and features.present.all()
@@ -352,7 +353,7 @@ def test_token_fusions_take_its_cells_as_they_take_cnn_cells(tmp_path, fusion):
     pipeline = Pipeline.from_config(config)
     data = pipeline.fit(as_table(str(table)))
     encoder = pipeline.model.encoders["image"]
-    assert encoder.num_tokens == 4 and encoder.token_positions
+    assert encoder.num_tokens == 4 and encoder.traits.token_positions
     inputs, targets = pipeline.batch(data, np.arange(len(data)))
     pipeline.model.train()
     logits = pipeline.model(inputs)["answer"]

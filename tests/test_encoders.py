@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from mmfuse.config import encoder_modalities
+from mmfuse.encoders import Encoder
 from mmfuse.features import Features
 from mmfuse.registry import ENCODERS
 from mmfuse.specs import EncoderSpec
@@ -124,6 +125,8 @@ def test_every_encoder_is_registered_with_a_modality():
     names = ENCODERS.names()
     assert {"cnn", "gru", "lstm", "minilm", "audio_cnn", "frame_cnn"} <= set(names)
     for entry in ENCODERS.entries():
+        assert issubclass(entry.builder, Encoder), f"{entry.name} does not subclass Encoder"
+        assert encoder_modalities(entry.builder), f"{entry.name} declares no modality"
         assert set(encoder_modalities(entry.builder)) <= MODALITIES
         assert entry.summary, f"{entry.name} has no docstring summary"
     assert set(encoder_modalities(ENCODERS.get("gru").builder)) == {"text", "audio"}
@@ -152,6 +155,24 @@ def test_features_have_the_documented_shapes(encoders, case):
         lengths = features.mask.sum(1).tolist()  # the longest clip fills every token
         assert lengths[0] == n and lengths[0] >= lengths[2] >= lengths[1] >= 1
         assert lengths[0] > lengths[1]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_built_encoders_keep_their_declared_traits(encoders, case):
+    """The traits an instance holds agree with its class's and with what it gives: the input
+    type it was built for, FiLM channels exactly when FiLM can modulate it, (x, y) positions in
+    its tokens' last two channels, and a frozen part to cache when it says it is cacheable."""
+    encoder = encoders[case]
+    traits, declared = encoder.traits, type(encoder).traits
+    assert encoder.modality == case.split("/")[1] and encoder.modality in traits.modalities
+    assert (traits.modalities, traits.film_target, traits.token_positions) == (
+        declared.modalities, declared.film_target, declared.token_positions)
+    assert (encoder.film_channels is not None) == traits.film_target
+    if traits.token_positions:
+        features = encoder.eval()(**batch_for(encoder))
+        assert features.tokens[..., -2:].abs().max() <= 1.0  # (x, y) in -1..1
+    if traits.cacheable:  # data/features.py caches frozen_features and trains from_frozen
+        assert callable(encoder.frozen_features) and callable(encoder.from_frozen)
 
 
 @pytest.mark.parametrize("case", CASES)

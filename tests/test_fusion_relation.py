@@ -10,9 +10,10 @@ from mmfuse.errors import ConfigError
 from mmfuse.features import Features
 from mmfuse.fusion.relation import geometry
 from mmfuse.registry import FUSIONS
+from mmfuse.specs import InputDims
 
-DIMS = {"image": {"token_dim": 5, "pooled_dim": 4, "modality": "image", "token_positions": True},
-        "question": {"token_dim": 3, "pooled_dim": 3, "modality": "text", "query": True}}
+DIMS = {"image": InputDims(token_dim=5, pooled_dim=4, modality="image", token_positions=True),
+        "question": InputDims(token_dim=3, pooled_dim=3, modality="text", query=True)}
 
 
 def build(**options):

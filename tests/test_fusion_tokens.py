@@ -10,12 +10,13 @@ from torch import nn
 from mmfuse.errors import ConfigError
 from mmfuse.features import Features
 from mmfuse.registry import FUSIONS
+from mmfuse.specs import InputDims
 
 TOKEN_FUSIONS = ["attention", "cross_attention", "transformer"]
 DIMS = {
-    "image": {"token_dim": 6, "pooled_dim": 5, "modality": "image"},
-    "question": {"token_dim": 4, "pooled_dim": 3, "modality": "text", "query": True},
-    "depth": {"token_dim": 5, "pooled_dim": 4, "modality": "image"},
+    "image": InputDims(token_dim=6, pooled_dim=5, modality="image"),
+    "question": InputDims(token_dim=4, pooled_dim=3, modality="text", query=True),
+    "depth": InputDims(token_dim=5, pooled_dim=4, modality="image"),
 }
 TOKENS = {"image": 6, "question": 5, "depth": 4}
 # Real tokens per row; question row 2 is an empty text (present, but every token is padding).
@@ -37,9 +38,9 @@ def make_features(count: int = 3, lengths: dict | None = None, seed: int = 0) ->
     out = {}
     for name in list(DIMS)[:count]:
         rows = len(lengths[name])
-        tokens = torch.randn(rows, TOKENS[name], DIMS[name]["token_dim"], generator=generator)
+        tokens = torch.randn(rows, TOKENS[name], DIMS[name].token_dim, generator=generator)
         mask = torch.arange(TOKENS[name]) < torch.tensor(lengths[name]).unsqueeze(1)
-        pooled = torch.randn(rows, DIMS[name]["pooled_dim"], generator=generator)
+        pooled = torch.randn(rows, DIMS[name].pooled_dim, generator=generator)
         out[name] = Features(tokens, mask, pooled, torch.ones(rows, dtype=torch.bool))
     return out
 
@@ -111,8 +112,8 @@ def test_attention_weights_are_zero_on_padding_and_sum_to_one():
 def test_attention_concentrates_on_the_token_the_query_selects():
     # Three image tokens 4*e_j. The query -8 * (1 - e_k) saturates every channel but k to -1,
     # so only token k scores high: p_k ~ 1 and u_1 = u_0 + p V ~ q + 4 e_k.
-    dims = {"image": {"token_dim": 3, "pooled_dim": 2, "modality": "image"},
-            "question": {"token_dim": 1, "pooled_dim": 3, "modality": "text", "query": True}}
+    dims = {"image": InputDims(token_dim=3, pooled_dim=2, modality="image"),
+            "question": InputDims(token_dim=1, pooled_dim=3, modality="text", query=True)}
     fusion = build("attention", dims=dims, dim=3, attention_dim=3, hops=1, hidden=[])
     glimpse = fusion.hops[0]["image"]
     with torch.no_grad():

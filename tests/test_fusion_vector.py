@@ -10,19 +10,20 @@ from torch import nn
 from mmfuse.errors import ConfigError
 from mmfuse.features import Features
 from mmfuse.registry import FUSIONS
+from mmfuse.specs import InputDims
 
 A = torch.tensor([[1.0, 2.0], [0.5, -0.5]])
 B = torch.tensor([[3.0, -1.0], [100.0, 100.0]])
 C = torch.tensor([[0.3, -0.7], [-2.0, 0.1]])
 
 
-def build(name: str, dims: dict[str, dict], **options) -> nn.Module:
+def build(name: str, dims: dict[str, InputDims], **options) -> nn.Module:
     entry = FUSIONS.get(name)
     return entry.builder(entry.options.model_validate(options), dims).eval()
 
 
-def dims_of(**pooled: int) -> dict[str, dict]:
-    return {n: {"token_dim": 3, "pooled_dim": p, "modality": "image"} for n, p in pooled.items()}
+def dims_of(**pooled: int) -> dict[str, InputDims]:
+    return {n: InputDims(token_dim=3, pooled_dim=p, modality="image") for n, p in pooled.items()}
 
 
 def feats(present: dict[str, list[bool]] | None = None, **pooled: torch.Tensor) -> dict:

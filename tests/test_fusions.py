@@ -7,8 +7,9 @@ import torch
 from torch import nn
 
 from mmfuse.features import Features
+from mmfuse.fusion.base import Fusion
 from mmfuse.registry import FUSIONS
-from mmfuse.specs import EncoderSpec, TargetSpec
+from mmfuse.specs import EncoderSpec, InputDims, TargetSpec
 
 BATCH = 4
 POOLED = {"image": 5, "question": 3, "hint": 4}
@@ -16,12 +17,12 @@ MODALITY = {"image": "image", "question": "text", "hint": "text"}
 TOKENS = 3
 
 
-def input_dims(count: int) -> dict[str, dict]:
+def input_dims(count: int) -> dict[str, InputDims]:
     names = list(POOLED)[:count]
-    return {n: {"token_dim": 6, "pooled_dim": POOLED[n], "modality": MODALITY[n],
-                "film_channels": [4, 4] if n == "image" else None,
-                "token_positions": n == "image", "tabular": False,
-                "query": MODALITY[n] == "text"} for n in names}
+    return {n: InputDims(token_dim=6, pooled_dim=POOLED[n], modality=MODALITY[n],
+                         film_channels=(4, 4) if n == "image" else None,
+                         token_positions=n == "image", tabular=False,
+                         query=MODALITY[n] == "text") for n in names}
 
 
 # Option sets beyond the defaults that the smoke tests also run, under their own test ids.
@@ -35,13 +36,13 @@ VARIANTS = {
 NAMES = FUSIONS.names() + list(VARIANTS)
 
 
-def build(name: str, dims: dict[str, dict], **options) -> nn.Module:
+def build(name: str, dims: dict[str, InputDims], **options) -> nn.Module:
     name, preset = VARIANTS.get(name, (name, {}))
     entry = FUSIONS.get(name)
     return entry.builder(entry.options.model_validate({**preset, **options}), dims)
 
 
-def features(dims: dict[str, dict], seed: int = 0) -> dict[str, Features]:
+def features(dims: dict[str, InputDims], seed: int = 0) -> dict[str, Features]:
     """Random Features whose tokens and pooled vectors are leaves that require gradients.
 
     Text inputs have their last token padded in odd rows.
@@ -49,10 +50,10 @@ def features(dims: dict[str, dict], seed: int = 0) -> dict[str, Features]:
     generator = torch.Generator().manual_seed(seed)
     out = {}
     for name, d in dims.items():
-        pooled = torch.randn(BATCH, d["pooled_dim"], generator=generator).requires_grad_()
-        tokens = torch.randn(BATCH, TOKENS, d["token_dim"], generator=generator).requires_grad_()
+        pooled = torch.randn(BATCH, d.pooled_dim, generator=generator).requires_grad_()
+        tokens = torch.randn(BATCH, TOKENS, d.token_dim, generator=generator).requires_grad_()
         mask = torch.ones(BATCH, TOKENS, dtype=torch.bool)
-        if d["modality"] == "text":
+        if d.modality == "text":
             mask[1::2, -1] = False
         out[name] = Features(tokens, mask, pooled, torch.ones(BATCH, dtype=torch.bool))
     return out
@@ -66,6 +67,17 @@ def test_every_fusion_is_registered():
     assert {"concat", "sum", "product"} <= set(FUSIONS.names())
     for entry in FUSIONS.entries():
         assert entry.summary, f"{entry.name} has no docstring summary"
+        assert issubclass(entry.builder, Fusion), f"{entry.name} does not subclass Fusion"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_fusion_declares_its_traits(name):
+    """Only FiLM is serial (the query modulates the image encoder); only the anchored relation
+    exposes attention over its context's tokens."""
+    traits = build(name, input_dims(3)).traits
+    assert traits.serial == (("image", "question") if name == "film" else None)
+    anchored = name == "relation[anchored,geometry,all-pools]"
+    assert traits.attention_over == ("image" if anchored else None)
 
 
 CASES = [(name, count) for name in NAMES for count in (2, 3)]
@@ -90,7 +102,7 @@ def test_gradients_reach_every_input(name, count):
     fusion = build(name, dims)
     feats = features(dims)
     fusion(feats).square().sum().backward()
-    serial_source = getattr(fusion, "serial", (None, None))[1]
+    serial_source = (fusion.traits.serial or (None, None))[1]
     for input_name, f in feats.items():
         if input_name == serial_source:
             continue  # reaches the target encoder instead: see test_fusion_in_a_model
@@ -135,7 +147,7 @@ def test_missing_input_is_ignored_for_its_row(name, count):
         changed[missing].tokens[0] += 1.0
         again = fusion(changed)
     torch.testing.assert_close(again[row], out[row].detach())
-    if getattr(fusion, "serial", (None, None))[1] != missing:
+    if (fusion.traits.serial or (None, None))[1] != missing:
         assert not torch.allclose(again[0], out[0].detach())
 
 
@@ -203,7 +215,7 @@ def test_fusion_in_a_model_trains_every_encoder(name):
 
 def fixed_elementwise(name: str, activation: str) -> nn.Module:
     """A 2-input sum/product fusion of width 2 whose projections are set by hand."""
-    dims = {"a": {"token_dim": 1, "pooled_dim": 2}, "b": {"token_dim": 1, "pooled_dim": 2}}
+    dims = {"a": InputDims(token_dim=1, pooled_dim=2), "b": InputDims(token_dim=1, pooled_dim=2)}
     fusion = build(name, dims, dim=2, activation=activation)
     with torch.no_grad():
         proj_a = fusion.project.proj["a"][0]
@@ -253,7 +265,7 @@ def test_elementwise_tanh_known_numbers(name, combine):
 
 
 def test_concat_without_mlp_concatenates_vectors_and_presence_flags():
-    dims = {"a": {"token_dim": 1, "pooled_dim": 2}, "b": {"token_dim": 1, "pooled_dim": 2}}
+    dims = {"a": InputDims(token_dim=1, pooled_dim=2), "b": InputDims(token_dim=1, pooled_dim=2)}
     fusion = build("concat", dims, hidden=[])
     assert fusion.out_dim == 2 + 2 + 2
     out = fusion(two_inputs(present_b=[True, False]))

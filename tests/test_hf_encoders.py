@@ -198,7 +198,7 @@ def test_frozen_encoder_has_no_gradients_and_stays_in_eval_mode(folders, modalit
     assert not any(p.requires_grad for p in encoder.parameters())
     features = encoder(**(text_batch() if modality == "text" else image_batch()))
     assert not features.tokens.requires_grad and not features.pooled.requires_grad
-    assert encoder.cacheable
+    assert encoder.traits.cacheable
 
 
 @pytest.mark.parametrize("modality", ["text", "image"])
@@ -206,7 +206,7 @@ def test_unfrozen_encoder_trains_every_layer(folders, modality):
     spec = text_input(folders["bert"], freeze=False) if modality == "text" \
         else image_input(folders["clip"], freeze=False)
     encoder = build(spec).train()
-    assert encoder.model.training and not encoder.cacheable
+    assert encoder.model.training and not encoder.traits.cacheable
     encoder(**(text_batch() if modality == "text" else image_batch())).pooled.sum().backward()
     first = encoder.model.get_input_embeddings()
     first = first.weight if hasattr(first, "weight") else first.patch_embedding.weight
@@ -332,11 +332,11 @@ def test_minilm_weights_keep_their_names():
     with weights_from_bundle():  # how a bundle builds it
         bundled = build({"name": "q", "type": "text", "encoder": {"type": "minilm"}})
     assert list(bundled.state_dict()) == names
-    assert encoder.cacheable and encoder.pool == "mean"
+    assert encoder.traits.cacheable and encoder.pool == "mean"
     assert not any(p.requires_grad for p in encoder.parameters())
     finetuned = build({"name": "q", "type": "text",
                        "encoder": {"type": "minilm", "finetune": True}})
-    assert not finetuned.cacheable and all(p.requires_grad for p in finetuned.parameters())
+    assert not finetuned.traits.cacheable and all(p.requires_grad for p in finetuned.parameters())
 
 
 # --- end to end: train, save, delete the model folders, load, same predictions -----------------

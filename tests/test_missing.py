@@ -16,7 +16,7 @@ from mmfuse.features import Features, expand_rows
 from mmfuse.modalities import MISSING
 from mmfuse.model import MultimodalModel
 from mmfuse.pipeline import Pipeline
-from mmfuse.specs import EncoderSpec, TargetSpec
+from mmfuse.specs import EncoderSpec, InputDims, TargetSpec
 
 
 def features(rows: int, tokens: int = 3, dim: int = 4, seed: int = 0) -> Features:
@@ -155,9 +155,9 @@ def film_fusion():
     from mmfuse.registry import FUSIONS
 
     entry = FUSIONS.get("film")
-    dims = {"image": {"token_dim": 6, "pooled_dim": 5, "modality": "image",
-                      "film_channels": [3, 4]},
-            "question": {"token_dim": 5, "pooled_dim": 5, "modality": "text", "query": True}}
+    dims = {"image": InputDims(token_dim=6, pooled_dim=5, modality="image",
+                               film_channels=(3, 4)),
+            "question": InputDims(token_dim=5, pooled_dim=5, modality="text", query=True)}
     fusion = entry.builder(entry.options.model_validate({}), dims)
     torch.nn.init.normal_(fusion.generator.weight)
     torch.nn.init.normal_(fusion.generator.bias)

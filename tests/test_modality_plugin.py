@@ -15,11 +15,12 @@ from torch import nn
 
 import mmfuse
 from mmfuse.config_base import Options, StrictModel
+from mmfuse.encoders import Encoder
 from mmfuse.features import Features, all_present
 from mmfuse.modalities.kind import BadValue, modality
 from mmfuse.modalities.tabular import TabularModality, TabularPreprocessor
 from mmfuse.registry import ENCODERS, MODALITIES
-from mmfuse.specs import EncoderSpec
+from mmfuse.specs import EncoderSpec, EncoderTraits
 
 
 class VectorOptions(StrictModel):
@@ -74,14 +75,13 @@ class VectorMLPOptions(Options):
     dim: int = 8
 
 
-class VectorMLP(nn.Module):
+class VectorMLP(Encoder):
     """A vector through Linear + ReLU."""
 
-    modality = "vector"
-    token_positions = False
+    traits = EncoderTraits(modalities=("vector",))
 
     def __init__(self, options: VectorMLPOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         self.net = nn.Sequential(nn.Linear(spec.width, options.dim), nn.ReLU())
         self.token_features = nn.Identity()
         self.token_dim = self.pooled_dim = options.dim

@@ -1,5 +1,6 @@
 """Encoders: one sub-model per modality, each mapping a batch to
-:class:`~mmfuse.features.Features`."""
+:class:`~mmfuse.features.Features`; each subclasses :class:`Encoder` and declares its
+:class:`~mmfuse.specs.EncoderTraits`."""
 
 from . import (  # noqa: F401  (registration)
     audio_cnn,
@@ -12,3 +13,6 @@ from . import (  # noqa: F401  (registration)
     rnn,
     tabular,
 )
+from .base import Encoder
+
+__all__ = ["Encoder"]

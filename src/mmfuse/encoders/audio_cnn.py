@@ -27,7 +27,8 @@ from ..config_base import Options
 from ..errors import ConfigError
 from ..features import Features, all_present, masked_max, masked_mean
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder
 
 
 class AudioCNNOptions(Options):
@@ -44,13 +45,13 @@ class AudioCNNOptions(Options):
 
 
 @ENCODERS.register("audio_cnn", AudioCNNOptions)
-class AudioCNNEncoder(nn.Module):
+class AudioCNNEncoder(Encoder):
     """Conv + batch-norm stack over (frequency, time); time tokens and a pooled vector."""
 
-    modality = "audio"
+    traits = EncoderTraits(modalities=("audio",))
 
     def __init__(self, options: AudioCNNOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         blocks: list[nn.Module] = []
         in_ch, bins = spec.channels, spec.feature_dim
         self.kernel, self.stride, self.padding = (options.kernel_size, options.stride,

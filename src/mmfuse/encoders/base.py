@@ -1,12 +1,55 @@
-"""What pretrained encoders share: the rules of their frozen parts and of loading a bundle's
-weights in their place (their output, :class:`~mmfuse.features.Features`, lives in
-``features.py``)."""
+"""What every encoder shares: the :class:`Encoder` base class with its declared
+:class:`~mmfuse.specs.EncoderTraits`, and the rules of pretrained encoders' frozen parts and of
+loading a bundle's weights in their place (their output, :class:`~mmfuse.features.Features`,
+lives in ``features.py``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+
+from torch import nn
+
+from ..specs import EncoderSpec, EncoderTraits
+
+
+class Encoder(nn.Module):
+    """Base of every encoder, a registered one from outside mmfuse included.
+
+    A subclass declares ``traits = EncoderTraits(modalities=(...), ...)`` and, in
+    ``__init__(options, spec)``, calls ``super().__init__(spec)`` and sets ``token_dim`` and
+    ``pooled_dim``; its ``forward`` returns :class:`~mmfuse.features.Features`.
+
+    Attributes:
+        traits: what the encoder can do (a class attribute; an instance replaces it where an
+            ability depends on the options, e.g. ``cacheable`` when frozen).
+        modality: the input type this instance encodes (one of ``traits.modalities``).
+        token_dim: width of each token; pooled_dim: width of the pooled vector.
+        film_channels: per block, the channels a FiLM fusion may modulate (encoders whose
+            traits say ``film_target``), else None.
+        grid: ``(h, w)`` of an image encoder's grid of tokens, for ``mmfuse explain``'s
+            positions; None when unknown.
+        tokenizer: the text tokenizer a text encoder needs: ``word`` (fitted on the
+            training split) or ``pretrained`` (``load_tokenizer(encoder)`` gives it).
+    """
+
+    traits: EncoderTraits = EncoderTraits()
+    film_channels: tuple[int, ...] | None = None
+    grid: tuple[int, int] | None = None
+    tokenizer: str = "word"
+    token_dim: int
+    pooled_dim: int
+
+    def __init__(self, spec: EncoderSpec) -> None:
+        super().__init__()
+        self.modality = spec.modality
+
+    @classmethod
+    def default_preprocess(cls, encoder: dict) -> dict:
+        """Preprocessing that pretrained weights expect (size, mean, std), filling what the
+        config leaves out; ``encoder`` is the resolved encoder config. None by default."""
+        return {}
 
 # --- Explanations ---------------------------------------------------------------------------
 #
@@ -24,10 +67,10 @@ from contextvars import ContextVar
 #   pretrained_parameters() -> list[nn.Parameter]
 #       the parameters that came from the pretrained weights (``training.pretrained_lr_multiplier``
 #       scales their learning rate);
-#   default_preprocess(options) -> dict            (a classmethod / staticmethod)
+#   default_preprocess(encoder) -> dict            (a classmethod / staticmethod)
 #       preprocessing the weights were trained with (e.g. size, mean, std); it applies to every
 #       key the config leaves out, and the resolved config (hence the bundle) records it;
-#   cacheable: bool
+#   traits.cacheable: bool
 #       True when the part run by ``frozen_features`` has no trainable parameter and is
 #       deterministic (frozen weights, batch norm and dropout in eval mode), so its outputs can be
 #       computed once per item and cached (``cache_features``);

@@ -23,7 +23,8 @@ from torch import nn
 from ..config_base import Options
 from ..features import Features, all_present
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder
 
 
 class BagOfWordsOptions(Options):
@@ -47,13 +48,13 @@ class _BatchNorm(nn.BatchNorm1d):
 
 
 @ENCODERS.register("bow", BagOfWordsOptions)
-class BagOfWordsEncoder(nn.Module):
+class BagOfWordsEncoder(Encoder):
     """Embedding, masked mean / sum / max over tokens, linear projection and normalisation."""
 
-    modality = "text"
+    traits = EncoderTraits(modalities=("text",))
 
     def __init__(self, options: BagOfWordsOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         self.embed = nn.Embedding(spec.vocab_size, options.embedding_dim,
                                   padding_idx=spec.pad_id)
         self.project = nn.Linear(options.embedding_dim, options.dim)

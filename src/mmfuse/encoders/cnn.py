@@ -22,7 +22,8 @@ from ..config_base import Options
 from ..errors import ConfigError
 from ..features import Features, all_present
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder
 
 
 class CNNOptions(Options):
@@ -35,14 +36,14 @@ class CNNOptions(Options):
 
 
 @ENCODERS.register("cnn", CNNOptions)
-class CNNEncoder(nn.Module):
+class CNNEncoder(Encoder):
     """Conv + batch-norm stack; spatial tokens with 2-D positions and a pooled vector."""
 
-    modality = "image"
-    film_target = True  # a FiLM fusion can modulate its blocks (the default fusion looks)
+    # a FiLM fusion can modulate its blocks; the last two token channels are (x, y)
+    traits = EncoderTraits(modalities=("image",), film_target=True, token_positions=True)
 
     def __init__(self, options: CNNOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         blocks: list[nn.Module] = []
         in_ch = spec.channels
         for out_ch in options.channels:
@@ -53,7 +54,7 @@ class CNNEncoder(nn.Module):
             ))
             in_ch = out_ch
         self.body = nn.ModuleList(blocks)
-        self.film_channels = list(options.channels)  # what a FiLM fusion may modulate
+        self.film_channels = tuple(options.channels)  # what a FiLM fusion may modulate
         with torch.no_grad():
             h, w = self._grid(torch.zeros(2, spec.channels, *spec.size), None).shape[-2:]
         if h * w == 1:
@@ -64,7 +65,6 @@ class CNNEncoder(nn.Module):
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, h), torch.linspace(-1, 1, w), indexing="ij")
         self.register_buffer("coords", torch.stack([xs, ys], -1).reshape(1, h * w, 2))
         self.token_dim = in_ch + 2
-        self.token_positions = True  # the last two token channels are (x, y)
         self.num_tokens = h * w
         self.pool = options.pool
         pool_in = self.token_dim * h * w if options.pool == "flatten" else self.token_dim

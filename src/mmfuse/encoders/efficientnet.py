@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,8 +35,8 @@ from ..config_base import Options
 from ..errors import ConfigError
 from ..features import Features, all_present
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
-from .base import reading_bundle
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder, reading_bundle
 
 HEAD_CHANNELS = 1280
 STEM_CHANNELS = 32
@@ -264,17 +264,17 @@ class EfficientNetLiteOptions(Options):
         return self
 
 
-class EfficientNetLiteEncoder(nn.Module):
+class EfficientNetLiteEncoder(Encoder):
     """An ImageNet EfficientNet-Lite; spatial tokens with 2-D positions, mean-pooled vector."""
 
-    modality = "image"
+    # the last two token channels are (x, y); a FiLM fusion cannot modulate a pretrained
+    # backbone; cacheable when frozen (set in __init__)
+    traits = EncoderTraits(modalities=("image",), token_positions=True)
     variant = "lite0"
     backbone_dim = HEAD_CHANNELS
-    token_positions = True  # the last two token channels are (x, y)
-    film_channels = None  # a FiLM fusion cannot modulate a pretrained backbone
 
     def __init__(self, options: EfficientNetLiteOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         name, size = f"efficientnet_{self.variant}", tuple(spec.size)
         if min(size) < MIN_SIZE:
             raise ConfigError(f"{name}: image size {size} is below {MIN_SIZE} pixels a side; "
@@ -283,6 +283,9 @@ class EfficientNetLiteEncoder(nn.Module):
         if not reading_bundle():  # a bundle's own weights replace ImageNet's
             self.backbone.load_state_dict(load_imagenet_weights(self.variant)[0])
         self.freeze, self.last_blocks = options.freeze, options.train_last_blocks
+        # frozen: the output of the frozen part (the whole backbone, or everything before the
+        # ``train_last_blocks``) can be cached per image
+        self.traits = replace(self.traits, cacheable=self.freeze)
         self._check_trainable(name, size)
         self.backbone.requires_grad_(not self.freeze)
         for module in self._trained_part():
@@ -317,12 +320,6 @@ class EfficientNetLiteEncoder(nn.Module):
         if not self.freeze or not self.last_blocks:
             return []
         return [*self.backbone.blocks[-self.last_blocks:], self.backbone.head]
-
-    @property
-    def cacheable(self) -> bool:
-        """True when the backbone is frozen: the output of its frozen part (the whole backbone,
-        or everything before the ``train_last_blocks``) can be cached per image."""
-        return self.freeze
 
     @classmethod
     def default_preprocess(cls, encoder: dict) -> dict:

@@ -20,6 +20,7 @@ Shapes: pixels ``[B, K, 3, H, W]``, mask ``[B, K]`` -> tokens ``[B, K, dim]``, p
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Literal
 
 import torch
@@ -30,7 +31,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..errors import ConfigError
 from ..features import Features, all_present, masked_mean
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder
 from .cnn import CNNEncoder, CNNOptions
 from .rnn import final_states
 
@@ -73,17 +75,16 @@ class FrameCNNOptions(CNNOptions):
 
 
 @ENCODERS.register("frame_cnn", FrameCNNOptions)
-class FrameCNNEncoder(nn.Module):
+class FrameCNNEncoder(Encoder):
     """A CNN per frame, then mean / GRU / transformer over time; frame tokens."""
 
-    modality = "video"
+    traits = EncoderTraits(modalities=("video",))  # cacheable: set in __init__
 
     def __init__(self, options: FrameCNNOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         if options.temporal == "transformer" and options.dim % options.heads:
             raise ConfigError(f"frame_cnn: heads={options.heads} must divide dim={options.dim}")
         image_spec = EncoderSpec("image", channels=spec.channels, size=spec.size)
-        self.cacheable = False  # True for a backbone with nothing to train: frame vectors cache
         if options.backbone is None:
             frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
             self.frame = CNNEncoder(frame, image_spec)
@@ -91,8 +92,10 @@ class FrameCNNEncoder(nn.Module):
             from ..model import build_component
 
             self.backbone = build_component(ENCODERS, options.backbone, image_spec)
-            self.cacheable = getattr(self.backbone, "cacheable", False) and not any(
-                p.requires_grad for p in self.backbone.parameters())
+            trains = any(p.requires_grad for p in self.backbone.parameters())
+            # a backbone with nothing to train: its frame vectors can be cached
+            self.traits = replace(self.traits,
+                                  cacheable=self.backbone.traits.cacheable and not trains)
             self.frame_project = nn.Sequential(
                 nn.Linear(self.backbone.pooled_dim, options.dim), nn.ReLU(inplace=True),
                 nn.Dropout(options.dropout))
@@ -108,19 +111,17 @@ class FrameCNNEncoder(nn.Module):
         self.token_dim = self.pooled_dim = options.dim
         self.token_features = nn.Identity()  # explain: attributions are taken here
 
-    @staticmethod
-    def default_preprocess(encoder: dict) -> dict:
+    @classmethod
+    def default_preprocess(cls, encoder: dict) -> dict:
         """A backbone's own preprocessing (size, mean, std), if it has one."""
         if encoder.get("backbone") is None:
             return {}
-        rule = getattr(ENCODERS.get(encoder["backbone"]["type"]).builder, "default_preprocess",
-                       None)
-        return rule(encoder["backbone"]) if rule else {}
-
+        return ENCODERS.get(encoder["backbone"]["type"]).builder.default_preprocess(
+            encoder["backbone"])
 
     def frozen_features(self, pixels: torch.Tensor, mask: torch.Tensor) -> dict:
         """The backbone's pooled vector of every real frame: ``frames [B, K, P]``, ``mask``."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.cacheable):
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.traits.cacheable):
             real = self.backbone(pixels[mask]).pooled
         frames = real.new_zeros(*mask.shape, real.shape[-1])
         frames[mask] = real

@@ -29,7 +29,7 @@ real tokens (sentence encoders such as all-MiniLM were trained with it).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -42,8 +42,8 @@ from ..errors import ConfigError, require
 from ..features import Features, all_present, masked_mean
 from ..modalities.image import pair
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
-from .base import reading_bundle
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder, reading_bundle
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
@@ -298,22 +298,19 @@ class HFImageOptions(HFOptions):
             self.image_processor = read_image_processor(folder)
 
 
-class HFEncoder(nn.Module):
+class HFEncoder(Encoder):
     """What hf_text and hf_image share: the model at ``self.model``, freezing and pooling."""
 
     def __init__(self, options: HFOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         self.model = load_model(Path(options.path).expanduser(), options.hf_config)
         self.freeze = options.freeze
+        # frozen weights in eval mode: ``frozen_features`` is the same every epoch
+        self.traits = replace(self.traits, cacheable=self.freeze)
         self.pool = options.pool
         self.model.requires_grad_(not options.freeze)
         self.token_dim = self.pooled_dim = self.model.config.hidden_size
         self.token_features = nn.Identity()  # explain: attributions are taken here
-
-    @property
-    def cacheable(self) -> bool:
-        """Frozen weights in eval mode: ``frozen_features`` is the same every epoch."""
-        return self.freeze
 
     def pretrained_parameters(self) -> list[nn.Parameter]:
         return list(self.model.parameters())
@@ -342,12 +339,8 @@ class HFTextEncoder(HFEncoder):
     fitted, and keeps the tokenizer in its state.
     """
 
-    modality = "text"
+    traits = EncoderTraits(modalities=("text",))
     tokenizer = "pretrained"
-
-    @staticmethod
-    def default_preprocess(encoder: dict) -> dict:
-        return {}  # the tokenizer comes from the folder (``load_tokenizer``)
 
     @classmethod
     def load_tokenizer(cls, encoder: dict) -> PretrainedTokenizer:
@@ -369,7 +362,7 @@ class HFTextEncoder(HFEncoder):
 class HFImageEncoder(HFEncoder):
     """Any local Hugging Face vision transformer (ViT, DeiT, DINOv2, CLIP vision, ...)."""
 
-    modality = "image"
+    traits = EncoderTraits(modalities=("image",))
 
     def __init__(self, options: HFOptions, spec: EncoderSpec) -> None:
         super().__init__(options, spec)

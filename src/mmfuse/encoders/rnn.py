@@ -22,7 +22,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from ..config_base import Options
 from ..features import Features, all_present, masked_max, masked_mean
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder
 
 
 class RNNOptions(Options):
@@ -35,15 +36,14 @@ class RNNOptions(Options):
         "last", description="pooled vector: the final state, or the mean / max over real steps")
 
 
-class RNNEncoder(nn.Module):
+class RNNEncoder(Encoder):
     """Embedding (text) or frame projection (audio) + GRU/LSTM over a padded sequence."""
 
-    modalities = ("text", "audio")
+    traits = EncoderTraits(modalities=("text", "audio"))
     cell: type[nn.Module] = nn.GRU
 
     def __init__(self, options: RNNOptions, spec: EncoderSpec) -> None:
-        super().__init__()
-        self.modality = spec.modality
+        super().__init__(spec)
         if self.modality == "audio":
             self.embed = nn.Linear(spec.channels * spec.feature_dim, options.embedding_dim)
         else:

@@ -26,7 +26,8 @@ from torch import nn
 from ..config_base import Options
 from ..features import Features, all_present
 from ..registry import ENCODERS
-from ..specs import EncoderSpec
+from ..specs import EncoderSpec, EncoderTraits
+from .base import Encoder
 
 
 class NumericOptions(Options):
@@ -38,10 +39,8 @@ class NumericOptions(Options):
     sigma: float = Field(1.0, gt=0, description="periodic: std of the initial frequencies")
 
 
-class TabularEncoder(nn.Module):
+class TabularEncoder(Encoder):
     """One vector per row, given as the pooled vector and as a single token."""
-
-    token_positions = False
 
     def _features(self, vectors: torch.Tensor) -> Features:
         tokens = self.token_features(vectors.unsqueeze(1))
@@ -53,11 +52,10 @@ class TabularEncoder(nn.Module):
 class NumericEncoder(TabularEncoder):
     """A number (or yes/no) as a vector: a projection, or periodic embeddings."""
 
-    modalities = ("number", "binary")
+    traits = EncoderTraits(modalities=("number", "binary"))
 
     def __init__(self, options: NumericOptions, spec: EncoderSpec) -> None:
-        super().__init__()
-        self.modality = spec.modality
+        super().__init__(spec)
         self.periodic = options.embedding == "periodic"
         width = spec.width
         if self.periodic:
@@ -84,10 +82,10 @@ class EmbeddingOptions(Options):
 class EmbeddingEncoder(TabularEncoder):
     """A category value as a learned vector (id 0: unknown)."""
 
-    modality = "category"
+    traits = EncoderTraits(modalities=("category",))
 
     def __init__(self, options: EmbeddingOptions, spec: EncoderSpec) -> None:
-        super().__init__()
+        super().__init__(spec)
         self.embed = nn.Embedding(spec.vocab_size, options.dim)
         self.dropout = nn.Dropout(options.dropout)
         self.token_features = nn.Identity()

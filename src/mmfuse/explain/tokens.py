@@ -33,7 +33,7 @@ def image_positions(encoder, options, count: int, name: str) -> list[list[float]
     if hasattr(encoder, "token_centres"):
         centres = encoder.token_centres().tolist()
     else:
-        grid = getattr(encoder, "grid", None)
+        grid = encoder.grid
         if grid is None:  # a square grid, after at most one class token
             side = next((math.isqrt(count - k) for k in (0, 1)
                          if math.isqrt(count - k) ** 2 == count - k), None)

@@ -26,7 +26,8 @@ from ..config_base import Options
 from ..errors import ConfigError
 from ..features import Features
 from ..registry import FUSIONS
-from .base import SlotProjection, mlp, pick_query
+from ..specs import InputDims
+from .base import Fusion, SlotProjection, mlp, pick_query
 
 
 class AttentionOptions(Options):
@@ -58,10 +59,10 @@ class Glimpse(nn.Module):
 
 
 @FUSIONS.register("attention", AttentionOptions)
-class AttentionFusion(nn.Module):
+class AttentionFusion(Fusion):
     """Stacked attention: the query input's vector attends over the other inputs' tokens."""
 
-    def __init__(self, options: AttentionOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: AttentionOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.query = pick_query(input_dims, options.query)
         self.context = [name for name in input_dims if name != self.query]
@@ -69,7 +70,7 @@ class AttentionFusion(nn.Module):
             raise ConfigError("fusion 'attention' needs at least two inputs: one query and one "
                               "to attend over; use fusion 'concat' for a single input")
         dim = options.dim
-        self.start = nn.Linear(input_dims[self.query]["pooled_dim"], dim)
+        self.start = nn.Linear(input_dims[self.query].pooled_dim, dim)
         self.slots = SlotProjection({n: input_dims[n] for n in self.context}, dim)
         self.hops = nn.ModuleList(
             nn.ModuleDict({n: Glimpse(dim, options.attention_dim) for n in self.context})

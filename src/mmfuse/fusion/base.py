@@ -1,4 +1,5 @@
-"""Shared pieces of the fusion modules."""
+"""Shared pieces of the fusion modules: the :class:`Fusion` base class, query choice and
+projections."""
 
 from __future__ import annotations
 
@@ -8,6 +9,24 @@ from torch import nn
 
 from ..config_base import Options
 from ..errors import ConfigError
+from ..specs import FusionTraits, InputDims
+
+
+class Fusion(nn.Module):
+    """Base of every fusion, a registered one from outside mmfuse included.
+
+    A subclass is built with ``(options, input_dims)``, one :class:`~mmfuse.specs.InputDims`
+    per input, sets ``out_dim``, and maps ``{name: Features}`` to the fused vectors
+    ``[B, out_dim]`` in ``forward``.
+
+    Attributes:
+        traits: what it declares beside fusing (``serial``, ``attention_over``); a fusion that
+            has one decides it once, in its ``__init__``.
+        out_dim: width of the fused vector.
+    """
+
+    traits: FusionTraits = FusionTraits()
+    out_dim: int
 
 
 def mlp(in_dim: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, int]:
@@ -19,7 +38,7 @@ def mlp(in_dim: int, hidden: list[int], dropout: float) -> tuple[nn.Sequential, 
     return nn.Sequential(*layers), in_dim
 
 
-def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
+def pick_query(input_dims: dict[str, InputDims], query: str | None) -> str:
     """The input that conditions the others: ``query`` if given, else the first input of a
     query modality (text), else the last input.
 
@@ -31,7 +50,7 @@ def pick_query(input_dims: dict[str, dict], query: str | None) -> str:
             raise ConfigError(f"fusion option query={query!r} names no input; the inputs are: "
                               f"{', '.join(input_dims)}")
         return query
-    queries = [name for name, d in input_dims.items() if d.get("query")]
+    queries = [name for name, d in input_dims.items() if d.query]
     return queries[0] if queries else list(input_dims)[-1]
 
 
@@ -55,12 +74,12 @@ class SlotProjection(nn.Module):
     are zeroed before projection, so their values cannot leak into the output.
     """
 
-    def __init__(self, input_dims: dict[str, dict], dim: int) -> None:
+    def __init__(self, input_dims: dict[str, InputDims], dim: int) -> None:
         super().__init__()
         self.summaries = nn.ModuleDict(
-            {n: nn.Linear(d["pooled_dim"], dim) for n, d in input_dims.items()})
+            {n: nn.Linear(d.pooled_dim, dim) for n, d in input_dims.items()})
         self.values = nn.ModuleDict(
-            {n: nn.Linear(d["token_dim"], dim) for n, d in input_dims.items()})
+            {n: nn.Linear(d.token_dim, dim) for n, d in input_dims.items()})
 
     def forward(self, name: str, features) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots ``[B, 1 + N, dim]`` and which are real ``[B, 1 + N]`` (summary: if present)."""
@@ -74,11 +93,12 @@ class SlotProjection(nn.Module):
 class PooledProjection(nn.Module):
     """Projects each input's pooled vector to one common width ``dim`` (Linear + activation)."""
 
-    def __init__(self, input_dims: dict[str, dict], dim: int, activation: str = "tanh") -> None:
+    def __init__(self, input_dims: dict[str, InputDims], dim: int,
+                 activation: str = "tanh") -> None:
         super().__init__()
         act = {"tanh": nn.Tanh, "relu": nn.ReLU, "none": nn.Identity}[activation]
         self.proj = nn.ModuleDict(
-            {name: nn.Sequential(nn.Linear(d["pooled_dim"], dim), act())
+            {name: nn.Sequential(nn.Linear(d.pooled_dim, dim), act())
              for name, d in input_dims.items()}
         )
 

@@ -25,6 +25,8 @@ from torch import nn
 
 from ..config_base import Options
 from ..registry import FUSIONS
+from ..specs import InputDims
+from .base import Fusion
 
 
 def hadamard(factors: nn.ModuleDict, features: dict) -> torch.Tensor:
@@ -44,13 +46,13 @@ class MLBOptions(Options):
 
 
 @FUSIONS.register("mlb", MLBOptions)
-class MLBFusion(nn.Module):
+class MLBFusion(Fusion):
     """Multimodal Low-rank Bilinear pooling: projection of the product of tanh projections."""
 
-    def __init__(self, options: MLBOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: MLBOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.factors = nn.ModuleDict({
-            name: nn.Sequential(nn.Linear(d["pooled_dim"], options.joint_dim), nn.Tanh())
+            name: nn.Sequential(nn.Linear(d.pooled_dim, options.joint_dim), nn.Tanh())
             for name, d in input_dims.items()})
         self.dropout = nn.Dropout(options.dropout)
         self.out = nn.Linear(options.joint_dim, options.dim)
@@ -67,14 +69,14 @@ class MFBOptions(Options):
 
 
 @FUSIONS.register("mfb", MFBOptions)
-class MFBFusion(nn.Module):
+class MFBFusion(Fusion):
     """Multi-modal Factorized Bilinear pooling, power- and L2-normalised."""
 
-    def __init__(self, options: MFBOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: MFBOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.factor = options.factor
         self.factors = nn.ModuleDict({
-            name: nn.Linear(d["pooled_dim"], options.factor * options.dim)
+            name: nn.Linear(d.pooled_dim, options.factor * options.dim)
             for name, d in input_dims.items()})
         self.dropout = nn.Dropout(options.dropout)
         self.out_dim = options.dim
@@ -97,15 +99,15 @@ class MutanOptions(Options):
 
 
 @FUSIONS.register("mutan", MutanOptions)
-class MutanFusion(nn.Module):
+class MutanFusion(Fusion):
     """MUTAN: Tucker fusion with a rank-R core, a sum of R Hadamard products."""
 
-    def __init__(self, options: MutanOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: MutanOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.rank = options.rank
         self.factors = nn.ModuleDict({
             name: nn.Sequential(
-                nn.Linear(d["pooled_dim"], options.input_dim), nn.Tanh(),
+                nn.Linear(d.pooled_dim, options.input_dim), nn.Tanh(),
                 nn.Dropout(options.dropout),
                 nn.Linear(options.input_dim, options.rank * options.dim), nn.Tanh())
             for name, d in input_dims.items()})

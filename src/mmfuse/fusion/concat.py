@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from ..config_base import Options
 from ..registry import FUSIONS
-from .base import mlp
+from ..specs import InputDims
+from .base import Fusion, mlp
 
 
 class ConcatOptions(Options):
@@ -24,13 +24,13 @@ class ConcatOptions(Options):
 
 
 @FUSIONS.register("concat", ConcatOptions)
-class ConcatFusion(nn.Module):
+class ConcatFusion(Fusion):
     """Concatenation of the pooled vectors followed by an MLP."""
 
-    def __init__(self, options: ConcatOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: ConcatOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.names = list(input_dims)
-        width = sum(d["pooled_dim"] for d in input_dims.values()) + len(self.names)
+        width = sum(d.pooled_dim for d in input_dims.values()) + len(self.names)
         self.mlp, self.out_dim = mlp(width, options.hidden, options.dropout)
 
     def forward(self, features: dict) -> torch.Tensor:

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..features import Features
 from ..registry import FUSIONS
-from .base import MultiHeadOptions, SlotProjection, mlp
+from ..specs import InputDims
+from .base import Fusion, MultiHeadOptions, SlotProjection, mlp
 
 
 class CrossAttentionOptions(MultiHeadOptions):
@@ -58,10 +59,10 @@ class CrossLayer(nn.Module):
 
 
 @FUSIONS.register("cross_attention", CrossAttentionOptions)
-class CrossAttentionFusion(nn.Module):
+class CrossAttentionFusion(Fusion):
     """Co-attention: each input's tokens attend to the other inputs' tokens, then pool + MLP."""
 
-    def __init__(self, options: CrossAttentionOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: CrossAttentionOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.names = list(input_dims)
         dim = options.dim

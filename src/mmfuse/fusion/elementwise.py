@@ -16,11 +16,11 @@ from typing import Literal
 
 import torch
 from pydantic import Field
-from torch import nn
 
 from ..config_base import Options
 from ..registry import FUSIONS
-from .base import PooledProjection, mlp
+from ..specs import InputDims
+from .base import Fusion, PooledProjection, mlp
 
 
 class ElementwiseOptions(Options):
@@ -30,10 +30,10 @@ class ElementwiseOptions(Options):
     dropout: float = Field(0.0, ge=0, lt=1)
 
 
-class ElementwiseFusion(nn.Module):
+class ElementwiseFusion(Fusion):
     """Projects inputs to a common width and combines them element-wise."""
 
-    def __init__(self, options: ElementwiseOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: ElementwiseOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.project = PooledProjection(input_dims, options.dim, options.activation)
         self.mlp, self.out_dim = mlp(options.dim, options.hidden, options.dropout)

@@ -31,7 +31,8 @@ from torch import nn
 from ..config_base import Options
 from ..errors import ConfigError
 from ..registry import FUSIONS
-from .base import mlp, pick_query
+from ..specs import FusionTraits, InputDims
+from .base import Fusion, mlp, pick_query
 
 MOMENTUM = 0.1  # of the query's running mean, as batch norm's
 
@@ -45,15 +46,15 @@ class FiLMOptions(Options):
 
 
 @FUSIONS.register("film", FiLMOptions)
-class FiLMFusion(nn.Module):
+class FiLMFusion(Fusion):
     """FiLM: the query input scales and shifts the channels of the target encoder's blocks."""
 
-    def __init__(self, options: FiLMOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: FiLMOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.query = pick_query(input_dims, options.query)
-        capable = [n for n, d in input_dims.items() if d.get("film_channels") and n != self.query]
+        capable = [n for n, d in input_dims.items() if d.film_channels and n != self.query]
         target = options.target or (capable[0] if capable else None)
-        if target in input_dims and input_dims[target].get("tabular"):
+        if target in input_dims and input_dims[target].tabular:
             raise ConfigError(
                 f"fusion 'film' cannot modulate input {target!r}: it is tabular (one value per "
                 "row, encoded without channels or positions); FiLM's target is an image encoded "
@@ -63,16 +64,18 @@ class FiLMFusion(nn.Module):
                 f"fusion 'film' needs a target input whose encoder supports FiLM (cnn); "
                 f"got target={target!r}, capable inputs: {capable or 'none'}")
         self.target = target
-        self.serial = (target, self.query)  # read by MultimodalModel: encode query first
+        # the one place FiLM's serial pair is decided: MultimodalModel encodes the query first,
+        # then the target per row (data/features.py therefore never caches the target)
+        self.traits = FusionTraits(serial=(target, self.query))
         self.others = [n for n in input_dims if n != target]
-        self.channels = list(input_dims[target]["film_channels"])
-        self.generator = nn.Linear(input_dims[self.query]["pooled_dim"], 2 * sum(self.channels))
+        self.channels = list(input_dims[target].film_channels)
+        self.generator = nn.Linear(input_dims[self.query].pooled_dim, 2 * sum(self.channels))
         nn.init.zeros_(self.generator.weight)  # start as the identity modulation
         nn.init.zeros_(self.generator.bias)
-        self.register_buffer("query_mean", torch.zeros(input_dims[self.query]["pooled_dim"]))
+        self.register_buffer("query_mean", torch.zeros(input_dims[self.query].pooled_dim))
         self.register_buffer("query_tracked", torch.zeros(()))  # 1 once the mean has data
-        width = input_dims[target]["pooled_dim"] + sum(
-            input_dims[n]["pooled_dim"] for n in self.others)
+        width = input_dims[target].pooled_dim + sum(
+            input_dims[n].pooled_dim for n in self.others)
         self.mlp, self.out_dim = mlp(width, options.hidden, options.dropout)
 
     def modulation(self, query) -> list[tuple[torch.Tensor, torch.Tensor]]:

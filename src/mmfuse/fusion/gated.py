@@ -18,7 +18,8 @@ from torch import nn
 
 from ..config_base import Options
 from ..registry import FUSIONS
-from .base import PooledProjection, mlp
+from ..specs import InputDims
+from .base import Fusion, PooledProjection, mlp
 
 
 class GatedOptions(Options):
@@ -28,17 +29,17 @@ class GatedOptions(Options):
 
 
 @FUSIONS.register("gated", GatedOptions)
-class GatedFusion(nn.Module):
+class GatedFusion(Fusion):
     """Gated Multimodal Unit: per-dimension learned gates mix the inputs' tanh projections."""
 
-    def __init__(self, options: GatedOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: GatedOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.names = list(input_dims)
         self.dim = options.dim
         self.project = PooledProjection(input_dims, options.dim, "tanh")
         # Two inputs need one sigmoid gate z (the other is 1 - z): a softmax over [logit, 0].
         self.gated_inputs = 1 if len(self.names) == 2 else len(self.names)
-        width = sum(d["pooled_dim"] for d in input_dims.values())
+        width = sum(d.pooled_dim for d in input_dims.values())
         self.gate = nn.Linear(width, options.dim * self.gated_inputs)
         self.mlp, self.out_dim = mlp(options.dim, options.hidden, options.dropout)
 

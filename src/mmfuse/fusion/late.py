@@ -29,7 +29,8 @@ from torch import nn
 from ..config_base import Options
 from ..errors import ConfigError
 from ..registry import FUSIONS
-from .base import mlp
+from ..specs import InputDims
+from .base import Fusion, mlp
 
 
 class LateOptions(Options):
@@ -43,23 +44,23 @@ class LateOptions(Options):
 
 
 @FUSIONS.register("late", LateOptions)
-class LateFusion(nn.Module):
+class LateFusion(Fusion):
     """Late fusion: per-input networks mixed by learned weights (or early: one shared encoder)."""
 
-    def __init__(self, options: LateOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: LateOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.names = list(input_dims)
         self.mode = options.mode
         self.out_dim = options.dim
         if self.mode == "late":
-            self.nets = nn.ModuleDict({name: self._net(d["pooled_dim"], options)
+            self.nets = nn.ModuleDict({name: self._net(d.pooled_dim, options)
                                        for name, d in input_dims.items()})
             self.weight_logits = nn.Parameter(torch.zeros(len(self.names)))
             return
         if options.dim % options.heads:
             raise ConfigError(f"fusion 'late' with mode 'early': dim={options.dim} is not a "
                               f"multiple of heads={options.heads}; change dim or heads")
-        self.proj = nn.ModuleDict({name: nn.Linear(d["token_dim"], options.dim)
+        self.proj = nn.ModuleDict({name: nn.Linear(d.token_dim, options.dim)
                                    for name, d in input_dims.items()})
         self.input_embedding = nn.Parameter(torch.randn(len(self.names), options.dim) * 0.02)
         self.encoder = nn.TransformerEncoderLayer(

@@ -41,7 +41,8 @@ from torch import nn
 from ..config_base import Options
 from ..errors import ConfigError
 from ..registry import FUSIONS
-from .base import mlp, pick_query
+from ..specs import FusionTraits, InputDims
+from .base import Fusion, mlp, pick_query
 
 
 class RelationOptions(Options):
@@ -67,16 +68,16 @@ class RelationOptions(Options):
 
 
 @FUSIONS.register("relation", RelationOptions)
-class RelationFusion(nn.Module):
+class RelationFusion(Fusion):
     """Relation network: g over pairs of tokens conditioned on the query, summed, then f."""
 
-    def __init__(self, options: RelationOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: RelationOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.query = pick_query(input_dims, options.query)
         others = [n for n in input_dims if n != self.query]
-        positioned = [n for n in others if not input_dims[n].get("tabular")]
+        positioned = [n for n in others if not input_dims[n].tabular]
         self.context = options.context or (positioned or others)[0]
-        if input_dims[self.context].get("tabular"):
+        if input_dims[self.context].tabular:
             raise ConfigError(
                 f"fusion relation: its context input {self.context!r} is tabular (one value per "
                 "row, a single token without position), and relations are computed between "
@@ -84,16 +85,16 @@ class RelationFusion(nn.Module):
                 "an input, or use a pooled-vector fusion (concat, gated, bilinear, ...) for "
                 "tabular inputs")
         self.conditions = [n for n in input_dims if n != self.context]
-        token_dim = input_dims[self.context]["token_dim"]
+        token_dim = input_dims[self.context].token_dim
         self.project = (nn.Linear(token_dim, options.object_dim) if options.object_dim
                         else nn.Identity())
         obj = options.object_dim or token_dim
-        cond = sum(input_dims[n]["pooled_dim"] for n in self.conditions)
+        cond = sum(input_dims[n].pooled_dim for n in self.conditions)
         width = options.hidden_g[0]
         self.first_i = nn.Linear(obj, width)
         self.first_j = nn.Linear(obj, width, bias=False)
         self.first_q = nn.Linear(cond, width, bias=False)
-        if options.relative_position and not input_dims[self.context].get("token_positions"):
+        if options.relative_position and not input_dims[self.context].token_positions:
             raise ConfigError(
                 f"fusion relation: relative_position needs tokens that end with their (x, y) "
                 f"position, and the encoder of input {self.context!r} does not give them; use "
@@ -103,6 +104,8 @@ class RelationFusion(nn.Module):
         self.pools = list(dict.fromkeys(options.pool))
         self.pair_score = nn.Linear(g_out, 1) if "attention" in self.pools else None
         self.anchored = options.pairs == "anchored"
+        # the anchor's attention over the context's tokens is what ``mmfuse explain`` can show
+        self.traits = FusionTraits(attention_over=self.context if self.anchored else None)
         f_in = g_out * len(self.pools) + ((obj + cond) if self.anchored else 0)
         self.f, self.out_dim = mlp(f_in, options.hidden_f, options.dropout)
         if self.anchored:  # bilinear (dot-product) scores learn "which object is X" quickly

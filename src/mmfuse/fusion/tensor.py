@@ -25,7 +25,8 @@ from torch import nn
 
 from ..config_base import Options
 from ..registry import FUSIONS
-from .base import PooledProjection, mlp
+from ..specs import InputDims
+from .base import Fusion, PooledProjection, mlp
 
 
 class TensorOptions(Options):
@@ -36,10 +37,10 @@ class TensorOptions(Options):
 
 
 @FUSIONS.register("tensor", TensorOptions)
-class TensorFusion(nn.Module):
+class TensorFusion(Fusion):
     """Tensor Fusion Network: MLP on the outer product of the [projection; 1] vectors."""
 
-    def __init__(self, options: TensorOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: TensorOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.project = PooledProjection(input_dims, options.dim, "tanh")
         self.tensor_dim = (options.dim + 1) ** len(input_dims)
@@ -63,14 +64,14 @@ class LowRankTensorOptions(Options):
 
 
 @FUSIONS.register("low_rank_tensor", LowRankTensorOptions)
-class LowRankTensorFusion(nn.Module):
+class LowRankTensorFusion(Fusion):
     """Low-rank Multimodal Fusion: rank-r modality factors, multiplied across inputs."""
 
-    def __init__(self, options: LowRankTensorOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: LowRankTensorOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.rank = options.rank
         self.factors = nn.ModuleDict({
-            name: nn.Linear(d["pooled_dim"], options.rank * options.dim)
+            name: nn.Linear(d.pooled_dim, options.rank * options.dim)
             for name, d in input_dims.items()})
         self.rank_weights = nn.Parameter(torch.randn(options.rank) / math.sqrt(options.rank))
         self.bias = nn.Parameter(torch.zeros(options.dim))

@@ -25,7 +25,8 @@ from torch import nn
 from ..errors import ConfigError
 from ..features import Features
 from ..registry import FUSIONS
-from .base import MultiHeadOptions, SlotProjection, mlp
+from ..specs import InputDims
+from .base import Fusion, MultiHeadOptions, SlotProjection, mlp
 
 
 class TransformerOptions(MultiHeadOptions):
@@ -36,10 +37,10 @@ class TransformerOptions(MultiHeadOptions):
 
 
 @FUSIONS.register("transformer", TransformerOptions)
-class TransformerFusion(nn.Module):
+class TransformerFusion(Fusion):
     """Single-stream transformer over a CLS token and every input's tokens; the CLS state out."""
 
-    def __init__(self, options: TransformerOptions, input_dims: dict[str, dict]) -> None:
+    def __init__(self, options: TransformerOptions, input_dims: dict[str, InputDims]) -> None:
         super().__init__()
         self.names = list(input_dims)
         self.max_tokens = options.max_tokens

@@ -167,7 +167,7 @@ class TextModality(Modality):
     variable_axes = {"ids": {1: "tokens"}, "mask": {1: "tokens"}}
 
     def resolve_options(self, options: TextOptions, encoder: dict, builder: Any) -> TextOptions:
-        needed = getattr(builder, "tokenizer", "word")
+        needed = builder.tokenizer
         if options.tokenizer not in (None, needed):
             raise ValueError(f"preprocess.tokenizer: encoder {encoder['type']!r} needs "
                              f"tokenizer {needed!r}, not {options.tokenizer!r}")
