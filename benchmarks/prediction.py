@@ -55,6 +55,7 @@ def classic(model, data: Path) -> list[dict]:
     """Each classic predictor fitted on the fused training vectors, scored on the test ones."""
     from mmfuse.data.table import read_table
     from mmfuse.model import FUSED
+    from mmfuse.outputs import output_type
     from mmfuse.predictors import fit_predictor
 
     pipeline = model.pipeline
@@ -75,8 +76,9 @@ def classic(model, data: Path) -> list[dict]:
             predictor = fit_predictor({"type": kind}, spec.type, len(prep.target_spec().labels),
                                       fused_train, train.targets[output], seed=0)
             seconds = time.perf_counter() - began
-            scores = head.scorer(predictor.outputs(fused_test), test.targets[output],
-                                 column[output], prep)(np.arange(len(test)))
+            scores = output_type(spec.type).scorer(
+                head, predictor.outputs(fused_test), test.targets[output], column[output],
+                prep)(np.arange(len(test)))
             rows.append({"output": output, "model": f"{kind} on fused vectors",
                          "metrics": scores, "seconds": seconds})
     return rows, fused_seconds

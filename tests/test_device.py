@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 import mmfuse
-from mmfuse.errors import ConfigError
 from mmfuse.device import grad_scaler, resolve_device, to_cpu, to_device
+from mmfuse.errors import ConfigError
 
 
 def test_auto_is_the_cpu_without_cuda_and_cuda_without_it_is_a_clear_error(monkeypatch):

@@ -460,7 +460,7 @@ def test_cnn_token_centres_are_the_middle_of_each_receptive_field():
 
 def test_a_text_output_is_explained_toward_the_text_it_generated(tmp_path):
     from mmfuse.explain.attribution import generated_ids
-    from mmfuse.modalities.text_target import BOS_ID, EOS_ID
+    from mmfuse.outputs.text import BOS_ID, EOS_ID
 
     train = make_shapes_captions(tmp_path / "data", 40, seed=1, name="train.csv")
     model = mmfuse.Model.from_config(CAPTIONS)

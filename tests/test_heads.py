@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from mmfuse.heads.category import IGNORE_INDEX, CategoryHead, CategoryOptions
+from mmfuse.heads.category import CategoryHead, CategoryOptions
+from mmfuse.outputs.category import IGNORE_INDEX
 from mmfuse.registry import HEADS
 from mmfuse.specs import TargetSpec
 

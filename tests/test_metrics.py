@@ -1,4 +1,4 @@
-"""Tests for the shared metric maths (mmfuse.training.metrics)."""
+"""Tests for the shared metric maths (mmfuse.training.metrics, mmfuse.outputs.category)."""
 
 from __future__ import annotations
 
@@ -8,15 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from mmfuse.heads.category import IGNORE_INDEX
-from mmfuse.training.metrics import (
-    RunningMean,
+from mmfuse.outputs.category import (
+    IGNORE_INDEX,
     accuracy,
     category_metrics,
     category_scorer,
-    evaluate_outputs,
     majority_baseline,
 )
+from mmfuse.training.metrics import RunningMean, evaluate_outputs
 
 
 def test_running_mean_weights_batches_by_rows():

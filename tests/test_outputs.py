@@ -15,10 +15,13 @@ import torch.nn.functional as F
 from mmfuse.config import load_config
 from mmfuse.data.table import Table
 from mmfuse.errors import ConfigError, DataError
-from mmfuse.modalities import build_output_preprocessor
 from mmfuse.model import build_component
+from mmfuse.outputs import build_output_preprocessor
+from mmfuse.outputs.binary import best_f1_threshold, binary_metrics
+from mmfuse.outputs.category import category_metrics
+from mmfuse.outputs.number import number_metrics
+from mmfuse.outputs.set import set_metrics
 from mmfuse.registry import HEADS
-from mmfuse.training import metrics
 
 sklearn_metrics = pytest.importorskip("sklearn.metrics")
 
@@ -66,7 +69,7 @@ def test_number_metrics_match_scikit_learn():
     rng = np.random.default_rng(0)
     truth, predicted = rng.normal(5, 2, 50), rng.normal(5, 2, 50)
     truth[7] = np.nan
-    m = metrics.number_metrics(predicted, truth, 0.1, baseline=4.0)
+    m = number_metrics(predicted, truth, 0.1, baseline=4.0)
     known = ~np.isnan(truth)
     assert m["mae"] == pytest.approx(sklearn_metrics.mean_absolute_error(truth[known],
                                                                          predicted[known]), 1e-5)
@@ -132,7 +135,6 @@ def test_binary_loss_is_weighted_cross_entropy_on_logits():
 
 
 def test_threshold_auto_maximises_f1_on_validation():
-    from mmfuse.heads.binary import best_f1_threshold
 
     rng = np.random.default_rng(1)
     truth = rng.random(200) < 0.2
@@ -152,7 +154,7 @@ def test_binary_metrics_match_scikit_learn():
     truth = (rng.random(80) < 0.3).astype(float)
     probability = np.clip(truth * 0.4 + rng.random(80) * 0.6, 0, 1)
     probability[:10] = 0.5  # ties
-    m = metrics.binary_metrics(probability, truth, 0.5, 0.2, majority=0.0)
+    m = binary_metrics(probability, truth, 0.5, 0.2, majority=0.0)
     predicted = probability >= 0.5
     assert m["accuracy"] == pytest.approx(sklearn_metrics.accuracy_score(truth, predicted), 1e-5)
     assert m["precision"] == pytest.approx(sklearn_metrics.precision_score(truth, predicted),
@@ -191,7 +193,7 @@ def test_set_metrics_match_scikit_learn():
     rng = np.random.default_rng(3)
     truth = rng.random((60, 4)) < 0.3
     probability = np.clip(truth * 0.4 + rng.random((60, 4)) * 0.6, 0, 1)
-    m = metrics.set_metrics(probability, truth, 0.5, 0.3, np.array([1, 0, 0, 0]))
+    m = set_metrics(probability, truth, 0.5, 0.3, np.array([1, 0, 0, 0]))
     predicted = probability >= 0.5
     assert m["jaccard"] == pytest.approx(sklearn_metrics.jaccard_score(
         truth, predicted, average="samples", zero_division=1.0), 1e-5)
@@ -217,7 +219,7 @@ def test_balanced_class_weights():
 
 def test_top_k_accuracy():
     logits = torch.tensor([[3.0, 2.0, 1.0, 0.0], [0.0, 1.0, 2.0, 3.0]])
-    m = metrics.category_metrics(logits, torch.tensor([1, 0]), ["b", "a"], k=2)
+    m = category_metrics(logits, torch.tensor([1, 0]), ["b", "a"], k=2)
     assert m["accuracy"] == 0.0 and m["top_k_accuracy"] == 0.5
 
 

@@ -127,7 +127,7 @@ def test_threshold_auto_is_fitted_on_the_answers_served(every_type_run):
     """A binary output served by its predictor gets the F1-best threshold of the predictor's
     probabilities, not of the head's it replaces."""
     from mmfuse.data.table import read_table
-    from mmfuse.heads.binary import best_f1_threshold
+    from mmfuse.outputs.binary import best_f1_threshold
 
     config = {"inputs": [{"name": "weight", "type": "number"}, {"name": "brand",
                                                                 "type": "category"}],

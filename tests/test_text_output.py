@@ -15,7 +15,7 @@ from mmfuse.data.table import Table
 from mmfuse.errors import ConfigError
 from mmfuse.heads.decoding import beam_search, greedy, length_penalty
 from mmfuse.heads.text import TextHead, TextHeadOptions
-from mmfuse.modalities.text_target import (
+from mmfuse.outputs.text import (
     BOS_ID,
     EOS_ID,
     PAD_ID,
@@ -25,9 +25,11 @@ from mmfuse.modalities.text_target import (
     join_tokens,
     normalize,
     split_tokens,
+    text_metrics,
+    text_scorer,
 )
-from mmfuse.specs import TargetSpec
-from mmfuse.training.metrics import evaluate_outputs, text_metrics, text_scorer
+from mmfuse.specs import InputDims, TargetSpec
+from mmfuse.training.metrics import evaluate_outputs
 
 
 def text_config(**output) -> dict:
@@ -121,9 +123,13 @@ def test_bad_text_output_configs_name_the_key(output, message):
 
 
 def test_category_outputs_take_no_decoder_or_tokenizer():
-    with pytest.raises(ConfigError, match="text outputs only"):
+    with pytest.raises(ConfigError, match="decoder does not apply to category outputs"):
         load_config({"inputs": [{"name": "q", "type": "text"}],
                      "outputs": [{"name": "a", "type": "category", "decoder": "gru"}]})
+    with pytest.raises(ConfigError, match="preprocess does not apply to category outputs"):
+        load_config({"inputs": [{"name": "q", "type": "text"}],
+                     "outputs": [{"name": "a", "type": "category",
+                                  "preprocess": {"tokenizer": "char"}}]})
 
 
 def test_decoder_shorthand_is_recorded_in_the_head():
@@ -244,7 +250,7 @@ def test_gru_decoder_steps_match_teacher_forcing():
 
 def test_padded_memory_slots_do_not_change_the_text():
     torch.manual_seed(0)
-    dims = {"prompt": {"token_dim": 6, "pooled_dim": 6}}
+    dims = {"prompt": InputDims(token_dim=6, pooled_dim=6)}
     head = TextHead(TextHeadOptions(dim=16), 8,
                     TargetSpec(labels=["[PAD]", "[UNK]", "[BOS]", "[EOS]", "x"]), dims).eval()
     from mmfuse.features import Features

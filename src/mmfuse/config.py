@@ -15,9 +15,11 @@ import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-from .config_base import StrictModel, did_you_mean
+from .config_base import StrictModel, did_you_mean, format_errors
 from .errors import ConfigError
-from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES, Registry
+from .outputs import output_type
+from .predictors import PREDICTORS, check_options
+from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES, OUTPUTS, Registry
 from .tuning.space import TuneSection
 
 
@@ -46,14 +48,13 @@ def resolve_component(registry: Registry, spec: Any, default_type: str | None = 
     try:
         options = options_model.model_validate(spec)
     except ValidationError as exc:
-        raise ValueError(f"{registry.kind} {name!r}: " + "; ".join(_format_errors(exc))) from None
+        raise ValueError(f"{registry.kind} {name!r}: " + "; ".join(format_errors(exc))) from None
     return {"type": name, **options.model_dump()}
 
 
 def encoder_modalities(builder: Any) -> tuple[str, ...]:
-    """The input types an encoder accepts (``modalities``, else its one ``modality``)."""
-    modalities = getattr(builder, "modalities", None)
-    return tuple(modalities) if modalities else (builder.modality,)
+    """The input types an encoder accepts (its ``traits.modalities``)."""
+    return builder.traits.modalities
 
 
 class InputConfig(StrictModel):
@@ -98,30 +99,13 @@ class InputConfig(StrictModel):
                 f"encoder {self.encoder['type']!r} takes "
                 f"{' or '.join(encoder_modalities(builder))} inputs, not {self.type}")
         # a pretrained encoder's own preprocessing (size, mean, std) fills what is left out
-        defaults = getattr(builder, "default_preprocess", None)
-        preprocess = {**(defaults(self.encoder) if defaults else {}), **self.preprocess}
+        preprocess = {**builder.default_preprocess(self.encoder), **self.preprocess}
         try:
             options = MODALITIES.get(self.type).options.model_validate(preprocess)
         except ValidationError as exc:
-            raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
+            raise ValueError("preprocess: " + "; ".join(format_errors(exc))) from None
         self.preprocess = kind.resolve_options(options, self.encoder, builder).model_dump()
         return self
-
-
-class TextTargetOptions(StrictModel):
-    """Text output preprocessing: a tokenizer fitted on the training split's targets."""
-
-    tokenizer: Literal["word", "char"] = Field(
-        "word", description="'word': words, single digits, single CJK characters and "
-        "punctuation; 'char': every character")
-    lowercase: bool = False
-    min_frequency: int = Field(1, ge=1, description="rarer tokens become [UNK]")
-    max_vocab: int | None = Field(None, gt=4)
-
-
-PREDICTORS = {"linear": ("number",), "logistic": ("binary", "category"),
-              "random_forest": ("number", "binary", "category"),
-              "gradient_boosting": ("number", "binary", "category")}
 
 
 class OutputConfig(StrictModel):
@@ -132,12 +116,12 @@ class OutputConfig(StrictModel):
     """
 
     name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
-    type: Literal["category", "binary", "set", "number", "text"] = Field(
-        description="category (softmax), binary, set (multi-label), number (regression) or "
-        "text (generated)")
+    type: str = Field(description="the output type: category (softmax), binary, set "
+                      "(multi-label), number (regression) or text (generated) (outputs/)")
     column: str | None = None
     preprocess: dict[str, Any] = Field(
-        default_factory=dict, description="text outputs: the output tokenizer's options")
+        default_factory=dict, description="the output type's target preprocessing (text "
+        "outputs: the output tokenizer's options)")
     decoder: Literal["gru", "transformer"] | None = Field(
         None, description="text outputs: shorthand for head.decoder")
     head: dict[str, Any] = Field(default_factory=dict)
@@ -149,6 +133,15 @@ class OutputConfig(StrictModel):
     use: Literal["predictor", "head"] = Field(
         "predictor", description="with a predictor: which of the two predict, the server and "
         "export use (both are evaluated)")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        names = OUTPUTS.names()
+        if value not in names:
+            raise ValueError(f"unknown output type {value!r}{did_you_mean(value, names)}; "
+                             f"choose one of: {', '.join(names)}")
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -180,22 +173,16 @@ class OutputConfig(StrictModel):
     def _resolve(self) -> OutputConfig:
         if self.column is None:
             self.column = self.name
+        self.preprocess = self._target_options()
         head = dict(self.head)
-        if self.type != "text":
-            for key in ("preprocess", "decoder"):
-                if getattr(self, key):
-                    raise ValueError(f"{key} applies to text outputs only; drop it from the "
-                                     f"{self.type} output {self.name!r}")
-        else:
-            try:
-                self.preprocess = TextTargetOptions.model_validate(self.preprocess).model_dump()
-            except ValidationError as exc:
-                raise ValueError("preprocess: " + "; ".join(_format_errors(exc))) from None
-            if self.decoder is not None:
-                if head.get("decoder", self.decoder) != self.decoder:
-                    raise ValueError(f"decoder: {self.decoder!r} and head.decoder: "
-                                     f"{head['decoder']!r} disagree; give one of them")
-                head["decoder"] = self.decoder
+        if self.decoder is not None:
+            if "decoder" not in HEADS.get(self.type).options.model_fields:
+                raise ValueError(f"decoder does not apply to {self.type} outputs; drop it from "
+                                 f"the output {self.name!r}")
+            if head.get("decoder", self.decoder) != self.decoder:
+                raise ValueError(f"decoder: {self.decoder!r} and head.decoder: "
+                                 f"{head['decoder']!r} disagree; give one of them")
+            head["decoder"] = self.decoder
         self.head = resolve_component(HEADS, {"type": self.type, **head})
         self.decoder = self.head.get("decoder")
         if self.predictor is not None:
@@ -205,28 +192,38 @@ class OutputConfig(StrictModel):
                              "has no predictor, so drop use")
         return self
 
+    def _target_options(self) -> dict:
+        """``preprocess:`` validated against the output type's options."""
+        options = OUTPUTS.get(self.type).options
+        if self.preprocess and not options.model_fields:
+            raise ValueError(f"preprocess does not apply to {self.type} outputs; drop it from "
+                             f"the output {self.name!r}")
+        try:
+            return options.model_validate(self.preprocess).model_dump()
+        except ValidationError as exc:
+            raise ValueError("preprocess: " + "; ".join(format_errors(exc))) from None
 
-def resolve_predictor(spec: Any, output_type: str, output: str) -> dict:
-    """Validate ``predictor:`` of an output of ``output_type``: its type suits the output, and
-    its options are those of the scikit-learn estimator (checked by the estimator itself)."""
+
+def resolve_predictor(spec: Any, kind: str, output: str) -> dict:
+    """Validate ``predictor:`` of an output of type ``kind``: its type suits the output (the
+    output type's ``predictors``), and its options are those of the scikit-learn estimator
+    (checked by the estimator itself)."""
+    names = list(PREDICTORS)
     if isinstance(spec, str):
         spec = {"type": spec}
     if not isinstance(spec, dict) or "type" not in spec:
         raise ValueError(f"predictor: expected {{type: NAME, ...options}}; choose NAME from "
-                         f"{', '.join(PREDICTORS)}")
+                         f"{', '.join(names)}")
     name = spec["type"]
-    if name not in PREDICTORS:
-        hint = did_you_mean(str(name), list(PREDICTORS))
-        raise ValueError(f"predictor: unknown type {name!r}{hint}; choose one of: "
-                         f"{', '.join(PREDICTORS)}")
-    if output_type not in PREDICTORS[name]:
-        fits = [n for n, kinds in PREDICTORS.items() if output_type in kinds]
-        raise ValueError(f"predictor {name!r} does not predict {output_type} outputs (output "
+    if name not in names:
+        raise ValueError(f"predictor: unknown type {name!r}{did_you_mean(str(name), names)}; "
+                         f"choose one of: {', '.join(names)}")
+    fits = output_type(kind).predictors
+    if name not in fits:
+        raise ValueError(f"predictor {name!r} does not predict {kind} outputs (output "
                          f"{output!r}); " + (f"use one of: {', '.join(fits)}" if fits else
-                                             f"{output_type} outputs take no predictor"))
-    from .predictors import check_options
-
-    check_options(name, output_type, {k: v for k, v in spec.items() if k != "type"})
+                                             f"{kind} outputs take no predictor"))
+    check_options(name, kind, {k: v for k, v in spec.items() if k != "type"})
     return dict(spec)
 
 
@@ -293,7 +290,7 @@ def default_fusion(inputs: list[InputConfig]) -> str:
     from .modalities.kind import modality
 
     has_query = any(modality(i.type).query for i in inputs)
-    has_film_target = any(getattr(ENCODERS.get(i.encoder["type"]).builder, "film_target", False)
+    has_film_target = any(ENCODERS.get(i.encoder["type"]).builder.traits.film_target
                           for i in inputs)
     return "film" if has_query and has_film_target else "concat"
 
@@ -329,28 +326,6 @@ class Config(StrictModel):
         return self
 
 
-# pydantic names the member of a union that failed (``epochs.constrained-int``); not a key
-_UNION_MEMBER = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|"
-                           r"list\[.*\]|tuple\[.*\]|function-\w+\[.*\])$")
-
-
-def _format_errors(exc: ValidationError) -> list[str]:
-    """One line per bad key: its path, what is wrong (the reasons of a union's members joined
-    with 'or') and the value given."""
-    problems: dict[tuple[str, str], list[str]] = {}
-    for err in exc.errors():
-        loc = [str(p) for p in err["loc"] if not _UNION_MEMBER.match(str(p))]
-        if err["type"] == "unknown_key":
-            loc.append(err["ctx"]["key"])
-            problems.setdefault((".".join(loc), ""), []).append(err["msg"])
-            continue
-        shown = err.get("input")
-        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
-        msg = err["msg"].removeprefix("Value error, ")
-        problems.setdefault((".".join(loc) or "(top level)", value), []).append(msg)
-    return [f"{where}: {' or '.join(msgs)}{value}" for (where, value), msgs in problems.items()]
-
-
 def load_config(source: str | Path | dict) -> Config:
     """Load and validate a config from a YAML/JSON file path or a dict.
 
@@ -374,4 +349,4 @@ def load_config(source: str | Path | dict) -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(_format_errors(exc))) from None
+        raise ConfigError(f"{origin} is invalid:\n  " + "\n  ".join(format_errors(exc))) from None

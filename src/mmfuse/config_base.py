@@ -6,9 +6,10 @@ Kept apart from config.py so that component modules can import it without a cycl
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 
@@ -41,3 +42,25 @@ class StrictModel(BaseModel):
 
 Options = StrictModel
 """Options of a registered encoder, fusion or head."""
+
+
+# pydantic names the member of a union that failed (``epochs.constrained-int``); not a key
+_UNION_MEMBER = re.compile(r"^(constrained-\w+|literal\[.*\]|int|float|str|bool|none|"
+                           r"list\[.*\]|tuple\[.*\]|function-\w+\[.*\])$")
+
+
+def format_errors(exc: ValidationError) -> list[str]:
+    """One line per bad key: its path, what is wrong (the reasons of a union's members joined
+    with 'or') and the value given."""
+    problems: dict[tuple[str, str], list[str]] = {}
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not _UNION_MEMBER.match(str(p))]
+        if err["type"] == "unknown_key":
+            loc.append(err["ctx"]["key"])
+            problems.setdefault((".".join(loc), ""), []).append(err["msg"])
+            continue
+        shown = err.get("input")
+        value = "" if isinstance(shown, dict | list) or shown is None else f" (got {shown!r})"
+        msg = err["msg"].removeprefix("Value error, ")
+        problems.setdefault((".".join(loc) or "(top level)", value), []).append(msg)
+    return [f"{where}: {' or '.join(msgs)}{value}" for (where, value), msgs in problems.items()]

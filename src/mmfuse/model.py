@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from .config import Config
 from .features import Placeholder, expand_rows
 from .modalities.kind import modality
-from .registry import ENCODERS, FUSIONS, HEADS
-from .specs import EncoderSpec, TargetSpec
+from .outputs import output_type
+from .registry import ENCODERS, FUSIONS
+from .specs import EncoderSpec, InputDims, TargetSpec
+
+if TYPE_CHECKING:
+    from .encoders.base import Encoder
 
 FUSED = ".fused"  # the key of the fused vectors in forward's outputs (no output has a dot)
 
@@ -19,6 +25,15 @@ def build_component(registry, spec: dict, *args):
     entry = registry.get(spec["type"])
     options = entry.options.model_validate({k: v for k, v in spec.items() if k != "type"})
     return entry.builder(options, *args)
+
+
+def input_dims(encoder: Encoder, input_type: str) -> InputDims:
+    """What the fusion knows of one input: its encoder's widths and traits, its type's role."""
+    kind = modality(input_type)
+    return InputDims(token_dim=encoder.token_dim, pooled_dim=encoder.pooled_dim,
+                     modality=encoder.modality, film_channels=encoder.film_channels,
+                     token_positions=encoder.traits.token_positions, tabular=kind.tabular,
+                     query=kind.query)
 
 
 class MultimodalModel(nn.Module):
@@ -41,16 +56,11 @@ class MultimodalModel(nn.Module):
             {i.name: Placeholder(self.encoders[i.name].token_dim,
                                  self.encoders[i.name].pooled_dim)
              for i in config.inputs if i.missing == "placeholder"})
-        dims = {name: {"token_dim": enc.token_dim, "pooled_dim": enc.pooled_dim,
-                       "modality": enc.modality,
-                       "film_channels": getattr(enc, "film_channels", None),
-                       "token_positions": getattr(enc, "token_positions", False),
-                       "tabular": modality(i.type).tabular, "query": modality(i.type).query}
-                for i in config.inputs for name, enc in [(i.name, self.encoders[i.name])]}
+        dims = {i.name: input_dims(self.encoders[i.name], i.type) for i in config.inputs}
         self.fusion = build_component(FUSIONS, config.fusion, dims)
         self.heads = nn.ModuleDict(
-            {o.name: build_component(HEADS, o.head, self.fusion.out_dim, output_specs[o.name],
-                                     dims)
+            {o.name: output_type(o.type).build_head(o, self.fusion.out_dim,
+                                                    output_specs[o.name], dims)
              for o in config.outputs}
         )
 
@@ -70,7 +80,7 @@ class MultimodalModel(nn.Module):
         features = self.features(inputs)
         vectors = self.fusion(features)
         out = {name: head(vectors, features, (targets or {}).get(name))
-               if getattr(head, "generates", False) else head(vectors)
+               if head.traits.generates else head(vectors)
                for name, head in self.heads.items()}
         if fused:  # also the fused vectors, which classic predictors read
             out[FUSED] = vectors
@@ -83,7 +93,7 @@ class MultimodalModel(nn.Module):
 
     def features(self, inputs: dict[str, dict[str, torch.Tensor]]) -> dict:
         """Every input's features per row (missing rows masked or filled in)."""
-        target, source = getattr(self.fusion, "serial", (None, None))
+        target, source = self.fusion.traits.serial or (None, None)
         features = {}
         for name, encoder in self.encoders.items():
             if name != target:

@@ -16,16 +16,16 @@ import torch
 from .config import Config
 from .data.sampler import sequential_batches
 from .data.table import Table
+from .device import to_cpu, to_device
 from .errors import DataError
 from .modalities import (
     MISSING,
     Column,
     Preprocessor,
     build_input_preprocessor,
-    build_output_preprocessor,
 )
 from .model import FUSED, MultimodalModel
-from .device import to_cpu, to_device
+from .outputs import build_output_preprocessor
 
 
 @dataclass

@@ -30,8 +30,10 @@ import numpy as np
 import torch
 
 from .errors import BundleError, require
+from .outputs import output_type as output_kind
 
-# (predictor, output kind) -> estimator; kind is "regression" (number) or "classification"
+# (predictor, task) -> estimator; the task is "regression" for output types that declare
+# ``regression`` (number), else "classification" (outputs/kind.py)
 ESTIMATORS = {
     ("linear", "regression"): "sklearn.linear_model.Ridge",
     ("logistic", "classification"): "sklearn.linear_model.LogisticRegression",
@@ -40,6 +42,7 @@ ESTIMATORS = {
     ("gradient_boosting", "regression"): "sklearn.ensemble.HistGradientBoostingRegressor",
     ("gradient_boosting", "classification"): "sklearn.ensemble.HistGradientBoostingClassifier",
 }
+PREDICTORS = tuple(dict.fromkeys(name for name, _ in ESTIMATORS))  # the predictor types
 DEFAULTS = {"logistic": {"max_iter": 2000}, "random_forest": {"n_estimators": 200}}
 SCALED = ("linear", "logistic")  # fitted on standardised features
 
@@ -96,8 +99,10 @@ def stored_types(data: bytes) -> set[str]:
     return found
 
 
-def task(output_type: str) -> str:
-    return "regression" if output_type == "number" else "classification"
+def task(kind: str) -> str:
+    """``regression`` or ``classification``: what an estimator for an output of type ``kind``
+    does."""
+    return "regression" if output_kind(kind).regression else "classification"
 
 
 def estimator(name: str, output_type: str, options: dict, seed: int = 0) -> Any:
@@ -148,7 +153,8 @@ class Predictor:
         self.output_type = output_type
         self.labels = labels  # category: how many labels the head has
         # the label indices of predict_proba's columns (those the training rows held)
-        self.classes = None if output_type == "number" else \
+        self.kind = output_kind(output_type)
+        self.classes = None if self.kind.regression else \
             np.asarray(model.classes_, dtype=np.int64)
 
     def outputs(self, fused: np.ndarray) -> torch.Tensor:
@@ -156,13 +162,8 @@ class Predictor:
         value ``[N]``, a binary output's logit ``[N]``, a category output's log-probabilities
         ``[N, C]`` (labels absent from the training rows get probability 0)."""
         x = np.asarray(fused, dtype=np.float32)
-        if self.output_type == "number":
-            return torch.from_numpy(self.model.predict(x).astype(np.float32))
-        return torch.from_numpy(self.from_probabilities(self.model.predict_proba(x)))
-
-    def from_probabilities(self, proba: np.ndarray) -> np.ndarray:
-        """Head-space outputs from ``predict_proba``'s columns."""
-        return head_space(self.output_type, proba, self.classes, self.labels)
+        answer = self.model.predict(x) if self.kind.regression else self.model.predict_proba(x)
+        return torch.from_numpy(self.kind.predictor_answer(answer, self.classes, self.labels))
 
     def dumps(self) -> bytes:
         """The estimator as skops bytes."""
@@ -200,34 +201,6 @@ class Predictor:
         return cls(model, output_type, labels)
 
 
-def head_space(output_type: str, proba: np.ndarray, classes: np.ndarray, labels: int
-               ) -> np.ndarray:
-    """A classifier's probabilities ``[N, len(classes)]`` (columns: label indices
-    ``classes``) as its head's outputs: a binary output's logit, a category output's
-    log-probabilities over all ``labels`` (those absent from training get ~0)."""
-    eps = 1e-7
-    proba = np.asarray(proba, dtype=np.float64)
-    if output_type == "binary":
-        full = np.zeros((len(proba), 2))
-        full[:, classes] = proba
-        p = np.clip(full[:, 1], eps, 1 - eps)
-        return (np.log(p) - np.log1p(-p)).astype(np.float32)
-    full = np.full((len(proba), labels), eps)
-    full[:, classes] = np.maximum(proba, eps)
-    return np.log(full).astype(np.float32)
-
-
-def training_targets(output_type: str, targets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The rows with a target and the estimator's targets for them: normalised values
-    (number), 0/1 (binary) or label indices (category; unseen labels left out)."""
-    if output_type in ("number", "binary"):
-        rows = np.flatnonzero(~np.isnan(targets))
-        y = targets[rows]
-        return rows, (y.astype(np.int64) if output_type == "binary" else y.astype(np.float64))
-    rows = np.flatnonzero(targets >= 0)
-    return rows, targets[rows].astype(np.int64)
-
-
 def fit_predictor(spec: dict, output_type: str, labels: int, fused: np.ndarray,
                   targets: np.ndarray, seed: int) -> Predictor:
     """Fit the predictor ``spec`` ({type, ...options}) on fused training vectors.
@@ -237,8 +210,8 @@ def fit_predictor(spec: dict, output_type: str, labels: int, fused: np.ndarray,
     """
     from .errors import DataError
 
-    rows, y = training_targets(output_type, targets)
-    if output_type != "number" and len(np.unique(y)) < 2:
+    rows, y = output_kind(output_type).predictor_targets(targets)
+    if not output_kind(output_type).regression and len(np.unique(y)) < 2:
         raise DataError(f"predictor {spec['type']!r}: the training rows hold one class only; "
                         "a classifier needs two")
     model = estimator(spec["type"], output_type, {k: v for k, v in spec.items() if k != "type"},
@@ -256,7 +229,7 @@ def to_onnx(predictor: Predictor, width: int, opset: int) -> bytes:
 
     model = predictor.model
     final = model.steps[-1][1] if hasattr(model, "steps") else model
-    options = {id(final): {"zipmap": False}} if predictor.output_type != "number" else None
+    options = None if predictor.kind.regression else {id(final): {"zipmap": False}}
     with _integer_missing_flags():
         onx = convert_sklearn(model, initial_types=[("fused", FloatTensorType([None, width]))],
                               options=options, target_opset={"": opset, "ai.onnx.ml": 3})

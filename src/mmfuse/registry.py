@@ -28,7 +28,7 @@ class Entry:
 
 class Registry:
     """Maps names to builders for one kind of component (``encoder``, ``fusion``, ``head``,
-    ``modality``)."""
+    ``modality``, ``output``)."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
@@ -69,8 +69,9 @@ ENCODERS = Registry("encoder")
 FUSIONS = Registry("fusion")
 HEADS = Registry("head")
 MODALITIES = Registry("modality")  # input types: modalities/kind.py
+OUTPUTS = Registry("output")  # output types: outputs/kind.py
 
 
 def _load_components() -> None:
     """Import the component packages so their decorators run (once; cheap afterwards)."""
-    from . import encoders, fusion, heads, modalities  # noqa: F401
+    from . import encoders, fusion, heads, modalities, outputs  # noqa: F401

@@ -27,12 +27,14 @@ import torch
 from torch import nn
 
 from ..atomic import write_text
+from ..device import to_device
 from ..errors import ConfigError
 from ..modalities.base import Column, select
-from ..device import to_device
+from ..registry import ENCODERS
 from .cache import cache_dir, cached_arrays
 
 BATCH = 32  # items per forward pass of the frozen part
+AUGMENTS = "its preprocessing augments at random (turn the augmentation off)"
 
 
 @dataclass
@@ -61,25 +63,49 @@ def caching_inputs(pipeline) -> list:
             trains, or its preprocessing augments at random), naming why.
     """
     names = []
-    serial_target = getattr(pipeline.model.fusion, "serial", (None, None))[0]
+    serial_target = (pipeline.model.fusion.traits.serial or (None, None))[0]
     for spec in pipeline.config.inputs:
         if spec.cache_features is False:
             continue
         encoder = pipeline.model.encoders[spec.name]
         why = None
-        if not getattr(encoder, "cacheable", False):
+        if not encoder.traits.cacheable:
             why = (f"its encoder {spec.encoder['type']!r} has no frozen pretrained part (set "
                    "freeze: true, where the encoder has it)")
         elif pipeline.inputs[spec.name].augments():
-            why = "its preprocessing augments at random (turn the augmentation off)"
+            why = AUGMENTS
         elif spec.name == serial_target:
             why = "the fusion modulates its encoder per row"
         if why is None:
             names.append(spec)
         elif spec.cache_features is True:
-            raise ConfigError(f"inputs.{spec.name}.cache_features: true, but {why}; or use "
-                              "cache_features: auto")
+            raise cannot_cache(spec, why)
     return names
+
+
+def check_cache_settings(pipeline) -> None:
+    """Before any data is read: ``cache_features: true`` where the config alone shows it
+    cannot apply (the encoder type has no frozen part, the preprocessing augments at random).
+    What depends on the built model (weights that train, a fusion that modulates the encoder)
+    is checked by :func:`caching_inputs` once it is built.
+
+    Raises:
+        ConfigError: naming the input and why.
+    """
+    for spec in pipeline.config.inputs:
+        if spec.cache_features is not True:
+            continue
+        if not hasattr(ENCODERS.get(spec.encoder["type"]).builder, "frozen_features"):
+            raise cannot_cache(spec, f"its encoder {spec.encoder['type']!r} has no frozen "
+                                     "pretrained part")
+        if pipeline.inputs[spec.name].augments():
+            raise cannot_cache(spec, AUGMENTS)
+
+
+def cannot_cache(spec, why: str) -> ConfigError:
+    """The error of ``cache_features: true`` on an input that cannot be cached, and why."""
+    return ConfigError(f"inputs.{spec.name}.cache_features: true, but {why}; or use "
+                       "cache_features: auto")
 
 
 def cache_frozen_features(pipeline, tables: list, progress: bool = False) -> list:

@@ -10,8 +10,9 @@ Two methods:
   everything downstream (the encoder's pooling and temporal model, the fusion, the heads) is
   run on them as one batch, and the attribution of token ``n`` is
   ``sum_d x[n, d] * mean_alpha(d score / d z[n, d])`` at ``z = alpha * x``. The score is the
-  logit of the predicted class (category outputs), or the log-probability of the generated
-  text (text outputs). By completeness, the attributions of one input sum to
+  output type's ``explain_score``: the logit of the predicted class (category outputs), the
+  log-probability of the generated text (text outputs), the value itself (number, binary).
+  By completeness, the attributions of one input sum to
   ``score(x) - score(0)`` up to the path's discretisation. One input is scaled at a time; the
   others keep their values.
 - ``attention``: the weights of a fusion that attends over one input's tokens (``relation``
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import MmfuseError
-from ..modalities.text_target import BOS_ID, EOS_ID, PAD_ID
+from ..outputs import output_type
 from ..pipeline import EncodedTable, Pipeline
 
 METHODS = ("auto", "integrated_gradients", "attention")
@@ -53,41 +54,7 @@ def replicate(inputs: dict[str, dict], copies: int) -> dict[str, dict]:
 
 def has_attention(pipeline: Pipeline) -> str | None:
     """The input whose tokens the fusion attends over with weights it exposes, or None."""
-    fusion = pipeline.model.fusion
-    return fusion.context if getattr(fusion, "anchored", False) else None
-
-
-def _category_score(predicted: torch.Tensor) -> tuple:
-    """Toward a category output's prediction: the predicted class's logit."""
-    cls = int(predicted.argmax(-1)[0])
-    return (lambda out: out[:, cls]), None
-
-
-def _text_score(predicted: dict) -> tuple:
-    """Toward a text output's prediction: the generated text's log-probability, teacher-forced
-    on the ids the decoder wrote."""
-    ids = generated_ids(predicted["tokens"][0, 0])
-    return (lambda out: _sequence_logprob(out, ids)), ids
-
-
-def _value_score(predicted: torch.Tensor) -> tuple:
-    """Toward a number output's value, or a binary output's positive logit: the output itself
-    (attributions then say what raised it)."""
-    return (lambda out: out), None
-
-
-def _set_score(predicted: torch.Tensor) -> tuple:
-    """Toward a set output's prediction: the summed logits of the labels it predicts (its most
-    probable one when it predicts none)."""
-    chosen = predicted[0] >= 0
-    if not bool(chosen.any()):
-        chosen = predicted[0] == predicted[0].max()
-    return (lambda out: out[:, chosen].sum(-1)), None
-
-
-# per output type: (score of a batch of outputs, the target the forward pass needs or None)
-TARGET_SCORES = {"category": _category_score, "text": _text_score, "number": _value_score,
-                 "binary": _value_score, "set": _set_score}
+    return pipeline.model.fusion.traits.attention_over
 
 
 def prediction_scores(pipeline: Pipeline, row_outputs: dict) -> dict:
@@ -95,30 +62,10 @@ def prediction_scores(pipeline: Pipeline, row_outputs: dict) -> dict:
     row's prediction, and the targets the forward pass needs (teacher forcing for text)."""
     scores, targets = {}, {}
     for o in pipeline.config.outputs:
-        scores[o.name], target = TARGET_SCORES[o.type](row_outputs[o.name])
+        scores[o.name], target = output_type(o.type).explain_score(row_outputs[o.name])
         if target is not None:
             targets[o.name] = target
     return {"scores": scores, "targets": targets}
-
-
-def generated_ids(tokens: torch.Tensor) -> torch.Tensor:
-    """The best hypothesis's ids ``[1, T]`` as the decoder wrote them: ``[BOS]`` first, up to
-    and including the first ``[EOS]`` (all of them when it stopped at ``max_length``), so the
-    text scored is the text generated, not a re-tokenisation of it."""
-    ids = tokens.tolist()
-    if not ids or ids[0] != BOS_ID:
-        ids = [BOS_ID, *ids]
-    if EOS_ID in ids[1:]:
-        ids = ids[: ids.index(EOS_ID, 1) + 1]
-    return torch.tensor([ids], dtype=torch.long)
-
-
-def _sequence_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """Per copy, the summed log-probability of ``ids`` ``[1, T]`` under teacher-forced
-    ``logits`` ``[m, T - 1, V]`` (padding left out)."""
-    gold = ids[:, 1: 1 + logits.shape[1]].expand(logits.shape[0], -1)
-    logp = logits.log_softmax(-1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
-    return (logp * (gold != PAD_ID)).sum(-1)
 
 
 def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns: dict,

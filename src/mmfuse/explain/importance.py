@@ -21,18 +21,16 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..outputs import output_type
 from ..pipeline import EncodedTable
 
 if TYPE_CHECKING:
     from ..api import Model
 
-MAIN_METRIC = {"category": "accuracy", "text": "bleu", "number": "r2", "binary": "roc_auc",
-               "set": "jaccard"}
-
-
-def main_metric(output_type: str) -> str:
-    """The metric that importance is measured in for an output of this type."""
-    return MAIN_METRIC[output_type]
+def main_metric(kind: str) -> str:
+    """The metric that importance is measured in for an output of type ``kind`` (its output
+    type's ``main_metric``)."""
+    return output_type(kind).main_metric
 
 
 def permuted(data: EncodedTable, name: str, rng: np.random.Generator) -> EncodedTable:

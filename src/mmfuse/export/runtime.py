@@ -17,11 +17,10 @@ from torch import nn
 
 from ..config import Config
 from ..errors import MmfuseError, require
-from ..model import FUSED, build_component
-from ..registry import HEADS
+from ..model import FUSED
+from ..outputs import output_type
 from ..specs import TargetSpec
 from ..threads import available_cpus
-from ..predictors import head_space
 from .graph import GraphInput, flatten
 
 
@@ -66,9 +65,10 @@ class OnnxModel:
         results = dict(zip(names, self.session.run(names, flatten(self.inputs, inputs)),
                            strict=True))
         for name, (session, entry) in self.predictors.items():
-            answer = run_predictor(session, entry["type"], results[FUSED])
-            results[name] = answer if entry["type"] == "number" else head_space(
-                entry["type"], answer, np.asarray(entry["classes"]), entry["labels"])
+            kind = output_type(entry["type"])
+            answer = run_predictor(session, kind.regression, results[FUSED])
+            classes = None if kind.regression else np.asarray(entry["classes"])
+            results[name] = kind.predictor_answer(answer, classes, entry["labels"])
         if not fused:
             results.pop(FUSED, None)
         return {name: torch.from_numpy(np.asarray(out)) for name, out in results.items()}
@@ -92,12 +92,14 @@ def build_heads(config: Config, specs: dict[str, TargetSpec]) -> dict[str, nn.Mo
     """Heads for postprocessing only: labels, statistics and options from the config and the
     preprocessors, no weights (the graph computes the outputs, so their layers are never run
     and get a nominal width of 1)."""
-    return {o.name: build_component(HEADS, o.head, 1, specs[o.name]) for o in config.outputs}
+    return {o.name: output_type(o.type).build_head(o, 1, specs[o.name], {})
+            for o in config.outputs}
 
 
-def run_predictor(session, output_type: str, fused: np.ndarray) -> np.ndarray:
-    """A converted predictor's answer: values ``[N]`` (number) or probabilities."""
+def run_predictor(session, regression: bool, fused: np.ndarray) -> np.ndarray:
+    """A converted predictor's answer: a regressor's values ``[N]``, else a classifier's
+    probabilities."""
     names = [o.name for o in session.get_outputs()]
-    wanted = names[0] if output_type == "number" else "probabilities"
+    wanted = names[0] if regression else "probabilities"
     out = session.run([wanted], {"fused": np.asarray(fused, dtype=np.float32)})[0]
-    return out.reshape(-1) if output_type == "number" else out
+    return out.reshape(-1) if regression else out

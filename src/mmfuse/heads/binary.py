@@ -12,10 +12,8 @@ Shapes: fused ``[B, D]`` -> logits ``[B]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
@@ -23,8 +21,10 @@ from torch import nn
 
 from ..config_base import Options
 from ..fusion.base import mlp
+from ..outputs.binary import best_f1_threshold
 from ..registry import HEADS
 from ..specs import TargetSpec
+from .base import Head, HeadTraits
 
 
 class BinaryOptions(Options):
@@ -41,11 +41,10 @@ class BinaryOptions(Options):
 
 
 @HEADS.register("binary", BinaryOptions)
-class BinaryHead(nn.Module):
+class BinaryHead(Head):
     """Logistic output trained with binary cross-entropy on the logit."""
 
-    def __init__(self, options: BinaryOptions, in_dim: int, spec: TargetSpec,
-                 input_dims: dict[str, dict] | None = None) -> None:
+    def __init__(self, options: BinaryOptions, in_dim: int, spec: TargetSpec) -> None:
         super().__init__()
         self.options = options
         self.labels = list(spec.labels)  # [negative, positive]
@@ -80,9 +79,10 @@ class BinaryHead(nn.Module):
         return ((logits[known] >= 0) == (target[known] == 1)).float().mean().item()
 
     @property
-    def needs_calibration(self) -> bool:
-        """Whether a threshold is to be fitted after training (``threshold: auto``)."""
-        return self.options.threshold == "auto"
+    def traits(self) -> HeadTraits:
+        """A threshold is fitted after training with ``threshold: auto`` (on the answers
+        served, a classic predictor's included)."""
+        return HeadTraits(needs_calibration=self.options.threshold == "auto")
 
     def calibrate(self, logits: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
         """With ``threshold: auto``, the threshold maximising F1 on validation logits."""
@@ -111,35 +111,3 @@ class BinaryHead(nn.Module):
                          "probabilities": {self.labels[1]: round(p, 6),
                                            self.labels[0]: round(1 - p, 6)}})
         return rows
-
-    def scorer(self, logits: torch.Tensor, target: np.ndarray, column: list,
-               prep) -> Callable[[np.ndarray], dict]:
-        from ..training.metrics import binary_metrics
-
-        probability = torch.sigmoid(logits.double()).numpy()
-        target_t = torch.from_numpy(target)
-
-        def score(rows: np.ndarray) -> dict:
-            loss = float(self.loss(logits[rows], target_t[rows]))
-            return binary_metrics(probability[rows], target[rows], self.threshold, loss,
-                                  self.majority)
-
-        return score
-
-
-def best_f1_threshold(probability: np.ndarray, truth: np.ndarray) -> float:
-    """The probability threshold with the highest F1 (0.5 without a positive row): each
-    distinct probability is tried, and the midpoint to the next lower one is returned, so a
-    slightly different score of the same row falls on the same side."""
-    from ..training.metrics import run_ends
-
-    if not len(truth) or not truth.sum():
-        return 0.5
-    order = np.argsort(-probability, kind="mergesort")
-    p, y = probability[order], truth[order]
-    last = run_ends(p)  # predict positive for rows 0..last
-    tp = np.cumsum(y)[last]
-    f1 = 2 * tp / (last + 1 + y.sum())
-    best = int(np.argmax(f1))
-    below = p[last[best] + 1] if last[best] + 1 < len(p) else 0.0
-    return float((p[last[best]] + below) / 2)

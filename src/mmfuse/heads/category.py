@@ -19,7 +19,6 @@ Shapes: fused ``[B, D]`` -> logits ``[B, num_labels]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -30,10 +29,10 @@ from torch import nn
 
 from ..config_base import Options
 from ..fusion.base import mlp
+from ..outputs.category import IGNORE_INDEX
 from ..registry import HEADS
 from ..specs import TargetSpec
-
-IGNORE_INDEX = -100
+from .base import Head, HeadTraits
 
 
 class CategoryOptions(Options):
@@ -48,13 +47,10 @@ class CategoryOptions(Options):
 
 
 @HEADS.register("category", CategoryOptions)
-class CategoryHead(nn.Module):
+class CategoryHead(Head):
     """Softmax classifier trained with cross-entropy on logits."""
 
-    calibrates_logits = True  # its temperature scales the head's own logits
-
-    def __init__(self, options: CategoryOptions, in_dim: int, spec: TargetSpec,
-                 input_dims: dict[str, dict] | None = None) -> None:
+    def __init__(self, options: CategoryOptions, in_dim: int, spec: TargetSpec) -> None:
         super().__init__()
         self.options = options
         self.labels = list(spec.labels)
@@ -69,9 +65,10 @@ class CategoryHead(nn.Module):
         self.register_buffer("class_weight", weights, persistent=False)
 
     @property
-    def needs_calibration(self) -> bool:
-        """Whether a temperature is to be fitted after training (``calibrate: true``)."""
-        return self.options.calibrate
+    def traits(self) -> HeadTraits:
+        """A temperature is fitted after training with ``calibrate: true``; it scales the
+        head's own logits."""
+        return HeadTraits(needs_calibration=self.options.calibrate, calibrates_logits=True)
 
     def forward(self, fused: torch.Tensor) -> torch.Tensor:
         logits = self.net(fused)
@@ -118,15 +115,6 @@ class CategoryHead(nn.Module):
             probabilities = {self.labels[i]: round(p, 6) for p, i in zip(p_row, i_row, strict=True)}
             rows.append({"prediction": self.labels[i_row[0]], "probabilities": probabilities})
         return rows
-
-    def scorer(self, logits: torch.Tensor, target: np.ndarray, column: list,
-               prep) -> Callable[[np.ndarray], dict]:
-        """The metrics of this output on any subset of rows."""
-        from ..modalities.category import label_text
-        from ..training.metrics import category_scorer
-
-        truth = [label_text(v) if v is not None else None for v in column]
-        return category_scorer(logits, target, truth, self.options.top_k)
 
 
 def fit_temperature(logits: torch.Tensor, target: torch.Tensor) -> float:

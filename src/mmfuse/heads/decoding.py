@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from ..modalities.text_target import BOS_ID, EOS_ID, PAD_ID
+from ..outputs.text import BOS_ID, EOS_ID, PAD_ID
 
 
 def length_penalty(length: int, alpha: float) -> float:

@@ -12,7 +12,6 @@ Shapes: fused ``[B, D]`` -> ``[B]`` (normalised).
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Literal
 
 import numpy as np
@@ -25,6 +24,7 @@ from ..config_base import Options
 from ..fusion.base import mlp
 from ..registry import HEADS
 from ..specs import TargetSpec
+from .base import Head
 
 
 class NumberOptions(Options):
@@ -44,11 +44,10 @@ class NumberOptions(Options):
 
 
 @HEADS.register("number", NumberOptions)
-class NumberHead(nn.Module):
+class NumberHead(Head):
     """Regression on a normalised target; predictions in the original units."""
 
-    def __init__(self, options: NumberOptions, in_dim: int, spec: TargetSpec,
-                 input_dims: dict[str, dict] | None = None) -> None:
+    def __init__(self, options: NumberOptions, in_dim: int, spec: TargetSpec) -> None:
         super().__init__()
         self.options = options
         self.mean, self.std = float(spec.mean), float(spec.std)
@@ -97,17 +96,3 @@ class NumberHead(nn.Module):
     def postprocess(self, predicted: torch.Tensor) -> list[dict]:
         """Per row: ``{"prediction": value}`` in the original units."""
         return [{"prediction": round(float(v), 6)} for v in self.values(predicted)]
-
-    def scorer(self, predicted: torch.Tensor, target: np.ndarray, column: list,
-               prep) -> Callable[[np.ndarray], dict]:
-        from ..training.metrics import number_metrics
-
-        values = self.values(predicted)
-        truth = target.astype(np.float64) * self.std + self.mean
-        target_t = torch.from_numpy(target)
-
-        def score(rows: np.ndarray) -> dict:
-            loss = float(self.loss(predicted[rows], target_t[rows]))
-            return number_metrics(values[rows], truth[rows], loss, self.mean)
-
-        return score

@@ -12,8 +12,6 @@ Shapes: fused ``[B, D]`` -> logits ``[B, num_labels]``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,8 +20,10 @@ from torch import nn
 
 from ..config_base import Options
 from ..fusion.base import mlp
+from ..outputs.set import set_scores
 from ..registry import HEADS
 from ..specs import TargetSpec
+from .base import Head
 
 
 class SetOptions(Options):
@@ -37,11 +37,10 @@ class SetOptions(Options):
 
 
 @HEADS.register("set", SetOptions)
-class SetHead(nn.Module):
+class SetHead(Head):
     """One sigmoid per label, trained with binary cross-entropy."""
 
-    def __init__(self, options: SetOptions, in_dim: int, spec: TargetSpec,
-                 input_dims: dict[str, dict] | None = None) -> None:
+    def __init__(self, options: SetOptions, in_dim: int, spec: TargetSpec) -> None:
         super().__init__()
         self.options = options
         self.labels = list(spec.labels)
@@ -64,8 +63,6 @@ class SetHead(nn.Module):
 
     def accuracy(self, logits: torch.Tensor, target: torch.Tensor) -> float:
         """Mean Jaccard of the predicted sets (the training loop's score)."""
-        from ..training.metrics import set_scores
-
         known = ~torch.isnan(target[:, 0])
         if not bool(known.any()):
             return float("nan")
@@ -89,19 +86,3 @@ class SetHead(nn.Module):
                          "probabilities": {self.labels[i]: round(row[i], 6)
                                            for i in order[:k]}})
         return rows
-
-    def scorer(self, logits: torch.Tensor, target: np.ndarray, column: list,
-               prep) -> Callable[[np.ndarray], dict]:
-        from ..training.metrics import set_metrics
-
-        probability = torch.sigmoid(logits.double()).numpy()
-        target_t = torch.from_numpy(target)
-
-        def score(rows: np.ndarray) -> dict:
-            known = rows[~np.isnan(target[rows, 0])] if len(rows) else rows
-            loss = float(self.loss(logits[known], target_t[known])) if len(known) else \
-                float("nan")
-            return set_metrics(probability[known], target[known] > 0.5,
-                               self.options.threshold, loss, self.top_set)
-
-        return score

@@ -28,10 +28,8 @@ generated ``{"tokens": [B, H, max_length + 1], "scores": [B, H]}``.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Literal
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
@@ -39,9 +37,10 @@ from torch import nn
 
 from ..config_base import Options
 from ..fusion.base import SlotProjection
-from ..modalities.text_target import PAD_ID, decode_ids
+from ..outputs.text import PAD_ID, decode_ids
 from ..registry import HEADS
-from ..specs import TargetSpec
+from ..specs import InputDims, TargetSpec
+from .base import Head, HeadTraits
 from .decoding import beam_search, greedy
 
 
@@ -87,7 +86,8 @@ def sinusoid(length: int, dim: int, device: torch.device | None = None) -> torch
 class Memory(nn.Module):
     """The slots the decoder attends over: fused vector first, then each input's slots."""
 
-    def __init__(self, in_dim: int, input_dims: dict[str, dict], dim: int, use_inputs: bool):
+    def __init__(self, in_dim: int, input_dims: dict[str, InputDims], dim: int,
+                 use_inputs: bool) -> None:
         super().__init__()
         self.fused = nn.Linear(in_dim, dim)
         self.names = list(input_dims) if use_inputs else []
@@ -187,15 +187,15 @@ DECODERS = {"gru": GRUDecoder, "transformer": TransformerDecoder}
 
 
 @HEADS.register("text", TextHeadOptions)
-class TextHead(nn.Module):
+class TextHead(Head):
     """Generates text: GRU or transformer decoder over the fused row and the inputs' tokens."""
 
-    generates = True  # the model passes it the inputs' features and the targets
-
-    needs_teacher = True  # evaluation also scores teacher-forced logits
+    # the model passes it the inputs' features and the targets; evaluation also scores its
+    # teacher-forced logits
+    traits = HeadTraits(generates=True, needs_teacher=True)
 
     def __init__(self, options: TextHeadOptions, in_dim: int, spec: TargetSpec,
-                 input_dims: dict[str, dict] | None = None) -> None:
+                 input_dims: dict[str, InputDims] | None = None) -> None:
         super().__init__()
         self.options = options
         labels = list(spec.labels)
@@ -243,16 +243,6 @@ class TextHead(nn.Module):
             rows.append([(decode_ids(self.labels, h), s)
                          for h, s in zip(ids, scores, strict=True) if s > -math.inf])
         return rows
-
-    def scorer(self, generated: dict, target: np.ndarray, column: list, prep,
-               teacher: torch.Tensor) -> Callable[[np.ndarray], dict]:
-        """The metrics of this output on any subset of rows, from the generated texts and
-        the teacher-forced logits."""
-        from ..training.metrics import text_scorer, token_stats
-
-        references = [None if v is None else prep.normalize(str(v)) for v in column]
-        texts = [h[0][0] for h in self.texts(generated)]
-        return text_scorer(texts, references, token_stats(teacher, prep.target_tensor(target)))
 
     def describe(self) -> dict:
         """What ``GET /v1/model`` says about this output (its labels are the vocabulary)."""

@@ -1,8 +1,7 @@
 """Preprocessing per modality: raw table values -> cached arrays -> batch tensors.
 
 Each input type is one module here that registers its :class:`~.kind.Modality` (see
-``kind.py``); output types have their target preprocessors in ``category.py``,
-``text_target.py`` and ``targets.py``.
+``kind.py``); output types, with their target preprocessors, live in ``outputs/``.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from .base import MISSING, Column, Preprocessor
 from .kind import modality
 
 if TYPE_CHECKING:
-    from ..config import InputConfig, OutputConfig
+    from ..config import InputConfig
 
 
 def build_input_preprocessor(config: InputConfig) -> Preprocessor:
@@ -22,17 +21,4 @@ def build_input_preprocessor(config: InputConfig) -> Preprocessor:
     return modality(config.type).preprocessor(config)
 
 
-def build_output_preprocessor(config: OutputConfig) -> Preprocessor:
-    """The target preprocessor (labels, statistics, or output tokenizer) for one output."""
-    from .category import CategoryPreprocessor
-    from .targets import BinaryTargetPreprocessor, NumberTargetPreprocessor, SetTargetPreprocessor
-    from .text_target import TextTargetPreprocessor
-
-    targets = {"category": CategoryPreprocessor, "text": TextTargetPreprocessor,
-               "number": NumberTargetPreprocessor, "binary": BinaryTargetPreprocessor,
-               "set": SetTargetPreprocessor}
-    return targets[config.type](config)
-
-
-__all__ = ["MISSING", "Column", "Preprocessor", "build_input_preprocessor",
-           "build_output_preprocessor", "modality"]
+__all__ = ["MISSING", "Column", "Preprocessor", "build_input_preprocessor", "modality"]

@@ -22,9 +22,8 @@ from ..data.table import Table
 from ..errors import DataError
 from ..registry import MODALITIES
 from ..specs import EncoderSpec
-from .category import label_text
 from .kind import check_length
-from .tabular import TabularModality, TabularPreprocessor
+from .tabular import TabularModality, TabularPreprocessor, label_text
 
 UNKNOWN = "[UNK]"  # id 0: rare and unseen values
 

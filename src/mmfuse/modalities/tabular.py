@@ -91,6 +91,13 @@ class TabularPreprocessor(Preprocessor):
         return np.asarray(unique)
 
 
+def label_text(value: object) -> str:
+    """A label or category value as text: ``3`` in JSON and ``"3"`` in CSV are the same."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value).strip()
+
+
 def missing_cell(value: Any) -> bool:
     """A blank cell, or a NaN number (how pandas and Parquet write a gap)."""
     return blank(value) or (isinstance(value, float) and math.isnan(value))

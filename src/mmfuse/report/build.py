@@ -18,7 +18,7 @@ from ..errors import DataError, MmfuseError, require
 from .collect import ReportData, collect
 from .gallery import gallery_section
 from .html import Section, page
-from .outputs import OUTPUT_SECTIONS
+from .outputs import output_section
 from .run_sections import (
     config_section,
     curves_section,
@@ -68,11 +68,7 @@ def build_sections(report: ReportData) -> list[Section]:
     gallery, config."""
     sections = [curves_section(report), timing_section(report), data_section(report)]
     for spec in report.model.config.outputs:
-        make = OUTPUT_SECTIONS.get(spec.type)
-        if make is None:
-            raise MmfuseError(f"mmfuse report has no section for {spec.type} outputs yet "
-                              f"(output {spec.name!r}); it knows: {', '.join(OUTPUT_SECTIONS)}")
-        sections.append(make(report, spec.name))
+        sections.append(output_section(report, spec.name))
     if report.by:
         sections.append(groups_section(report))
     sections += [importance_section(report), gallery_section(report), config_section(report)]

@@ -15,9 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..data.table import Table
-from ..modalities.base import Preprocessor
-from ..modalities.category import label_text
-from ..modalities.text_target import TextTargetPreprocessor
+from ..outputs import output_type
 from ..pipeline import EncodedTable
 
 if TYPE_CHECKING:
@@ -75,43 +73,14 @@ def collect(model: Model, run_dir: Path, table: Table, by: str | None) -> Report
 
 
 def outcomes_of(model: Model, name: str, raw: Any, table: Table) -> Outcomes:
-    """The answers of output ``name`` from its head's postprocess, judged against the table."""
+    """The answers of output ``name`` from its head's postprocess, judged against the table by
+    its output type (a label by its text, a number within 5%, a yes/no by its meaning...)."""
     prep = model.pipeline.outputs[name]
     rows = model.pipeline.model.heads[name].postprocess(raw)
-    output_type = next(o.type for o in model.config.outputs if o.name == name)
+    kind = next(o.type for o in model.config.outputs if o.name == name)
     confidence = np.array([confidence_of(r) for r in rows], dtype=np.float64)
-    cells = table.column(prep.column)
-    if output_type in ("number", "binary", "set"):
-        # judged on the encoded targets: a number within 5% of the truth, a yes/no by its
-        # meaning ("Yes" or true for "yes"), a set by its labels whatever their order
-        targets = prep.targets(table)
-        predicted = [" ".join(r["prediction"]) if isinstance(r["prediction"], list)
-                     else str(r["prediction"]) for r in rows]
-        truth = [None if c is None else label_text(c) if not isinstance(c, list)
-                 else " ".join(map(str, c)) for c in cells]
-        right = np.array([agrees(output_type, r["prediction"], targets[i], prep)
-                          for i, r in enumerate(rows)], dtype=bool)
-        return Outcomes(name, output_type, predicted, truth, confidence, right)
-    predicted = [str(r["prediction"]) for r in rows]
-    truth = [answer_text(prep, v) for v in cells]
-    right = np.array([t is not None and p == t for p, t in zip(predicted, truth, strict=True)])
-    return Outcomes(name, output_type, predicted, truth, confidence, right)
-
-
-def agrees(output_type: str, prediction: Any, target: np.ndarray, prep: Preprocessor) -> bool:
-    """Whether a number, binary or set answer matches its row's encoded target."""
-    if output_type == "number":
-        if np.isnan(target):
-            return False
-        truth = float(target) * prep.std + prep.mean
-        return abs(float(prediction) - truth) <= 0.05 * max(abs(truth), 1e-9)
-    if output_type == "binary":
-        if np.isnan(target):
-            return False
-        positive = prediction is True or prediction == prep.labels[1]
-        return positive == bool(target)
-    chosen = set(prediction)
-    return bool(np.array_equal(target > 0.5, [label in chosen for label in prep.labels]))
+    predicted, truth, right = output_type(kind).judge(prep, rows, table)
+    return Outcomes(name, kind, predicted, truth, confidence, right)
 
 
 def confidence_of(row: dict) -> float:
@@ -123,13 +92,3 @@ def confidence_of(row: dict) -> float:
         return max(row["probability"], 1 - row["probability"])
     probabilities = row.get("probabilities")
     return max(probabilities.values()) if probabilities else float("nan")
-
-
-def answer_text(prep: Preprocessor, value: Any) -> str | None:
-    """A true value as the model would write it: a text output's normalised text (as its
-    exact match compares), otherwise the label as text (``3`` and ``"3"`` alike)."""
-    if value is None:
-        return None
-    if isinstance(prep, TextTargetPreprocessor):
-        return prep.normalize(str(value)) or None
-    return label_text(value)

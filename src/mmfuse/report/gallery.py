@@ -20,6 +20,7 @@ from PIL import Image
 
 from ..modalities.base import MISSING
 from ..modalities.kind import modality
+from ..outputs import output_type
 from .collect import Outcomes, ReportData
 from .html import Section, esc, paragraph
 
@@ -64,7 +65,7 @@ def card(report: ReportData, media: Media, o: Outcomes, row: int, kind: str) -> 
     for spec in report.model.config.inputs:
         fields.append(f'<div class="field"><span class="label">{esc(spec.name)}</span> '
                       f"{media.html(spec.name, row)}</div>")
-    measure = "score" if o.type == "text" else "probability"
+    measure = output_type(o.type).confidence
     fields += [f'<div class="field"><span class="label">true</span> {esc(o.truth[row])}</div>',
                f'<div class="field"><span class="label">predicted</span> '
                f"<strong>{esc(o.predicted[row])}</strong></div>"]

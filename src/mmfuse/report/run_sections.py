@@ -7,8 +7,6 @@ Each function takes the :class:`ReportData` and returns one :class:`Section`.
 from __future__ import annotations
 
 import json
-from collections import Counter
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,11 +14,10 @@ import yaml
 
 from ..explain.importance import modality_importance
 from ..modalities.base import MISSING
+from ..outputs import output_type
 from . import plots
 from .collect import ReportData
 from .html import Section, esc, figure, paragraph, table
-
-TOP_LABELS = 20  # labels listed per category output in the data statistics
 
 
 def read_metrics(run_dir: Path) -> tuple[list[dict], list[str]]:
@@ -92,45 +89,11 @@ def data_section(report: ReportData) -> Section:
              "<h3>Inputs</h3>",
              table(["input", "type", "column", "missing share", "distinct items"], inputs)]
     for spec in report.model.config.outputs:
-        describe = OUTPUT_STATS.get(spec.type)
-        if describe is not None:
+        stats = output_type(spec.type).report_stats(report, spec.name)
+        if stats:
             parts.append(f"<h3>{esc(spec.name)} ({esc(spec.type)} output)</h3>")
-            parts += describe(report, spec.name)
+            parts += stats
     return Section("data", "Data statistics", "\n".join(parts))
-
-
-def label_distribution(report: ReportData, name: str) -> list[str]:
-    """The most frequent labels of a category output, here and in the training split."""
-    o = report.outcomes[name]
-    counts = Counter(t for t in o.truth if t is not None)
-    trained = report.model.pipeline.outputs[name].state().get("counts", {})
-    total, total_trained = max(1, sum(counts.values())), max(1, sum(trained.values()))
-    top = counts.most_common(TOP_LABELS)
-    rows = [(label, c, c / total, trained.get(label, 0) / total_trained) for label, c in top]
-    note = (f"The {len(top)} most frequent of {len(counts)} labels. " if len(counts) > len(top)
-            else f"{len(counts)} labels. ")
-    note += f"{int((~o.known).sum())} row(s) have no label."
-    return [paragraph(note, note=True),
-            table(["label", "rows", "share", "share in training"], rows),
-            figure(plots.bars([r[0] for r in rows], {"rows": [r[1] for r in rows]}, "rows"),
-                   f"label distribution of {name}")]
-
-
-def text_lengths(report: ReportData, name: str) -> list[str]:
-    """Token counts of a text output's references (its own tokenizer)."""
-    prep = report.model.pipeline.outputs[name]
-    lengths = [len(prep.tokens(t)) for t in report.outcomes[name].truth if t is not None]
-    if not lengths:
-        return [paragraph("No row has a reference text.", note=True)]
-    return [paragraph(f"{len(lengths)} reference texts: {np.mean(lengths):.1f} tokens on "
-                      f"average (median {np.median(lengths):.0f}, longest {max(lengths)})."),
-            figure(plots.histogram(lengths, "tokens"), f"text lengths of {name}")]
-
-
-OUTPUT_STATS: dict[str, Callable[[ReportData, str], list[str]]] = {
-    "category": label_distribution,
-    "text": text_lengths,
-}
 
 
 def timing_section(report: ReportData) -> Section:

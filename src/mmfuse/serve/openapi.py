@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..modalities.kind import modality
+from ..outputs import output_type
 
 if TYPE_CHECKING:
     from .service import Service
@@ -20,29 +21,12 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["status", "field", "message"],
     "properties": {"status": {"type": "integer"}, "field": {"type": ["string", "null"]},
                    "message": {"type": "string"}}}}}
-PROBABILITIES = {"type": "object", "additionalProperties": {"type": "number"}}
 
 
 def output_schema(kind: str, head_info: dict) -> dict:
-    """The answer of one output of type ``kind`` (``head_info``: its head's ``describe()``)."""
-    labels = head_info.get("labels") or []
-    label = {"type": "string", **({"enum": labels} if labels else {})}
-    if kind == "number":
-        props = {"prediction": {"type": "number"}}
-    elif kind == "binary":
-        props = {"prediction": {"anyOf": [label, {"type": "boolean"}]},
-                 "probability": {"type": "number"}, "probabilities": PROBABILITIES}
-    elif kind == "set":
-        props = {"prediction": {"type": "array", "items": label},
-                 "probabilities": PROBABILITIES}
-    elif kind == "text":
-        props = {"prediction": {"type": "string"}, "score": {"type": "number"},
-                 "hypotheses": {"type": "array", "items": {
-                     "type": "object", "properties": {"text": {"type": "string"},
-                                                      "score": {"type": "number"}}}}}
-    else:
-        props = {"prediction": label, "probabilities": PROBABILITIES}
-    return {"type": "object", "required": ["prediction"], "properties": props}
+    """The answer of one output of type ``kind`` (``head_info``: its head's ``describe()``),
+    as its output type declares it."""
+    return output_type(kind).answer_schema(head_info)
 
 
 def openapi_schema(service: Service, secured: bool = False) -> dict:

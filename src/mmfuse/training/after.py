@@ -24,8 +24,9 @@ import torch
 
 from ..errors import DataError
 from ..model import FUSED
+from ..outputs import output_type
 from ..pipeline import EncodedTable, Pipeline
-from ..predictors import fit_predictor, training_targets
+from ..predictors import fit_predictor
 
 
 def calibrate(pipeline: Pipeline, data: EncodedTable, batch_size: int) -> dict:
@@ -33,8 +34,8 @@ def calibrate(pipeline: Pipeline, data: EncodedTable, batch_size: int) -> dict:
     that fitted one."""
     served = set(pipeline.served)
     heads = {name: head for name, head in pipeline.model.heads.items()
-             if getattr(head, "needs_calibration", False)
-             and not (name in served and getattr(head, "calibrates_logits", False))}
+             if head.traits.needs_calibration
+             and not (name in served and head.traits.calibrates_logits)}
     if not heads or not len(data):
         return {}
     logits = pipeline.logits(data, batch_size)  # what is served: a predictor's answers too
@@ -56,8 +57,9 @@ def check_predictor_targets(pipeline: Pipeline, data: EncodedTable) -> None:
         DataError: naming the output, its column and the fix.
     """
     for output in pipeline.config.outputs:
-        if output.predictor and output.type != "number":
-            rows, y = training_targets(output.type, data.targets[output.name])
+        kind = output_type(output.type)
+        if output.predictor and not kind.regression:
+            rows, y = kind.predictor_targets(data.targets[output.name])
             if len(np.unique(y)) < 2:
                 raise DataError(
                     f"{data.table.source}: output {output.name!r} (column {output.column!r}) "

@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from ..config_base import StrictModel, did_you_mean
+from ..config_base import StrictModel, did_you_mean, format_errors
 
 # the validation metrics training/loop.py writes to metrics.jsonl for every epoch
 METRICS = ("valid_loss", "valid_accuracy")
@@ -181,9 +181,7 @@ def parse_space(name: str, spec: Any) -> Space:
     try:
         return SPACES[kind].model_validate(spec)
     except ValidationError as exc:
-        from ..config import _format_errors  # config.py imports this module
-
-        raise ValueError(f"parameters.{name}: " + "; ".join(_format_errors(exc))) from None
+        raise ValueError(f"parameters.{name}: " + "; ".join(format_errors(exc))) from None
 
 
 def check_paths(tune: TuneConfig | None, info: ValidationInfo) -> TuneConfig | None:
