@@ -23,9 +23,8 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed")
 from starlette.testclient import TestClient  # noqa: E402
 
 from mmfuse.serve import create_app, load_service  # noqa: E402
-from mmfuse.serve.app import ServeSettings  # noqa: E402
-from mmfuse.serve.inputs import Limits  # noqa: E402
 from mmfuse.serve.service import Service  # noqa: E402
+from mmfuse.serve.settings import Limits, ServeSettings  # noqa: E402
 
 COLOUR_Q, SHAPE_Q = "What colour is the shape?", "Which shape is in the picture?"
 

@@ -39,6 +39,7 @@ def run_async(coroutine):
 
 
 async def started(recorder: Recorder, **options) -> DynamicBatcher:
+    options.setdefault("workers", 1)  # one forward thread: batches form one after another
     batcher = DynamicBatcher(recorder, **options)
     await batcher.start()
     return batcher

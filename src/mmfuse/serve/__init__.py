@@ -1,7 +1,8 @@
 """Serving a trained model over HTTP: ``mmfuse serve RUN_DIR``.
 
-:func:`create_app` builds the FastAPI app (routes in ``app.py``, batching in ``batcher.py``,
-request checks in ``inputs.py``); :func:`serve` runs it with uvicorn.
+:func:`create_app` builds the FastAPI app (``app.py`` lists where each route lives; batching
+in ``batcher.py``, request checks in ``inputs.py``, every default in ``settings.py``);
+:func:`serve` runs it with uvicorn.
 """
 
 from __future__ import annotations
@@ -10,12 +11,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import MmfuseError, require
-
-RUNTIMES = ("torch", "onnx")  # what runs the model: PyTorch, or onnxruntime on an export
+from .settings import DEFAULTS, HOST, PORT, RUNTIME, RUNTIMES
 
 if TYPE_CHECKING:
-    from .inputs import Limits
     from .service import Service
+    from .settings import Limits, ServeSettings
 
 
 def keep_freed_memory() -> bool:
@@ -39,8 +39,8 @@ def keep_freed_memory() -> bool:
         return False
 
 
-def load_service(source: str | Path, runtime: str = "torch", limits: Limits | None = None,
-                 device: str = "cpu") -> Service:
+def load_service(source: str | Path, runtime: str = RUNTIME, limits: Limits | None = None,
+                 device: str = DEFAULTS.device) -> Service:
     """Load a run directory or bundle (``torch``, on ``device``) or an ONNX export (``onnx``,
     on the CPU) as a Service."""
     from ..api import Model
@@ -53,10 +53,9 @@ def load_service(source: str | Path, runtime: str = "torch", limits: Limits | No
         model = load_exported(source)
     else:
         raise MmfuseError(f"unknown runtime {runtime!r}; use one of: {', '.join(RUNTIMES)}")
-    from .inputs import Limits
     from .service import Service
 
-    return Service(model, limits or Limits(), runtime, str(source))
+    return Service(model, limits or DEFAULTS.limits, runtime, str(source))
 
 
 def create_app(*args, **kwargs):
@@ -67,13 +66,11 @@ def create_app(*args, **kwargs):
     return build(*args, **kwargs)
 
 
-def serve(source: str | Path, host: str = "127.0.0.1", port: int = 8000, runtime: str = "torch",
-          settings=None, log_level: str = "info") -> None:
+def serve(source: str | Path, host: str = HOST, port: int = PORT, runtime: str = RUNTIME,
+          settings: ServeSettings | None = None, log_level: str = "info") -> None:
     """Run the server until interrupted; the model loads while the server already answers."""
     uvicorn = require("uvicorn", "serve", "serving a model over HTTP")
-    from .app import ServeSettings
-
-    settings = settings or ServeSettings()
+    settings = settings or DEFAULTS
     keep_freed_memory()
     app = create_app(lambda: load_service(source, runtime, settings.limits, settings.device),
                      settings)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .inputs import Prepared
+from .settings import DEFAULTS
 
 log = logging.getLogger("mmfuse.serve")
 
@@ -54,6 +55,8 @@ Observe = Callable[[int, list[float], float], None]  # rows, each job's queue wa
 class DynamicBatcher:
     """Groups queued jobs into batches of at most ``max_batch_size`` rows.
 
+    The defaults are the server's (:data:`~mmfuse.serve.settings.DEFAULTS`).
+
     Args:
         run: computes the outputs of a list of jobs in one forward pass (in a worker thread);
             returns one list of row outputs per job.
@@ -68,8 +71,9 @@ class DynamicBatcher:
             gets them all.
     """
 
-    def __init__(self, run: RunBatch, max_batch_size: int = 32, max_wait_ms: float = 5.0,
-                 max_queue: int = 256, observe: Observe | None = None, workers: int = 1,
+    def __init__(self, run: RunBatch, max_batch_size: int = DEFAULTS.max_batch_size,
+                 max_wait_ms: float = DEFAULTS.max_wait_ms, max_queue: int = DEFAULTS.max_queue,
+                 observe: Observe | None = None, workers: int = DEFAULTS.workers,
                  share_cores: Callable[[int], None] | None = None) -> None:
         self.run = run
         self.max_batch_size = max_batch_size

@@ -17,6 +17,7 @@ from typing import Any
 from ..config import Config
 from ..modalities.kind import BadValue, modality
 from ..pipeline import Pipeline
+from .settings import Limits
 
 log = logging.getLogger("mmfuse.serve")
 
@@ -30,21 +31,6 @@ class RequestError(Exception):
 
     def body(self) -> dict:
         return {"error": {"status": self.status, "field": self.field, "message": self.message}}
-
-
-@dataclass(frozen=True)
-class Limits:
-    """What one request may hold; every cap answers 413 when exceeded."""
-
-    max_body_mb: float = 20.0  # a whole request body (all uploads together)
-    max_image_pixels: int = 40_000_000  # width x height, checked before the pixels are decoded
-    max_media_seconds: float = 60.0  # audio and video, read from the container header
-    max_text_chars: int = 2000
-    max_batch_rows: int = 64  # rows of one POST /v1/predict/batch
-
-    @property
-    def max_body_bytes(self) -> int:
-        return int(self.max_body_mb * 1024 * 1024)
 
 
 @dataclass

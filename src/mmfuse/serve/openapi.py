@@ -21,6 +21,16 @@ ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["status", "field", "message"],
     "properties": {"status": {"type": "integer"}, "field": {"type": ["string", "null"]},
                    "message": {"type": "string"}}}}}
+ERRORS = {str(code): {"description": why, "content": {"application/json": {"schema": ERROR}}}
+          for code, why in (
+              (400, "malformed body"), (401, "missing or wrong API key"),
+              (413, "over a size limit"), (415, "wrong content type"),
+              (422, "a field is missing, unknown or unreadable"), (429, "the queue is full"),
+              (503, "the model is loading, or the request timed out"))}
+HEALTH = {"200": {"description": "the model is loaded", "content": {
+              "application/json": {"schema": {"type": "object"}}}},
+          "503": {"description": "loading, or failed", "content": {
+              "application/json": {"schema": {"type": "object"}}}}}
 
 
 def output_schema(kind: str, head_info: dict) -> dict:
@@ -32,32 +42,16 @@ def output_schema(kind: str, head_info: dict) -> dict:
 def openapi_schema(service: Service, secured: bool = False) -> dict:
     """OpenAPI 3.1 for the routes of :func:`~mmfuse.serve.app.create_app` serving
     ``service``'s model (``secured``: the server asks for an API key)."""
-    config, pipeline, limits = service.model.config, service.model.pipeline, service.limits
-    required = [i.name for i in config.inputs if i.name not in service.checker.optional]
-    form, row = {}, {}
-    for spec in config.inputs:
-        kind, prep = modality(spec.type), pipeline.inputs[spec.name]
-        form[spec.name] = {**kind.schema(prep, limits, False),
-                           "description": f"{spec.type} input {spec.name!r}"}
-        row[spec.name] = {"anyOf": [kind.schema(prep, limits, True), {"type": "null"}],
-                          "description": f"{spec.type} input {spec.name!r} (null: missing)"}
+    form, row, required = request_fields(service)
     info = service.describe()
     outputs = {"type": "object", "required": [o["name"] for o in info["outputs"]],
                "properties": {o["name"]: output_schema(o["type"], o)
                               for o in info["outputs"]}}
     answer = {"type": "object", "required": ["outputs"], "properties": {"outputs": outputs}}
-    errors = {str(code): {"description": why, "content": {"application/json": {
-        "schema": ERROR}}} for code, why in (
-        (400, "malformed body"), (401, "missing or wrong API key"),
-        (413, "over a size limit"), (415, "wrong content type"),
-        (422, "a field is missing, unknown or unreadable"), (429, "the queue is full"),
-        (503, "the model is loading, or the request timed out"))}
     security = [{"bearer": []}] if secured else []
-
-    def json_answer(schema: dict, what: str) -> dict:
-        return {"200": {"description": what, "content": {"application/json": {
-            "schema": schema}}}, **errors}
-
+    rows = {"type": "array", "minItems": 1, "maxItems": service.limits.max_batch_rows,
+            "items": {"type": "object", "properties": row, "required": required,
+                      "additionalProperties": False}}
     return {
         "openapi": "3.1.0",
         "info": {"title": f"mmfuse model {service.source}", "version": "1",
@@ -65,11 +59,7 @@ def openapi_schema(service: Service, secured: bool = False) -> dict:
         "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
                        "schemas": {"Error": ERROR}},
         "paths": {
-            "/health": {"get": {"operationId": "health", "responses": {
-                "200": {"description": "the model is loaded", "content": {
-                    "application/json": {"schema": {"type": "object"}}}},
-                "503": {"description": "loading, or failed", "content": {
-                    "application/json": {"schema": {"type": "object"}}}}}}},
+            "/health": {"get": {"operationId": "health", "responses": HEALTH}},
             "/v1/model": {"get": {"operationId": "model", "security": security,
                                   "responses": json_answer({"type": "object"},
                                                            "the model's inputs and outputs")}},
@@ -83,13 +73,30 @@ def openapi_schema(service: Service, secured: bool = False) -> dict:
                 "operationId": "predict_batch", "security": security,
                 "requestBody": {"required": True, "content": {"application/json": {
                     "schema": {"type": "object", "required": ["rows"],
-                               "additionalProperties": False, "properties": {"rows": {
-                                   "type": "array", "minItems": 1,
-                                   "maxItems": limits.max_batch_rows, "items": {
-                                       "type": "object", "properties": row,
-                                       "required": required,
-                                       "additionalProperties": False}}}}}}},
+                               "additionalProperties": False,
+                               "properties": {"rows": rows}}}}},
                 "responses": json_answer({"type": "object", "required": ["rows"], "properties": {
                     "rows": {"type": "array", "items": answer}}}, "predictions per row")}},
         },
     }
+
+
+def request_fields(service: Service) -> tuple[dict, dict, list[str]]:
+    """Each input's form field, its JSON value in a batch row, and the inputs every request
+    needs."""
+    config, pipeline, limits = service.model.config, service.model.pipeline, service.limits
+    required = [i.name for i in config.inputs if i.name not in service.checker.optional]
+    form, row = {}, {}
+    for spec in config.inputs:
+        kind, prep = modality(spec.type), pipeline.inputs[spec.name]
+        form[spec.name] = {**kind.schema(prep, limits, False),
+                           "description": f"{spec.type} input {spec.name!r}"}
+        row[spec.name] = {"anyOf": [kind.schema(prep, limits, True), {"type": "null"}],
+                          "description": f"{spec.type} input {spec.name!r} (null: missing)"}
+    return form, row, required
+
+
+def json_answer(schema: dict, what: str) -> dict:
+    """A route's responses: ``schema`` on success, the error shape on every refusal."""
+    return {"200": {"description": what, "content": {"application/json": {
+        "schema": schema}}}, **ERRORS}

@@ -9,11 +9,15 @@ postprocessed into ``{output: {"prediction": ..., "probabilities": {...}}}`` per
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
-from ..api import Model
 from ..modalities.kind import modality
-from .inputs import Limits, Prepared, RowChecker
+from .inputs import Prepared, RowChecker
 from .openapi import openapi_schema
+
+if TYPE_CHECKING:  # the server only reads a loaded model: importing api would load training
+    from ..api import Model
+    from .settings import Limits
 
 
 class Service:
