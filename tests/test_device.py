@@ -67,7 +67,7 @@ def test_cli_device_cuda_without_cuda_exits_with_the_fix(served_run):
 
 
 def test_auto_precision_is_bf16_only_on_hardware_with_bf16_units(monkeypatch):
-    from mmfuse.training import device
+    from mmfuse import device
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "native_bf16", lambda d: False)

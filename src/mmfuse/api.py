@@ -10,29 +10,21 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from .atomic import write_text
 from .bundle import bundle_file, load_bundle, save_bundle
 from .config import Config, load_config
 from .data.table import Table, as_table
+from .device import resolve_device
 from .encoders.base import weights_from_bundle
-from .errors import DataError, MmfuseError
-from .modalities.kind import modality
+from .errors import MmfuseError
 from .model import FUSED
+from .outputs import output_type
 from .pipeline import EncodedTable, Pipeline
-from .threads import available_cpus, configure_threads
-from .training import checkpoint, distributed
-from .training.after import check_predictor_targets, finish
-from .device import resolve_device, resolve_precision
-from .training.loop import train
-from .training.metrics import evaluate_outputs
 from .predictors import Predictor
 
 TableLike = str | Path | list[dict] | Table
@@ -62,6 +54,9 @@ class Model:
             resume: bool = False, overwrite: bool = False) -> dict:
         """Fit preprocessors on the training split, train, and keep the best weights.
 
+        The stages (every config check first, before any data is read) are in
+        ``training/recipe.py``.
+
         Under torchrun (``mmfuse train --nproc N``) every process calls this; they train one
         model together and only rank 0 writes ``out``.
 
@@ -86,94 +81,20 @@ class Model:
         Returns:
             The training summary (epochs, best epoch and metrics, seconds).
         """
-        if device is not None:
-            self.config.training = self.config.training.model_copy(update={"device": device})
-        target = resolve_device(self.config.training.device)
-        precision = resolve_precision(self.config.training.precision, target)
-        cfg = self.config.training.model_copy(update={"precision": precision})
-        ranks = distributed.setup(target)
-        used_threads = configure_threads(threads or max(1, available_cpus() // ranks.local_world))
-        run = Path(out) if out is not None else None
-        if run is not None:
-            checkpoint.check_run_folder(run, resume, overwrite)
-        table = as_table(train_data, data_root)
-        held_out: list[int] = []
-        if valid is not None:
-            valid_table: Table | None = as_table(valid, data_root)
-        elif cfg.valid_fraction > 0:
-            table, valid_table, held_out = self._hold_out(table)
-        else:
-            valid_table = None
-        fingerprint = {"config": self.config.model_dump(mode="json"), "data": {
-            "train": checkpoint.table_digest(table.rows),
-            "valid": checkpoint.table_digest(valid_table.rows) if valid_table else None}}
-        saved = None
-        if run is not None and resume:
-            if (run / "run.json").is_file():
-                checkpoint.check_same_run(json.loads((run / "run.json").read_text()),
-                                          fingerprint, run)
-            saved = checkpoint.load_latest(run)
-        self.pipeline = Pipeline.from_config(self.config)
-        torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-        with distributed.main_first(ranks):  # rank 0 fills the decode cache, the rest read it
-            train_encoded = self.pipeline.fit(table)
-            valid_encoded = self.pipeline.encode(valid_table) if valid_table is not None \
-                else None
-        check_predictor_targets(self.pipeline, train_encoded)
-        self.pipeline.to(target)
-        if run is not None and ranks.main:  # the data is read: replace the old run now
-            if overwrite:
-                checkpoint.clear_run(run)
-            run.mkdir(parents=True, exist_ok=True)
-            if saved is None:
-                (run / "metrics.jsonl").unlink(missing_ok=True)
-            write_text(run / "run.json", json.dumps({
-                "train": str(Path(train_data).resolve()) if isinstance(train_data, str | Path)
-                else None,
-                "valid": str(Path(valid).resolve()) if isinstance(valid, str | Path) else None,
-                "held_out_rows": held_out, "data_root": str(data_root) if data_root else None,
-                "threads": used_threads, "processes": ranks.world, "device": str(target),
-                **fingerprint}, indent=1))
-        summary = train(
-            self.pipeline, train_encoded, valid_encoded, cfg,
-            metrics_path=run / "metrics.jsonl" if run else None,
-            on_best=(lambda epoch: self.save(run / "model")) if run else None,
-            progress=progress, on_epoch=on_epoch, run=run, resume=saved, ranks=ranks,
-        )
-        # on the best weights: calibration on validation, then the classic predictors
-        summary.update(finish(self.pipeline, train_encoded, valid_encoded,
-                              cfg.eval_batch_size or cfg.batch_size, cfg.seed))
-        if run is not None and ranks.main:
-            self.save(run / "model")  # the best weights, restored by train()
-        distributed.barrier(ranks)
-        summary.update(threads=used_threads, train_rows=len(table), processes=ranks.world,
-                       device=str(target), resumed=saved is not None,
-                       valid_rows=len(valid_table) if valid_table is not None else 0)
-        self.history = summary
-        return summary
+        # the training recipe loads here, so that serving a model never loads the loop
+        from .training.recipe import FitRequest, fit
+
+        self.history = fit(self, FitRequest(
+            train=train_data, valid=valid, out=Path(out) if out is not None else None,
+            data_root=data_root, threads=threads, progress=progress, on_epoch=on_epoch,
+            device=device, resume=resume, overwrite=overwrite))
+        return self.history
 
     def to(self, device: str | torch.device = "auto") -> Model:
         """Run the model on ``device`` (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)."""
         self._require_fitted()
         self.pipeline.to(resolve_device(device))
         return self
-
-    def _hold_out(self, table: Table) -> tuple[Table, Table, list[int]]:
-        """Split off ``valid_fraction`` of the rows; rows that share a file stay together."""
-        fraction, seed = self.config.training.valid_fraction, self.config.training.seed
-        file_columns = [i.column for i in self.config.inputs if modality(i.type).value == "file"]
-        keys = [f"{row.get(file_columns[0])}" if file_columns and row.get(file_columns[0])
-                else f"\0{i}" for i, row in enumerate(table.rows)]
-        unique = sorted(set(keys))
-        rng = np.random.default_rng(seed)
-        n_valid = max(1, round(fraction * len(unique)))
-        if n_valid >= len(unique):
-            raise DataError(f"{table.source}: too few rows to hold out {fraction:.0%} for "
-                            "validation; pass --valid or set training.valid_fraction: 0")
-        chosen = {unique[i] for i in rng.choice(len(unique), n_valid, replace=False)}
-        valid_rows = [i for i, k in enumerate(keys) if k in chosen]
-        train_rows = [i for i, k in enumerate(keys) if k not in chosen]
-        return table.subset(train_rows), table.subset(valid_rows), valid_rows
 
     def _require_fitted(self) -> None:
         if not self.fitted:
@@ -210,6 +131,8 @@ class Model:
             outputs: ``pipeline.logits(encoded)`` when the caller has it already (``mmfuse
                 report`` keeps it for its plots), so the model does not run twice.
         """
+        from .training.metrics import evaluate_outputs
+
         self._require_fitted()
         pipeline, table = self.pipeline, encoded.table
         groups = [str(v) for v in table.column(by)] if by else None
@@ -219,15 +142,15 @@ class Model:
             answers = {name: p.outputs(raw[FUSED].numpy()) for name, p in predictors.items()}
             outputs = {**{n: v for n, v in raw.items() if n != FUSED},
                        **{n: answers[n] for n in pipeline.served}}
-        teachers = [n for n, h in pipeline.model.heads.items() if getattr(h, "needs_teacher",
-                                                                           False)]
+        teachers = [n for n, h in pipeline.model.heads.items() if h.traits.needs_teacher]
         teacher = pipeline.logits(encoded, batch_size, teacher=True) if teachers else {}
+        kinds = {o.name: output_type(o.type) for o in pipeline.config.outputs}
 
         def scorer(name: str, out) -> object:
             prep = pipeline.outputs[name]
             extra = {"teacher": teacher[name]} if name in teachers else {}
-            return pipeline.model.heads[name].scorer(out, encoded.targets[name],
-                                                     table.column(prep.column), prep, **extra)
+            return kinds[name].scorer(pipeline.model.heads[name], out, encoded.targets[name],
+                                      table.column(prep.column), prep, **extra)
 
         scorers = {name: scorer(name, outputs[name]) for name in pipeline.outputs}
         sections = {

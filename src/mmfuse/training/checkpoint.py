@@ -22,8 +22,10 @@ from pathlib import Path
 import torch
 
 from ..atomic import orphaned, temp_name, write_text
-from ..errors import ConfigError, DataError, MmfuseError
 from ..device import map_tensors
+from ..errors import ConfigError, DataError, MmfuseError
+from . import distributed
+from .distributed import Ranks
 
 FOLDER = "checkpoints"
 RUN_FILES = ("run.json", "metrics.jsonl", "model", FOLDER)  # what makes a folder hold a run
@@ -96,6 +98,50 @@ class Writer:
         if self._error is not None:
             error, self._error = self._error, None
             raise MmfuseError(f"writing a checkpoint failed: {error}") from error
+
+
+class Checkpointer:
+    """Everything a resumed run needs beside the loop's own state: the states of ``modules``
+    (the model, optimizer, scheduler and gradient scaler, by name) and every rank's random
+    states. Every rank takes part in :meth:`save` (the random states are gathered); rank 0
+    writes, in the background (:class:`Writer`), and only when there is a run folder."""
+
+    def __init__(self, run: Path | None, keep: int, ranks: Ranks, modules: dict,
+                 generator: torch.Generator, device: torch.device) -> None:
+        self.run, self.keep, self.ranks = run, keep, ranks
+        self.modules = modules
+        self.generator, self.device = generator, device
+        self.writer = Writer()
+
+    def save(self, state: dict) -> None:
+        """Checkpoint the loop ``state`` (its ``step`` names the file) with the modules."""
+        rngs = distributed.gather(random_states(self.generator, self.device), self.ranks)
+        if self.run is not None and self.ranks.main:
+            self.writer.save(self.run, state["step"], {
+                **state, "world": self.ranks.world, "rngs": rngs,
+                **{name: module.state_dict() for name, module in self.modules.items()}},
+                self.keep)
+
+    def restore(self, saved: dict) -> None:
+        """Load a checkpoint's module states and this rank's random states."""
+        for name, module in self.modules.items():
+            module.load_state_dict(saved[name])
+        rng = saved["rngs"][self.ranks.rank]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["augment"])
+        if rng["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())
+
+    def wait(self) -> None:
+        """Block until the last checkpoint is on disk."""
+        self.writer.wait()
+
+
+def random_states(generator: torch.Generator, device: torch.device) -> dict:
+    """This process's random states: torch's CPU (and CUDA) generators and the augmentation
+    generator. The batch order's generator is in the loop state, as of the epoch's start."""
+    return {"torch": torch.get_rng_state(), "augment": generator.get_state(),
+            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
 
 
 def load_latest(run: Path) -> dict | None:

@@ -1,4 +1,5 @@
-"""When training stops: the ``max_minutes`` clock and a graceful Ctrl-C.
+"""When training stops: the ``max_minutes`` clock, a graceful Ctrl-C, and :class:`Limits`, which
+has every rank agree on both once a step.
 
 The clock's learning-rate decay follows wall time only when the run, at its pace so far, would
 end after its deadline. A run that fits in its budget decays by steps alone, so machine load
@@ -11,6 +12,9 @@ import math
 import signal
 import threading
 import time
+
+from . import distributed
+from .distributed import Ranks
 
 JUDGE_AFTER_STEPS = 10  # the pace is judged from this many steps (or 1% of the run) on
 
@@ -83,3 +87,42 @@ class StopRequest:
             signal.signal(sig, handler)
         if self._terminated:
             signal.raise_signal(signal.SIGTERM)  # now with the handler the process had before
+
+
+class Limits:
+    """The clock and the stop signals, agreed across ranks once a step, so every rank stops at
+    the same step and follows the same learning-rate schedule.
+
+    Entering it listens for Ctrl-C and SIGTERM (:class:`StopRequest`) until it is left.
+    """
+
+    def __init__(self, clock: Clock, ranks: Ranks) -> None:
+        self.clock = clock
+        self.ranks = ranks
+        self.stop = StopRequest()
+        self.used = 0.0  # the budget fraction used, the largest over ranks
+        self.stopping = False  # a stop asked for on any rank
+
+    def __enter__(self) -> Limits:
+        self.stop.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.__exit__(*exc)
+
+    def agree(self) -> None:
+        """One collective a step: a stop asked for on any rank, the clock's largest reading."""
+        flags = distributed.largest([float(self.stop.requested), self.clock.used()], self.ranks)
+        self.stopping, self.used = bool(flags[0]), flags[1]
+
+    def stop_requested(self) -> bool:
+        """Whether a stop was asked for on any rank (asked again at the end of an epoch)."""
+        return distributed.any_rank(self.stop.requested, self.ranks)
+
+    @property
+    def out_of_time(self) -> bool:
+        return self.used >= 1.0
+
+    def schedule_progress(self, step: int, total: int) -> float:
+        """:meth:`Clock.schedule_progress` judged by the budget used on the slowest rank."""
+        return self.clock.schedule_progress(step, total, self.used)

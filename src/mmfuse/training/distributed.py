@@ -128,6 +128,23 @@ def gather(obj, ranks: Ranks) -> list:
     return out
 
 
+def wrap(model: torch.nn.Module, device: torch.device, find_unused: bool,
+         ranks: Ranks) -> torch.nn.Module:
+    """``model`` in DistributedDataParallel under torchrun (itself otherwise).
+
+    Args:
+        find_unused: some parameters can take no part in a step (an input missing from every
+            row of a batch leaves its encoder out), so DDP must look for them instead of
+            waiting for their gradients forever.
+    """
+    if not ranks.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused)
+
+
 def barrier(ranks: Ranks) -> None:
     if ranks.active:
         dist.barrier()

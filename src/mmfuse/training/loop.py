@@ -7,75 +7,301 @@ The same loop runs in one process or in each of torchrun's (``distributed.py``: 
 a no-op in a world of one). Ctrl-C ends training after the current step, writes a checkpoint and
 keeps the best weights so far; ``on_best`` is called whenever validation improves, so a bundle
 on disk always holds the best model.
+
+Each concern beside the loop is a small collaborator: ``checkpoint.Checkpointer`` (what a
+resumed run needs), ``control.Limits`` (the ``max_minutes`` clock and the stop signals, agreed
+across ranks), ``distributed`` (ranks and reductions), ``progress`` (the bar, ``metrics.jsonl``,
+the data share) and ``optim`` (optimizer and schedule). What comes before and after the epochs
+(reading, preprocessing, cached features, after-training fits, saving) is ``recipe.py``.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..config import TrainingConfig
-from ..data.features import cache_frozen_features
 from ..data.sampler import grouped_batches, shuffled_batches
+from ..device import autocast, grad_scaler
 from ..errors import MmfuseError
 from ..modalities import MISSING
 from ..pipeline import EncodedTable, Pipeline
 from . import checkpoint, distributed
-from .control import Clock, StopRequest
-from ..device import autocast, grad_scaler
+from .control import Clock, Limits
 from .distributed import SINGLE, Ranks
 from .metrics import RunningMean
-from .progress import EpochProgress
+from .optim import lr_factor, make_optimizer
+from .progress import EpochProgress, StepTimer, append_record
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainingConfig) -> torch.optim.Optimizer:
-    """AdamW (default), Adam or SGD with momentum over the trainable parameters; pretrained
-    weights that train get ``pretrained_lr_multiplier`` times the learning rate."""
-    params = parameter_groups(model, cfg.learning_rate, cfg.pretrained_lr_multiplier)
-    # foreach=True updates all tensors in a few fused ops; on CPU torch defaults to a Python loop
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=cfg.learning_rate, momentum=0.9,
-                               weight_decay=cfg.weight_decay, foreach=True)
-    cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
-    return cls(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=True)
+@dataclass
+class Training:
+    """What the epoch loop works with, built once by :func:`setup`."""
+
+    pipeline: Pipeline
+    data: EncodedTable
+    valid: EncodedTable | None
+    cfg: TrainingConfig
+    ranks: Ranks
+    net: torch.nn.Module  # the model, in DistributedDataParallel under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    generator: torch.Generator  # augmentation: differs per rank
+    order_rng: np.random.Generator  # the batch order: the same on every rank
+    group: np.ndarray | None  # rows that share a file, batched together
+    batch_size: int  # this rank's share of the global batch
+    epochs: int
+    patience: int | None
+    state: dict  # what a checkpoint holds besides modules and random states (fresh_state)
+    limits: Limits
+    checkpoints: checkpoint.Checkpointer
+    timer: StepTimer
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return self.pipeline.model
 
 
-def parameter_groups(model: torch.nn.Module, lr: float, multiplier: float) -> list[dict]:
-    """The trainable parameters in two groups: new ones at ``lr`` (first, so logs report its
-    rate), pretrained ones (those any encoder's ``pretrained_parameters()`` names) at
-    ``lr * multiplier``. Empty groups are left out."""
-    pretrained = {id(p) for m in model.modules() if hasattr(m, "pretrained_parameters")
-                  for p in m.pretrained_parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in pretrained], "lr": lr},
-              {"params": [p for p in trainable if id(p) in pretrained], "lr": lr * multiplier}]
-    return [g for g in groups if g["params"]]
+def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable | None,
+          cfg: TrainingConfig, metrics_path: Path | None = None,
+          on_best: Callable[[int], None] | None = None, progress: bool = False,
+          on_epoch: Callable[[dict], None] | None = None, run: Path | None = None,
+          resume: dict | None = None, ranks: Ranks = SINGLE) -> dict:
+    """Train ``pipeline.model`` in place (on ``pipeline.device``) and leave it holding the best
+    weights.
 
+    Args:
+        on_epoch: gets each epoch's record once it is written (``mmfuse tune`` reports it to
+            Optuna); an exception it raises, such as ``optuna.TrialPruned``, ends training and
+            propagates to the caller.
+        run: the run folder that gets ``checkpoints/`` (none without it).
+        resume: a checkpoint (``checkpoint.load_latest``) to continue from.
+        ranks: this process's place under torchrun; only rank 0 writes files and progress.
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str,
-              time_used: float = 0.0) -> float:
-    """Learning-rate multiplier at ``step``: linear warm-up, then constant/cosine/one-cycle.
-
-    The decay follows whichever budget is further spent: steps (``step / total``) or wall time
-    (``time_used``: ``Clock.schedule_progress``, zero unless the run is projected to overrun
-    ``max_minutes``), so a run cut short by its time limit still ends at a low learning rate
-    instead of being stopped mid-schedule, and a run that fits decays by steps alone.
+    Returns:
+        A summary: epochs run, best epoch, best validation metrics, seconds, whether stopped early
+        or interrupted, and ``data_share``, the fraction of step time spent preparing batches.
     """
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, max((step - warmup) / max(1, total - warmup), time_used))
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    return max(0.0, 1.0 - progress)  # "onecycle": warm-up then linear decay to zero
+    t = setup(pipeline, train_data, valid_data, cfg, run, resume, ranks)
+    if resume is not None and ranks.main and metrics_path is not None:
+        checkpoint.cut_metrics(metrics_path, t.state["records"])
+    bar = EpochProgress(enabled=progress and ranks.main)
+    interrupted = False
+    with t.limits:
+        try:
+            for epoch in range(t.state["epoch"], t.epochs + 1):
+                if t.state["finished"]:  # a finished run resumed: nothing to train
+                    break
+                running, started, out_of_time = train_epoch(t, epoch, bar)
+                record = epoch_record(t, epoch, running, started)
+                bar.finish(record)
+                if ranks.main:
+                    append_record(metrics_path, record)
+                t.state["records"] += 1
+                if on_epoch:
+                    on_epoch(record)
+                keep_best(t, epoch, record, on_best)
+                if end_epoch(t, epoch, out_of_time):
+                    break
+        except KeyboardInterrupt:
+            interrupted = not t.state["finished"]
+        finally:
+            bar.close()
+            t.checkpoints.wait()  # the last checkpoint is on disk before train() returns
+    return restore_best(t, interrupted)
+
+
+def setup(pipeline: Pipeline, data: EncodedTable, valid: EncodedTable | None,
+          cfg: TrainingConfig, run: Path | None, resume: dict | None,
+          ranks: Ranks) -> Training:
+    """Seeds, optimizer, schedule and the loop state: fresh, or a checkpoint's."""
+    model = pipeline.model
+    torch.manual_seed(cfg.seed + ranks.rank)  # dropout differs per rank; the batch order not
+    order_rng = np.random.default_rng(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed + ranks.rank)  # augmentation
+    optimizer = make_optimizer(model, cfg)
+    net = distributed.wrap(model, pipeline.device, can_miss_inputs(data, pipeline), ranks)
+    scaler = grad_scaler(pipeline.device, cfg.precision)
+    group = data.group_key() if cfg.group_rows_by_file is not False else None
+    batch_size = max(1, cfg.batch_size // ranks.world)  # the global batch stays batch_size
+    steps_per_epoch = math.ceil(math.ceil(len(data) / batch_size) / ranks.world)
+    epochs, patience = resolve_epochs(cfg, steps_per_epoch)
+    total, warmup = steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch)
+    state = fresh_state() if resume is None else resume_state(resume, ranks)
+    limits = Limits(Clock(cfg.max_minutes, state["elapsed"]), ranks)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+        s, total, warmup, cfg.lr_schedule, limits.schedule_progress(s, total)))
+    checkpoints = checkpoint.Checkpointer(
+        run, cfg.keep_checkpoints, ranks, {"model": model, "optimizer": optimizer,
+                                           "scheduler": scheduler, "scaler": scaler},
+        generator, pipeline.device)
+    if resume is not None:
+        checkpoints.restore(resume)
+    return Training(pipeline, data, valid, cfg, ranks, net, optimizer, scheduler, scaler,
+                    generator, order_rng, group, batch_size, epochs, patience, state, limits,
+                    checkpoints, StepTimer())
+
+
+def train_epoch(t: Training, epoch: int, bar: EpochProgress) -> tuple[RunningMean, float, bool]:
+    """The epoch's steps, from where a resumed run left off.
+
+    Returns:
+        The epoch's running means, when it started, and whether time ran out (the epoch is
+        then cut short: what it learned is validated, then training stops).
+    """
+    state = t.state
+    t.model.train()
+    batches = epoch_batches(t)
+    running, started = RunningMean(), time.perf_counter()
+    if state["position"] and state["running"]:
+        running.load_state(state["running"])
+    bar.start(epoch, t.epochs, len(batches))
+    pending = None
+    for i in range(state["position"], len(batches)):
+        began = time.perf_counter()
+        inputs, targets = pending or prepare(t, batches[i])
+        logits, loss = step(t, inputs, targets)
+        t.limits.agree()  # a stop asked for on any rank; the clock of the slowest
+        t.scheduler.step()
+        state["step"] += 1
+        last = i + 1 == len(batches)
+        due = bool(t.cfg.checkpoint_every_steps) and not last and \
+            state["step"] % t.cfg.checkpoint_every_steps == 0
+        # the next batch is prepared while the device still runs this step (not when a
+        # checkpoint is due, which must hold the random state before it)
+        pending = prepare(t, batches[i + 1]) if not (last or due or t.limits.stopping) else None
+        running.update(len(batches[i]), loss=loss.item(),
+                       accuracy=mean_accuracy(t.pipeline, logits, targets))
+        t.timer.stepped(began)
+        bar.advance(running.means(), running.examples_per_second())
+        if t.limits.stopping and not last:
+            save_checkpoint(t, epoch, i + 1, running)
+            raise KeyboardInterrupt
+        if due:
+            save_checkpoint(t, epoch, i + 1, running)
+        if t.limits.out_of_time:
+            break
+    state["position"], state["running"], state["epochs_run"] = 0, None, epoch
+    state["order_rng"] = t.order_rng.bit_generator.state  # the next epoch's start
+    return running, started, t.limits.out_of_time
+
+
+def epoch_batches(t: Training) -> list[np.ndarray]:
+    """This rank's batches of the epoch (rows of one file together, unless switched off)."""
+    # the batch order's generator as of this epoch's start: restored on resume (a no-op
+    # otherwise), so a resumed epoch draws the order the interrupted one drew
+    if t.state["order_rng"] is not None:
+        t.order_rng.bit_generator.state = t.state["order_rng"]
+    t.state["order_rng"] = t.order_rng.bit_generator.state
+    order = grouped_batches(t.group, t.batch_size, t.order_rng) if t.group is not None \
+        else shuffled_batches(len(t.data), t.batch_size, t.order_rng)
+    return distributed.shard(order, t.ranks)
+
+
+def prepare(t: Training, rows: np.ndarray) -> tuple[dict, dict]:
+    """The inputs and targets of a training batch (augmented), timed as data preparation."""
+    began = time.perf_counter()
+    batch = t.pipeline.batch(t.data, rows, True, t.generator)
+    t.timer.prepared(began)
+    return batch
+
+
+def step(t: Training, inputs: dict, targets: dict) -> tuple[dict, torch.Tensor]:
+    """One optimizer step on a batch; returns its logits and loss."""
+    cfg = t.cfg
+    with autocast(t.pipeline.device, cfg.precision):
+        logits = t.net(inputs, targets)
+        loss = batch_loss(t.pipeline, logits, targets, cfg.label_smoothing)
+    t.optimizer.zero_grad(set_to_none=True)
+    t.scaler.scale(loss).backward()
+    if cfg.grad_clip:
+        t.scaler.unscale_(t.optimizer)
+        torch.nn.utils.clip_grad_norm_(t.model.parameters(), cfg.grad_clip)
+    t.scaler.step(t.optimizer)
+    t.scaler.update()
+    return logits, loss
+
+
+def epoch_record(t: Training, epoch: int, running: RunningMean, started: float) -> dict:
+    """The epoch's line of ``metrics.jsonl``: train metrics over every rank's rows, throughput
+    of all ranks together, then the validation metrics."""
+    ranks = t.ranks
+    means = distributed.weighted_mean(running.means(), running.count, ranks)
+    speed = distributed.weighted_mean(
+        {"speed": running.examples_per_second()}, 1.0, ranks)["speed"] * ranks.world
+    record = {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
+              "examples_per_second": speed, "learning_rate": t.optimizer.param_groups[0]["lr"],
+              "seconds": t.limits.clock.elapsed()}
+    valid = validation_metrics(t.pipeline, t.valid, t.cfg, ranks) if t.valid else None
+    if valid:
+        record.update({f"valid_{k}": v for k, v in valid.items()})
+    record["epoch_seconds"] = time.perf_counter() - started  # train + validate
+    return record
+
+
+def keep_best(t: Training, epoch: int, record: dict,
+              on_best: Callable[[int], None] | None) -> None:
+    """Keep the weights of the lowest validation loss (without validation, the last epoch's)
+    and count the epochs without progress, for early stopping."""
+    state, best = t.state, t.state["best"]
+    validated = "valid_loss" in record
+    score = record["valid_loss"] if validated else -epoch
+    accuracy = record["valid_accuracy"] if validated else -math.inf
+    state["stalled"] = 0 if not validated or improved(score, accuracy, best) \
+        else state["stalled"] + 1
+    best["accuracy"] = max(best["accuracy"], accuracy)
+    if score < best["loss"]:
+        best.update(loss=score, epoch=epoch, metrics=record,
+                    state=copy.deepcopy(t.model.state_dict()))
+        if on_best and t.ranks.main:
+            on_best(epoch)
+
+
+def end_epoch(t: Training, epoch: int, out_of_time: bool) -> bool:
+    """Checkpoint the end of the epoch; True when training ends here (patience run out, time
+    up, or the last epoch). A stop asked for on any rank ends it as an interruption."""
+    stop_now = t.limits.stop_requested()
+    ending = bool(t.patience and t.state["stalled"] >= t.patience) or out_of_time \
+        or epoch == t.epochs
+    t.state["finished"] = ending and not stop_now
+    save_checkpoint(t, epoch + 1, 0, None)
+    if stop_now:
+        raise KeyboardInterrupt
+    return ending
+
+
+def save_checkpoint(t: Training, epoch: int, position: int, running: RunningMean | None) -> None:
+    """Checkpoint where the loop is: the epoch, the position in its batches, its running sums."""
+    t.state.update(epoch=epoch, position=position, elapsed=t.limits.clock.elapsed(),
+                   running=running.state() if running else None)
+    t.checkpoints.save(t.state)
+
+
+def restore_best(t: Training, interrupted: bool) -> dict:
+    """Load the best weights into the model and summarise the run."""
+    best, epochs_run = t.state["best"], t.state["epochs_run"]
+    if best["state"] is not None:
+        t.model.load_state_dict(best["state"])
+    t.model.eval()
+    return {"epochs": epochs_run, "best_epoch": best["epoch"], "best": best["metrics"],
+            "seconds": round(t.limits.clock.elapsed(), 2), "interrupted": interrupted,
+            "stopped_early": epochs_run < t.epochs and not interrupted,
+            "data_share": t.timer.data_share(), "steps": t.state["step"]}
+
+
+def can_miss_inputs(data: EncodedTable, pipeline: Pipeline) -> bool:
+    """Whether an input can be missing from every row of a batch (missing values, or modality
+    dropout): its encoder then takes no part in that step (see ``distributed.wrap``)."""
+    return any((col.index == MISSING).any() for col in data.inputs.values()) or any(
+        i.modality_dropout for i in pipeline.config.inputs)
 
 
 AUTO_MIN_STEPS = 2000  # ``epochs: auto`` trains for at least this many optimizer steps ...
@@ -142,195 +368,6 @@ def mean_accuracy(pipeline: Pipeline, logits: dict, targets: dict) -> float:
     return float(np.mean(known)) if known else float("nan")
 
 
-def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable | None,
-          cfg: TrainingConfig, metrics_path: Path | None = None,
-          on_best: Callable[[int], None] | None = None, progress: bool = False,
-          on_epoch: Callable[[dict], None] | None = None, run: Path | None = None,
-          resume: dict | None = None, ranks: Ranks = SINGLE) -> dict:
-    """Train ``pipeline.model`` in place (on ``pipeline.device``) and leave it holding the best
-    weights.
-
-    Args:
-        on_epoch: gets each epoch's record once it is written (``mmfuse tune`` reports it to
-            Optuna); an exception it raises, such as ``optuna.TrialPruned``, ends training and
-            propagates to the caller.
-        run: the run folder that gets ``checkpoints/`` (none without it).
-        resume: a checkpoint (``checkpoint.load_latest``) to continue from.
-        ranks: this process's place under torchrun; only rank 0 writes files and progress.
-
-    Returns:
-        A summary: epochs run, best epoch, best validation metrics, seconds, whether stopped early
-        or interrupted, and ``data_share``, the fraction of step time spent preparing batches.
-    """
-    # --- setup
-    model, device = pipeline.model, pipeline.device
-    # frozen pretrained encoders run once per unique item here, not in every epoch
-    with distributed.main_first(ranks):  # built once, by rank 0
-        train_data, valid_data = cache_frozen_features(pipeline, [train_data, valid_data],
-                                                       progress and ranks.main)
-    torch.manual_seed(cfg.seed + ranks.rank)  # dropout differs per rank; the batch order not
-    order_rng = np.random.default_rng(cfg.seed)
-    generator = torch.Generator().manual_seed(cfg.seed + ranks.rank)  # augmentation
-    optimizer = make_optimizer(model, cfg)
-    net = wrap_distributed(model, train_data, pipeline, ranks)
-    scaler = grad_scaler(device, cfg.precision)
-    group = train_data.group_key() if cfg.group_rows_by_file is not False else None
-    rank_batch = max(1, cfg.batch_size // ranks.world)  # the global batch stays batch_size
-    steps_per_epoch = math.ceil(math.ceil(len(train_data) / rank_batch) / ranks.world)
-    epochs, patience = resolve_epochs(cfg, steps_per_epoch)
-    total_steps, warmup = steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch)
-    state = fresh_state() if resume is None else resume_state(resume, ranks)
-    clock = Clock(cfg.max_minutes, state["elapsed"])
-    shared = {"used": 0.0}  # budget fraction used, the largest over ranks
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
-        s, total_steps, warmup, cfg.lr_schedule,
-        clock.schedule_progress(s, total_steps, shared["used"])))
-    if resume is not None:
-        restore_modules(resume, ranks, model, optimizer, scheduler, scaler, generator)
-        if ranks.main and metrics_path is not None:
-            checkpoint.cut_metrics(metrics_path, state["records"])
-    bar = EpochProgress(enabled=progress and ranks.main)
-    prepare_seconds, step_seconds = 0.0, 1e-9
-    interrupted, done = False, state["finished"]  # a finished run resumed: nothing to train
-    writer = checkpoint.Writer()
-
-    def prepare(rows: np.ndarray) -> tuple[dict, dict]:
-        nonlocal prepare_seconds
-        began = time.perf_counter()
-        batch = pipeline.batch(train_data, rows, True, generator)
-        prepare_seconds += time.perf_counter() - began
-        return batch
-
-    def save_checkpoint(epoch: int, position: int, running: RunningMean | None) -> None:
-        state.update(epoch=epoch, position=position, elapsed=clock.elapsed(),
-                     running=running.state() if running else None)
-        rngs = distributed.gather(random_states(generator, device), ranks)  # every rank's
-        if run is not None and ranks.main:
-            writer.save(run, state["step"], {
-                **state, "world": ranks.world, "rngs": rngs, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict()}, cfg.keep_checkpoints)
-
-    # --- train
-    with StopRequest() as stop:
-        try:
-            for epoch in range(state["epoch"], epochs + 1):
-                if done:
-                    break
-                model.train()
-                # the batch order's generator as of this epoch's start: restored on resume (a
-                # no-op otherwise), so a resumed epoch draws the order the interrupted one drew
-                if state["order_rng"] is not None:
-                    order_rng.bit_generator.state = state["order_rng"]
-                state["order_rng"] = order_rng.bit_generator.state
-                batches = distributed.shard(
-                    grouped_batches(group, rank_batch, order_rng) if group is not None
-                    else shuffled_batches(len(train_data), rank_batch, order_rng), ranks)
-                running, epoch_started = RunningMean(), time.perf_counter()
-                if state["position"] and state["running"]:
-                    running.load_state(state["running"])
-                bar.start(epoch, epochs, len(batches))
-                position, pending, out_of_time = state["position"], None, False
-                for i in range(position, len(batches)):
-                    step_began = time.perf_counter()
-                    inputs, targets = pending or prepare(batches[i])
-                    with autocast(device, cfg.precision):
-                        logits = net(inputs, targets)
-                        loss = batch_loss(pipeline, logits, targets, cfg.label_smoothing)
-                    optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss).backward()
-                    if cfg.grad_clip:
-                        scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    scaler.step(optimizer)
-                    scaler.update()
-                    # one collective a step: a stop asked for on any rank, the clock's largest
-                    flags = distributed.largest([float(stop.requested), clock.used()], ranks)
-                    shared["used"] = flags[1]
-                    scheduler.step()
-                    state["step"] += 1
-                    last = i + 1 == len(batches)
-                    due = bool(cfg.checkpoint_every_steps) and not last and \
-                        state["step"] % cfg.checkpoint_every_steps == 0
-                    stopping = bool(flags[0])
-                    # the next batch is prepared while the device still runs this step (not
-                    # when a checkpoint is due, which must hold the random state before it)
-                    pending = prepare(batches[i + 1]) if not (last or due or stopping) else None
-                    running.update(len(batches[i]), loss=loss.item(),
-                                   accuracy=mean_accuracy(pipeline, logits, targets))
-                    step_seconds += time.perf_counter() - step_began
-                    bar.advance(running.means(), running.examples_per_second())
-                    if stopping and not last:
-                        save_checkpoint(epoch, i + 1, running)
-                        raise KeyboardInterrupt
-                    if due:
-                        save_checkpoint(epoch, i + 1, running)
-                    if flags[1] >= 1.0:
-                        out_of_time = True
-                        break  # out of time: validate what this epoch learned, then stop
-                state["position"], state["running"], state["epochs_run"] = 0, None, epoch
-                state["order_rng"] = order_rng.bit_generator.state  # the next epoch's start
-
-                # --- evaluate
-                # train metrics over every rank's rows; throughput of all ranks together
-                means = distributed.weighted_mean(running.means(), running.count, ranks)
-                speed = distributed.weighted_mean(
-                    {"speed": running.examples_per_second()}, 1.0, ranks)["speed"] * ranks.world
-                record = {"epoch": epoch, **{f"train_{k}": v for k, v in means.items()},
-                          "examples_per_second": speed,
-                          "learning_rate": optimizer.param_groups[0]["lr"],
-                          "seconds": clock.elapsed()}
-                valid = validation_metrics(pipeline, valid_data, cfg, ranks) \
-                    if valid_data else None
-                if valid:
-                    record.update({f"valid_{k}": v for k, v in valid.items()})
-                record["epoch_seconds"] = time.perf_counter() - epoch_started  # train + validate
-                bar.finish(record)
-                if ranks.main:
-                    _append_jsonl(metrics_path, record)
-                state["records"] += 1
-                if on_epoch:
-                    on_epoch(record)
-
-                # --- keep the best
-                best = state["best"]
-                score = valid["loss"] if valid else -epoch  # without validation, the last
-                accuracy = valid["accuracy"] if valid else -math.inf
-                state["stalled"] = 0 if not valid or improved(score, accuracy, best) \
-                    else state["stalled"] + 1
-                best["accuracy"] = max(best["accuracy"], accuracy)
-                if score < best["loss"]:
-                    best.update(loss=score, epoch=epoch, metrics=record,
-                                state=copy.deepcopy(model.state_dict()))
-                    if on_best and ranks.main:
-                        on_best(epoch)
-                stop_now = distributed.any_rank(stop.requested, ranks)
-                ending = bool(patience and state["stalled"] >= patience) or out_of_time \
-                    or epoch == epochs
-                state["finished"] = ending and not stop_now
-                save_checkpoint(epoch + 1, 0, None)
-                if stop_now:
-                    raise KeyboardInterrupt
-                if ending:
-                    break
-        except KeyboardInterrupt:
-            interrupted = not state["finished"]
-        finally:
-            bar.close()
-            writer.wait()  # the last checkpoint is on disk before train() returns
-
-    # --- restore the best
-    best = state["best"]
-    if best["state"] is not None:
-        model.load_state_dict(best["state"])
-    model.eval()
-    epochs_run = state["epochs_run"]
-    return {"epochs": epochs_run, "best_epoch": best["epoch"], "best": best["metrics"],
-            "seconds": round(clock.elapsed(), 2), "interrupted": interrupted,
-            "stopped_early": epochs_run < epochs and not interrupted,
-            "data_share": round(prepare_seconds / step_seconds, 4), "steps": state["step"]}
-
-
 def fresh_state() -> dict:
     """What a checkpoint holds besides module and random states, at the start of a run."""
     return {"epoch": 1, "position": 0, "step": 0, "order_rng": None, "running": None,
@@ -350,52 +387,3 @@ def resume_state(saved: dict, ranks: Ranks) -> dict:
                           f"and this run has {ranks.world}; resume with --nproc "
                           f"{saved.get('world', 1)}")
     return {key: saved[key] for key in fresh_state()}
-
-
-def random_states(generator: torch.Generator, device: torch.device) -> dict:
-    """This process's random states: torch's CPU (and CUDA) generators and the augmentation
-    generator. The batch order's generator is in the loop state, as of the epoch's start."""
-    return {"torch": torch.get_rng_state(), "augment": generator.get_state(),
-            "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None}
-
-
-def restore_modules(saved: dict, ranks: Ranks, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer, scheduler, scaler,
-                    generator: torch.Generator) -> None:
-    """Load a checkpoint's module, optimizer, scheduler, scaler and random states."""
-    model.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    scaler.load_state_dict(saved["scaler"])
-    rng = saved["rngs"][ranks.rank]
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["augment"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(rng["cuda"], torch.cuda.current_device())
-
-
-def wrap_distributed(model: torch.nn.Module, data: EncodedTable, pipeline: Pipeline,
-                     ranks: Ranks) -> torch.nn.Module:
-    """``model`` in DistributedDataParallel under torchrun (itself otherwise).
-
-    When an input can be missing from every row of a batch (missing values, or modality
-    dropout), its encoder takes no part in that step; DDP is then told to look for unused
-    parameters instead of waiting for their gradients forever.
-    """
-    if not ranks.active:
-        return model
-    from torch.nn.parallel import DistributedDataParallel
-
-    can_miss = any((col.index == MISSING).any() for col in data.inputs.values()) or any(
-        i.modality_dropout for i in pipeline.config.inputs)
-    device = pipeline.device
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   find_unused_parameters=can_miss)
-
-
-def _append_jsonl(path: Path | None, record: dict) -> None:
-    if path is None:
-        return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v
-                            for k, v in record.items()}) + "\n")

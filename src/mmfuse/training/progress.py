@@ -1,6 +1,12 @@
-"""A rich progress bar per epoch: loss, accuracy and examples per second as it trains."""
+"""What a run shows and records as it trains: a rich progress bar per epoch (loss, accuracy and
+examples per second), the epoch's line of ``metrics.jsonl``, and the share of step time spent
+preparing batches."""
 
 from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -50,3 +56,31 @@ class EpochProgress:
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+def append_record(path: Path | None, record: dict) -> None:
+    """Append the epoch's record to ``metrics.jsonl`` (floats to 6 decimals); no-op without one."""
+    if path is None:
+        return
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps({k: round(v, 6) if isinstance(v, float) else v
+                            for k, v in record.items()}) + "\n")
+
+
+class StepTimer:
+    """Time spent preparing batches against the whole step's (the summary's ``data_share``)."""
+
+    def __init__(self) -> None:
+        self.prepare_seconds = 0.0
+        self.step_seconds = 1e-9
+
+    def prepared(self, began: float) -> None:
+        """A batch prepared since ``began`` (a ``time.perf_counter()`` reading)."""
+        self.prepare_seconds += time.perf_counter() - began
+
+    def stepped(self, began: float) -> None:
+        """A step taken since ``began``."""
+        self.step_seconds += time.perf_counter() - began
+
+    def data_share(self) -> float:
+        return round(self.prepare_seconds / self.step_seconds, 4)
