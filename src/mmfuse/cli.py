@@ -18,6 +18,8 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from .errors import MmfuseError
+from .serve.settings import DEFAULTS as SERVE_DEFAULTS
+from .serve.settings import HOST, PORT, RUNTIME
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Build, train, evaluate and deploy multimodal models.")
@@ -58,7 +60,7 @@ def train(
     from .config import load_config
     from .training import distributed
 
-    load_config(config)  # validated before any data is read or any process starts
+    resolved = load_config(config)  # validated once, before any data is read or process starts
     if nproc > 1:  # the same command in N processes, started by torch.distributed.run
         options = {"--valid": valid, "--data-root": data_root, "--threads": threads,
                    "--device": device}
@@ -71,7 +73,7 @@ def train(
             raise MmfuseError(f"training in {nproc} processes failed (exit status {code}); "
                               "the first error is printed above")
         return
-    model = Model.from_config(config)
+    model = Model(resolved)
     ranks = distributed.from_env()
     try:
         summary = model.fit(data, valid, out=out_dir, data_root=data_root, threads=threads,
@@ -198,58 +200,68 @@ def serve(
         help="what 'mmfuse train --out' wrote (or, with --runtime onnx, what 'mmfuse export' "
         "wrote)")],
     host: Annotated[str, typer.Option(help="address to bind; 0.0.0.0 exposes the server")]
-    = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=0, max=65535)] = 8000,
-    max_batch_size: Annotated[int, typer.Option(min=1, help="rows per forward pass")] = 32,
+    = HOST,
+    port: Annotated[int, typer.Option(min=0, max=65535)] = PORT,
+    max_batch_size: Annotated[int, typer.Option(
+        min=1, help="rows per forward pass")] = SERVE_DEFAULTS.max_batch_size,
     max_wait_ms: Annotated[float, typer.Option(
-        min=0, help="longest a batch waits for more requests")] = 5.0,
+        min=0, help="longest a batch waits for more requests")] = SERVE_DEFAULTS.max_wait_ms,
     max_queue: Annotated[int, typer.Option(
-        min=1, help="requests waiting before new ones get 429")] = 256,
+        min=1, help="requests waiting before new ones get 429")] = SERVE_DEFAULTS.max_queue,
     timeout: Annotated[float, typer.Option(
-        min=0.1, help="seconds per request before 503")] = 30.0,
+        min=0.1, help="seconds per request before 503")] = SERVE_DEFAULTS.timeout_s,
     api_key: Annotated[str | None, typer.Option(
         envvar="MMFUSE_API_KEY", help="require 'Authorization: Bearer KEY' (or set "
-        "MMFUSE_API_KEY)")] = None,
-    runtime: Annotated[str, typer.Option(help="torch, or onnx for an export")] = "torch",
+        "MMFUSE_API_KEY)")] = SERVE_DEFAULTS.api_key,
+    runtime: Annotated[str, typer.Option(help="torch, or onnx for an export")] = RUNTIME,
     decode_threads: Annotated[int, typer.Option(
-        min=1, help="threads that check and decode requests")] = 2,
+        min=1, help="threads that check and decode requests")] = SERVE_DEFAULTS.decode_threads,
     workers: Annotated[int, typer.Option(
-        min=1, help="forward passes at once, splitting the cores between them")] = 2,
-    max_body_mb: Annotated[float, typer.Option(min=0.001, help="largest request body")] = 20.0,
-    max_image_pixels: Annotated[int, typer.Option(min=1)] = 40_000_000,
+        min=1, help="forward passes at once, splitting the cores between them")]
+    = SERVE_DEFAULTS.workers,
+    max_body_mb: Annotated[float, typer.Option(
+        min=0.001, help="largest request body")] = SERVE_DEFAULTS.limits.max_body_mb,
+    max_image_pixels: Annotated[int, typer.Option(min=1)]
+    = SERVE_DEFAULTS.limits.max_image_pixels,
     max_media_seconds: Annotated[float, typer.Option(
-        min=0.1, help="longest audio or video clip")] = 60.0,
-    max_text_chars: Annotated[int, typer.Option(min=1)] = 2000,
+        min=0.1, help="longest audio or video clip")] = SERVE_DEFAULTS.limits.max_media_seconds,
+    max_text_chars: Annotated[int, typer.Option(min=1)] = SERVE_DEFAULTS.limits.max_text_chars,
     max_batch_rows: Annotated[int, typer.Option(
-        min=1, help="rows of one /v1/predict/batch request")] = 64,
+        min=1, help="rows of one /v1/predict/batch request")]
+    = SERVE_DEFAULTS.limits.max_batch_rows,
     device: DeviceOption = None,
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn) with dynamic batching."""
-    from .serve import RUNTIMES
     from .serve import serve as run_server
-    from .serve.app import ServeSettings
-    from .serve.inputs import Limits
+    from .serve.settings import RUNTIMES, Limits, ServeSettings
 
     if runtime not in RUNTIMES:  # checked here too: the model loads after the server starts
         raise MmfuseError(f"--runtime {runtime!r}: use one of: {', '.join(RUNTIMES)}")
     _check_servable(run_dir, runtime)
+    device = _serve_device(runtime, device)
+    limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,
+                    max_batch_rows)
+    settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
+                             max_queue=max_queue, timeout_s=timeout, api_key=api_key,
+                             limits=limits, decode_threads=decode_threads, workers=workers,
+                             device=device)
+    err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
+              f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
+              + ("; API key required" if api_key else ""), soft_wrap=True)
+    run_server(run_dir, host, port, runtime, settings)
+
+
+def _serve_device(runtime: str, device: str | None) -> str:
+    """Where the served model runs: ``--device`` resolved for torch (a bad device fails before
+    the server binds), the CPU for onnx."""
     if runtime == "onnx" and device not in (None, "cpu", "auto"):
         raise MmfuseError(f"--device {device}: the onnx runtime runs on the CPU; serve the run "
                           "folder with --runtime torch to use a GPU")
     if runtime == "torch":
         from .device import resolve_device
 
-        device = str(resolve_device(device or "auto"))  # a bad device fails before binding
-    limits = Limits(max_body_mb, max_image_pixels, max_media_seconds, max_text_chars,
-                    max_batch_rows)
-    settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
-                             max_queue=max_queue, timeout_s=timeout, api_key=api_key,
-                             limits=limits, decode_threads=decode_threads, workers=workers,
-                             device=device or "cpu")
-    err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
-              f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
-              + ("; API key required" if api_key else ""), soft_wrap=True)
-    run_server(run_dir, host, port, runtime, settings)
+        return str(resolve_device(device or "auto"))
+    return device or SERVE_DEFAULTS.device
 
 
 def _check_servable(path: Path, runtime: str) -> None:
@@ -325,15 +337,16 @@ def datasets(
 
 @app.command("list")
 def list_components(
-    kind: Annotated[str, typer.Argument(help="fusions, encoders, heads or modalities")],
+    kind: Annotated[str, typer.Argument(help="fusions, encoders, heads, modalities or "
+                                        "outputs")],
     as_json: JsonFlag = False,
 ) -> None:
-    """List the registered fusions, encoders, heads or modalities (input types, with their
-    preprocess options)."""
-    from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES
+    """List the registered fusions, encoders, heads, modalities (input types, with their
+    preprocess options) or outputs (output types, with theirs)."""
+    from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES, OUTPUTS
 
     registries = {"fusions": FUSIONS, "encoders": ENCODERS, "heads": HEADS,
-                  "modalities": MODALITIES}
+                  "modalities": MODALITIES, "outputs": OUTPUTS}
     if kind not in registries:
         raise MmfuseError(f"unknown kind {kind!r}; choose one of: {', '.join(registries)}")
     from .config import encoder_modalities

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from ..config import load_config
 from ..errors import BundleError, MmfuseError, require
 from ..model import FUSED
 from ..pipeline import Pipeline
-from ..training.predictors import to_onnx
+from ..predictors import to_onnx
 from .examples import CHECKS, TRACE, example_batch
 from .graph import GraphInput, GraphModule, dynamic_axes, flatten, graph_inputs
 from .runtime import OnnxModel, build_heads, run_predictor
@@ -77,42 +78,22 @@ def export_onnx(source: str | Path, out_dir: str | Path) -> dict:
     bundle = find_bundle(source)
     model = Model.load(bundle)
     pipeline, net = model.pipeline, model.pipeline.model.eval()
-    text = [n for n, head in net.heads.items() if getattr(head, "generates", False)]
-    if text:
-        raise MmfuseError(f"{bundle}: text output {text[0]!r} cannot be exported to ONNX yet "
-                          "(its search loops over generated tokens); serve the PyTorch model "
-                          f"with: mmfuse serve {source}")
+    _refuse_text_outputs(net, bundle, source)
     trace_batch = example_batch(pipeline, TRACE, seed=0)
     inputs = graph_inputs(model.config, trace_batch)
     outputs = list(pipeline.outputs)
-    served = pipeline.served
-    graph_outputs = outputs + ([FUSED] if served else [])
     batches = [trace_batch] + [example_batch(pipeline, c, seed=i + 1)
                                for i, c in enumerate(CHECKS)]
     target = Path(out_dir)
     with atomic_folder(target) as tmp:
-        # eval(): the exporter sets the traced module's mode back afterwards, for all of net
-        graph = GraphModule(net, inputs, graph_outputs).eval()
-        _trace(graph, inputs, graph_outputs, trace_batch, tmp / "model.onnx")
-        extra = sorted(p.name for p in tmp.iterdir() if p.name != "model.onnx")
-        if extra:
-            raise MmfuseError(f"the model is too large for a single ONNX file (2 GB); the "
-                              f"exporter wrote external data {extra}")
-        onnx.checker.check_model(str(tmp / "model.onnx"))
+        graph_outputs = outputs + ([FUSED] if pipeline.served else [])
+        _write_graph(onnx, net, inputs, graph_outputs, trace_batch, tmp)
         for name in ("config.json", "preprocessors.json"):
             shutil.copyfile(bundle / name, tmp / name)
         session = OnnxModel(tmp / "model.onnx", inputs, outputs, {})
-        difference = max(_difference(net, session, b) for b in batches)
-        if not difference <= TOLERANCE:
-            raise MmfuseError(
-                f"the ONNX graph of {bundle} differs from the PyTorch model by {difference:.3g} "
-                f"(more than {TOLERANCE}) on a check batch; nothing was written. Please report "
-                "this with the model's config.json")
+        difference = _check_graph(net, session, batches, bundle)
         predictors = _export_predictors(pipeline, net, batches, tmp)
-        with torch.no_grad():
-            shapes = {n: list(v.shape[1:]) for n, v in net(trace_batch).items()}
-        outputs_info = [{"name": n, "shape": ["batch", *shapes[n]], "dtype": "float32"}
-                        for n in outputs]
+        outputs_info = _outputs_info(net, trace_batch, outputs)
         manifest = _manifest(tmp, inputs, outputs_info, predictors)
         write_json(tmp / "manifest.json", manifest)
     files = (*FILES, *(p["file"] for p in predictors), "manifest.json")
@@ -120,6 +101,59 @@ def export_onnx(source: str | Path, out_dir: str | Path) -> dict:
             "inputs": manifest["inputs"], "outputs": outputs_info, "predictors": predictors,
             "opset": OPSET, "seconds": round(time.perf_counter() - start, 3),
             "max_abs_diff": difference}
+
+
+def _refuse_text_outputs(net: torch.nn.Module, bundle: Path, source: str | Path) -> None:
+    """Raise when the model generates text: its search loops over generated tokens.
+
+    Raises:
+        MmfuseError: the model has a text output.
+    """
+    text = [n for n, head in net.heads.items() if head.traits.generates]
+    if text:
+        raise MmfuseError(f"{bundle}: text output {text[0]!r} cannot be exported to ONNX yet "
+                          "(its search loops over generated tokens); serve the PyTorch model "
+                          f"with: mmfuse serve {source}")
+
+
+def _write_graph(onnx: ModuleType, net: torch.nn.Module, inputs: list[GraphInput],
+                 graph_outputs: list[str], trace_batch: dict, folder: Path) -> None:
+    """Trace ``net`` into ``folder/model.onnx`` as one file and check it with ONNX's checker.
+
+    Raises:
+        MmfuseError: the exporter wrote external data (a model over 2 GB), or tracing failed.
+    """
+    # eval(): the exporter sets the traced module's mode back afterwards, for all of net
+    graph = GraphModule(net, inputs, graph_outputs).eval()
+    _trace(graph, inputs, graph_outputs, trace_batch, folder / "model.onnx")
+    extra = sorted(p.name for p in folder.iterdir() if p.name != "model.onnx")
+    if extra:
+        raise MmfuseError(f"the model is too large for a single ONNX file (2 GB); the "
+                          f"exporter wrote external data {extra}")
+    onnx.checker.check_model(str(folder / "model.onnx"))
+
+
+def _check_graph(net: torch.nn.Module, session: OnnxModel, batches: list[dict],
+                 bundle: Path) -> float:
+    """The largest logit difference between ONNX and PyTorch over ``batches``.
+
+    Raises:
+        MmfuseError: the difference is over ``TOLERANCE``.
+    """
+    difference = max(_difference(net, session, b) for b in batches)
+    if not difference <= TOLERANCE:
+        raise MmfuseError(
+            f"the ONNX graph of {bundle} differs from the PyTorch model by {difference:.3g} "
+            f"(more than {TOLERANCE}) on a check batch; nothing was written. Please report "
+            "this with the model's config.json")
+    return difference
+
+
+def _outputs_info(net: torch.nn.Module, batch: dict, outputs: list[str]) -> list[dict]:
+    """The manifest entry of each head output: name, shape with a named batch axis, dtype."""
+    with torch.no_grad():
+        shapes = {n: list(v.shape[1:]) for n, v in net(batch).items()}
+    return [{"name": n, "shape": ["batch", *shapes[n]], "dtype": "float32"} for n in outputs]
 
 
 def _export_predictors(pipeline: Pipeline, net: torch.nn.Module, batches: list[dict],
@@ -142,8 +176,9 @@ def _export_predictors(pipeline: Pipeline, net: torch.nn.Module, batches: list[d
         file = f"predictor_{name}.onnx"
         (folder / file).write_bytes(to_onnx(predictor, fused.shape[1], OPSET))
         session = ort.InferenceSession(str(folder / file), providers=["CPUExecutionProvider"])
-        got = run_predictor(session, predictor.output_type, fused)
-        expected = predictor.model.predict(fused) if predictor.output_type == "number" else \
+        regression = predictor.kind.regression
+        got = run_predictor(session, regression, fused)
+        expected = predictor.model.predict(fused) if regression else \
             predictor.model.predict_proba(fused)
         difference = float(np.abs(got - expected).max())
         if not difference <= PREDICTOR_TOLERANCE:

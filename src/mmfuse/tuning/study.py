@@ -67,16 +67,8 @@ def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, t
     check_inputs(config, data, valid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    storage = open_storage(optuna, out)
-    study = open_study(optuna, storage, tune, worker=0)
-    check_same_search(study, raw, out)
-    fail_interrupted(optuna, storage, study)
-    done = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(optuna, tune, 0, done)  # seeded so a resume draws anew
-
-    target = min(trials, math.prod(len(v) for v in tune.grid().values())) \
-        if tune.sampler == "grid" else trials  # a grid's extra trials would only repeat points
-    remaining = max(0, target - done)
+    study, done = resume_study(optuna, tune, raw, out)
+    remaining = trials_left(tune, trials, done)
     workers = min(jobs, remaining)
     search = Search(raw={k: v for k, v in raw.items() if k != "tune"},
                     resolved=config.model_dump(mode="json", exclude={"tune"}), tune=tune,
@@ -84,23 +76,63 @@ def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, t
                     data_root=Path(data_root) if data_root else None, out=out,
                     deadline=started + 60 * minutes if minutes else math.inf,
                     threads=max(1, available_cpus() // max(1, workers)), done=done)
+    return run_trials(study, search, remaining, workers, started, live)
+
+
+def resume_study(optuna: Any, tune: TuneConfig, raw: dict, out: Path) -> tuple[Any, int]:
+    """Open (or create) the study in ``out/study.db`` for this config, mark the trials an
+    interrupted run left RUNNING as failed, and seed the sampler so a resume draws anew.
+
+    Returns:
+        The study and the number of trials it already holds.
+
+    Raises:
+        ConfigError: the study there searches another config.
+    """
+    storage = open_storage(optuna, out)
+    study = open_study(optuna, storage, tune, worker=0)
+    check_same_search(study, raw, out)
+    fail_interrupted(optuna, storage, study)
+    done = len(study.get_trials(deepcopy=False))
+    study.sampler = make_sampler(optuna, tune, 0, done)
+    return study, done
+
+
+def trials_left(tune: TuneConfig, trials: int, done: int) -> int:
+    """How many trials this run adds to a study of ``done`` to reach ``trials``; a grid stops
+    at its number of points, as its extra trials would only repeat them."""
+    target = min(trials, math.prod(len(v) for v in tune.grid().values())) \
+        if tune.sampler == "grid" else trials
+    return max(0, target - done)
+
+
+def run_trials(study: Any, search: Search, remaining: int, workers: int, started: float,
+               live: bool) -> dict:
+    """Run ``remaining`` trials here or in ``workers`` processes, then write the outputs.
+
+    On Ctrl-C, or when a worker crashed, the outputs of the trials that ended are still
+    written before the error is raised.
+
+    Raises:
+        RuntimeError: a worker process crashed (a bug, not a user error).
+    """
     crashed: list[str] = []
     try:
-        with TrialTable(study, tune, enabled=live) as table:
+        with TrialTable(study, search.tune, enabled=live) as table:
             if workers == 1:
                 run_share(study, search, remaining, worker=0, on_trial=table.refresh)
             elif workers > 1:
                 crashed = run_workers(search, shares(remaining, workers), table)
     except KeyboardInterrupt:  # the workers' trials ended failed: still write what ended
         with contextlib.suppress(MmfuseError):
-            write_outputs(study, search.raw, search.resolved, tune, out, started)
+            write_outputs(study, search.raw, search.resolved, search.tune, search.out, started)
         raise
     if crashed:  # a bug, not a user error: report it even when no trial completed
         with contextlib.suppress(MmfuseError):
-            write_outputs(study, search.raw, search.resolved, tune, out, started)
+            write_outputs(study, search.raw, search.resolved, search.tune, search.out, started)
         raise RuntimeError(f"{', '.join(crashed)}; its traceback is above (trials.csv lists "
                            "the trials that ended)")
-    return write_outputs(study, search.raw, search.resolved, tune, out, started)
+    return write_outputs(study, search.raw, search.resolved, search.tune, search.out, started)
 
 
 def read_config(source: str | Path | dict) -> tuple[dict, Config]:
