@@ -459,8 +459,7 @@ def test_cnn_token_centres_are_the_middle_of_each_receptive_field():
 # --- a text output ----------------------------------------------------------------------------
 
 def test_a_text_output_is_explained_toward_the_text_it_generated(tmp_path):
-    from mmfuse.explain.attribution import generated_ids
-    from mmfuse.outputs.text import BOS_ID, EOS_ID
+    from mmfuse.outputs.text import BOS_ID, EOS_ID, generated_ids
 
     train = make_shapes_captions(tmp_path / "data", 40, seed=1, name="train.csv")
     model = mmfuse.Model.from_config(CAPTIONS)
