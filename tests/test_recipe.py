@@ -24,6 +24,8 @@ def no_data_read(monkeypatch):
     ({"encoder": {"type": "cnn"}}, r"encoder 'cnn' has no frozen pretrained part"),
     ({"encoder": {"type": "efficientnet_lite0"}, "preprocess": {"size": 32, "pad_crop": 2}},
      r"augments at random"),
+    ({"encoder": {"type": "efficientnet_lite0", "freeze": False}, "preprocess": {"size": 32}},
+     r"encoder 'efficientnet_lite0' has no frozen pretrained part"),
 ])
 def test_cache_features_true_that_cannot_apply_fails_before_the_table_is_read(
         minimal_config, tmp_path, no_data_read, image, why):
@@ -73,3 +75,20 @@ def test_train_validates_the_config_and_builds_the_pipeline_once(
          "--threads", "1", "--json"], standalone_mode=False)
     assert (tmp_path / "run" / "model").is_dir()
     assert calls == {"load_config": 1, "from_config": 1}
+
+
+def test_build_time_option_checks_fail_when_the_config_is_loaded():
+    """Checks that need only an encoder's options run with the config's validation."""
+    from mmfuse.config import load_config
+
+    video = {"inputs": [{"name": "clip", "type": "video",
+                         "encoder": {"type": "frame_cnn", "temporal": "transformer",
+                                     "heads": 5}}],
+             "outputs": [{"name": "y", "type": "category"}]}
+    with pytest.raises(ConfigError, match="heads=5 must divide dim=128"):
+        load_config(video)
+    audio = {"inputs": [{"name": "a", "type": "audio",
+                         "encoder": {"type": "audio_cnn", "dim": 63}}],
+             "outputs": [{"name": "y", "type": "category"}]}
+    with pytest.raises(ConfigError, match="temporal gru needs an even dim"):
+        load_config(audio)

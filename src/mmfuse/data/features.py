@@ -34,6 +34,8 @@ from ..registry import ENCODERS
 from .cache import cache_dir, cached_arrays
 
 BATCH = 32  # items per forward pass of the frozen part
+NOT_FROZEN = ("its encoder {encoder!r} has no frozen pretrained part (set freeze: true, where "
+              "the encoder has it)")
 AUGMENTS = "its preprocessing augments at random (turn the augmentation off)"
 
 
@@ -70,8 +72,7 @@ def caching_inputs(pipeline) -> list:
         encoder = pipeline.model.encoders[spec.name]
         why = None
         if not encoder.traits.cacheable:
-            why = (f"its encoder {spec.encoder['type']!r} has no frozen pretrained part (set "
-                   "freeze: true, where the encoder has it)")
+            why = NOT_FROZEN.format(encoder=spec.encoder["type"])
         elif pipeline.inputs[spec.name].augments():
             why = AUGMENTS
         elif spec.name == serial_target:
@@ -84,10 +85,10 @@ def caching_inputs(pipeline) -> list:
 
 
 def check_cache_settings(pipeline) -> None:
-    """Before any data is read: ``cache_features: true`` where the config alone shows it
-    cannot apply (the encoder type has no frozen part, the preprocessing augments at random).
-    What depends on the built model (weights that train, a fusion that modulates the encoder)
-    is checked by :func:`caching_inputs` once it is built.
+    """Before any data is read: ``cache_features: true`` where the config shows it cannot
+    apply (the encoder, with its options, has no frozen part: ``Encoder.cacheable_with``; the
+    preprocessing augments at random). A fusion that modulates the encoder (FiLM's target) is
+    known once the model is built, and checked by :func:`caching_inputs`.
 
     Raises:
         ConfigError: naming the input and why.
@@ -95,9 +96,11 @@ def check_cache_settings(pipeline) -> None:
     for spec in pipeline.config.inputs:
         if spec.cache_features is not True:
             continue
-        if not hasattr(ENCODERS.get(spec.encoder["type"]).builder, "frozen_features"):
-            raise cannot_cache(spec, f"its encoder {spec.encoder['type']!r} has no frozen "
-                                     "pretrained part")
+        entry = ENCODERS.get(spec.encoder["type"])
+        options = entry.options.model_validate(
+            {k: v for k, v in spec.encoder.items() if k != "type"})
+        if not entry.builder.cacheable_with(options):
+            raise cannot_cache(spec, NOT_FROZEN.format(encoder=spec.encoder["type"]))
         if pipeline.inputs[spec.name].augments():
             raise cannot_cache(spec, AUGMENTS)
 

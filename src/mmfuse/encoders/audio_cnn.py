@@ -19,12 +19,11 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..config_base import Options
-from ..errors import ConfigError
 from ..features import Features, all_present, masked_max, masked_mean
 from ..registry import ENCODERS
 from ..specs import EncoderSpec, EncoderTraits
@@ -42,6 +41,13 @@ class AudioCNNOptions(Options):
         "gru", description="'gru' (default): a bidirectional GRU over the time tokens, so each "
         "token knows its context and the pooled vector knows the order of sounds; 'none' "
         "pools the CNN's tokens directly, which is blind to order ('rising' = 'falling')")
+
+    @model_validator(mode="after")
+    def _even_dim_for_gru(self) -> AudioCNNOptions:
+        if self.temporal == "gru" and self.dim % 2:
+            raise ValueError(f"temporal gru needs an even dim (half per direction), not "
+                             f"{self.dim}")
+        return self
 
 
 @ENCODERS.register("audio_cnn", AudioCNNOptions)
@@ -69,8 +75,6 @@ class AudioCNNEncoder(Encoder):
         self.rnn = nn.GRU(options.dim, options.dim // 2, batch_first=True, bidirectional=True) \
             if options.temporal == "gru" else None
         self.token_features = nn.Identity()  # explain: attributions are taken here
-        if self.rnn is not None and options.dim % 2:
-            raise ConfigError(f"audio_cnn: temporal gru needs an even dim, not {options.dim}")
 
     def _shrink(self, size):
         """Length of an axis after one block (works on ints and tensors)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import Any
 
 from torch import nn
 
@@ -46,6 +47,19 @@ class Encoder(nn.Module):
         self.modality = spec.modality
 
     @classmethod
+    def cacheable_with(cls, options: Any) -> bool:
+        """Whether an encoder built with ``options`` has a frozen part whose outputs can be
+        cached (``traits.cacheable``), decided from the options alone, so that the config is
+        checked before any data is read; by default the class's trait."""
+        return cls.traits.cacheable
+
+    @classmethod
+    def frozen_with(cls, options: Any) -> bool:
+        """Whether an encoder built with ``options`` has no trainable parameter at all (a
+        backbone that another encoder may cache whole); by default False."""
+        return False
+
+    @classmethod
     def default_preprocess(cls, encoder: dict) -> dict:
         """Preprocessing that pretrained weights expect (size, mean, std), filling what the
         config leaves out; ``encoder`` is the resolved encoder config. None by default."""
@@ -70,10 +84,14 @@ class Encoder(nn.Module):
 #   default_preprocess(encoder) -> dict            (a classmethod / staticmethod)
 #       preprocessing the weights were trained with (e.g. size, mean, std); it applies to every
 #       key the config leaves out, and the resolved config (hence the bundle) records it;
-#   traits.cacheable: bool
+#   cacheable_with(options) -> bool                (a classmethod; ``traits.cacheable``)
 #       True when the part run by ``frozen_features`` has no trainable parameter and is
 #       deterministic (frozen weights, batch norm and dropout in eval mode), so its outputs can be
-#       computed once per item and cached (``cache_features``);
+#       computed once per item and cached (``cache_features``); decided from the options alone,
+#       so ``cache_features: true`` is checked before any data is read, and the built encoder
+#       sets ``traits.cacheable`` from it;
+#   frozen_with(options) -> bool                   (a classmethod)
+#       True when nothing of it trains at all (``frame_cnn`` caches such a backbone whole);
 #   frozen_features(**tensors) -> dict[str, Tensor]
 #       the frozen part's outputs per item (each ``[U, ...]``);
 #   from_frozen(**frozen) -> Features

@@ -273,6 +273,15 @@ class EfficientNetLiteEncoder(Encoder):
     variant = "lite0"
     backbone_dim = HEAD_CHANNELS
 
+    @classmethod
+    def cacheable_with(cls, options: EfficientNetLiteOptions) -> bool:
+        """Frozen: the whole backbone, or what comes before the ``train_last_blocks``."""
+        return options.freeze
+
+    @classmethod
+    def frozen_with(cls, options: EfficientNetLiteOptions) -> bool:
+        return options.freeze and not options.train_last_blocks
+
     def __init__(self, options: EfficientNetLiteOptions, spec: EncoderSpec) -> None:
         super().__init__(spec)
         name, size = f"efficientnet_{self.variant}", tuple(spec.size)
@@ -285,7 +294,7 @@ class EfficientNetLiteEncoder(Encoder):
         self.freeze, self.last_blocks = options.freeze, options.train_last_blocks
         # frozen: the output of the frozen part (the whole backbone, or everything before the
         # ``train_last_blocks``) can be cached per image
-        self.traits = replace(self.traits, cacheable=self.freeze)
+        self.traits = replace(self.traits, cacheable=self.cacheable_with(options))
         self._check_trainable(name, size)
         self.backbone.requires_grad_(not self.freeze)
         for module in self._trained_part():

@@ -24,11 +24,10 @@ from dataclasses import replace
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ..errors import ConfigError
 from ..features import Features, all_present, masked_mean
 from ..registry import ENCODERS
 from ..specs import EncoderSpec, EncoderTraits
@@ -55,6 +54,12 @@ class FrameCNNOptions(CNNOptions):
         None, description="an image encoder run on every frame instead of the small CNN, e.g. "
         "{type: efficientnet_lite0} (its pooled vector per frame, projected to dim)")
 
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> FrameCNNOptions:
+        if self.temporal == "transformer" and self.dim % self.heads:
+            raise ValueError(f"heads={self.heads} must divide dim={self.dim}")
+        return self
+
     @field_validator("backbone", mode="after")
     @classmethod
     def _resolve_backbone(cls, value: Any) -> dict | None:
@@ -80,10 +85,17 @@ class FrameCNNEncoder(Encoder):
 
     traits = EncoderTraits(modalities=("video",))  # cacheable: set in __init__
 
+    @classmethod
+    def cacheable_with(cls, options: FrameCNNOptions) -> bool:
+        """A backbone with nothing to train: its frame vectors can be cached."""
+        if options.backbone is None:
+            return False
+        entry = ENCODERS.get(options.backbone["type"])
+        return entry.builder.frozen_with(entry.options.model_validate(
+            {k: v for k, v in options.backbone.items() if k != "type"}))
+
     def __init__(self, options: FrameCNNOptions, spec: EncoderSpec) -> None:
         super().__init__(spec)
-        if options.temporal == "transformer" and options.dim % options.heads:
-            raise ConfigError(f"frame_cnn: heads={options.heads} must divide dim={options.dim}")
         image_spec = EncoderSpec("image", channels=spec.channels, size=spec.size)
         if options.backbone is None:
             frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
@@ -92,10 +104,7 @@ class FrameCNNEncoder(Encoder):
             from ..model import build_component
 
             self.backbone = build_component(ENCODERS, options.backbone, image_spec)
-            trains = any(p.requires_grad for p in self.backbone.parameters())
-            # a backbone with nothing to train: its frame vectors can be cached
-            self.traits = replace(self.traits,
-                                  cacheable=self.backbone.traits.cacheable and not trains)
+            self.traits = replace(self.traits, cacheable=self.cacheable_with(options))
             self.frame_project = nn.Sequential(
                 nn.Linear(self.backbone.pooled_dim, options.dim), nn.ReLU(inplace=True),
                 nn.Dropout(options.dropout))

@@ -301,12 +301,21 @@ class HFImageOptions(HFOptions):
 class HFEncoder(Encoder):
     """What hf_text and hf_image share: the model at ``self.model``, freezing and pooling."""
 
+    @classmethod
+    def cacheable_with(cls, options: HFOptions) -> bool:
+        return options.freeze
+
+    @classmethod
+    def frozen_with(cls, options: HFOptions) -> bool:
+        return options.freeze
+
     def __init__(self, options: HFOptions, spec: EncoderSpec) -> None:
         super().__init__(spec)
         self.model = load_model(Path(options.path).expanduser(), options.hf_config)
         self.freeze = options.freeze
         # frozen weights in eval mode: ``frozen_features`` is the same every epoch
-        self.traits = replace(self.traits, cacheable=self.freeze)
+        # HFEncoder's own rule: a subclass (minilm) maps its options to these HF options
+        self.traits = replace(self.traits, cacheable=HFEncoder.cacheable_with(options))
         self.pool = options.pool
         self.model.requires_grad_(not options.freeze)
         self.token_dim = self.pooled_dim = self.model.config.hidden_size

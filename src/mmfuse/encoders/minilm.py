@@ -41,6 +41,14 @@ def minilm_path() -> Path:
 class MiniLMEncoder(HFTextEncoder):
     """Pretrained MiniLM-L6 transformer; frozen unless ``finetune: true``."""
 
+    @classmethod
+    def cacheable_with(cls, options: MiniLMOptions) -> bool:
+        return not options.finetune
+
+    @classmethod
+    def frozen_with(cls, options: MiniLMOptions) -> bool:
+        return not options.finetune
+
     def __init__(self, options: MiniLMOptions, spec: EncoderSpec) -> None:
         hf = HFTextOptions(path=str(minilm_path()), pool="mean", freeze=not options.finetune)
         super().__init__(hf, spec)
