@@ -24,7 +24,6 @@ from mmfuse.errors import ConfigError
 from mmfuse.features import Features
 from mmfuse.modalities.image import ImagePreprocessor
 from mmfuse.modalities.text import TextPreprocessor
-from mmfuse.model import build_component
 from mmfuse.registry import ENCODERS
 from mmfuse.specs import EncoderSpec
 
@@ -66,7 +65,7 @@ def image_input(path: Path | str, **encoder) -> dict:
 def build(spec: dict, input_spec: EncoderSpec | None = None):
     """The encoder of one input dict, from its resolved (validated) config."""
     resolved = InputConfig.model_validate(spec)
-    return build_component(ENCODERS, resolved.encoder, input_spec or EncoderSpec(resolved.type))
+    return ENCODERS.build(resolved.encoder, input_spec or EncoderSpec(resolved.type))
 
 
 def text_batch() -> dict[str, torch.Tensor]:
@@ -233,10 +232,10 @@ def test_bundle_build_reads_no_folder(folders, tmp_path):
     """Under weights_from_bundle the architecture comes from the recorded hf_config."""
     folder = shutil.copytree(folders["clip"], tmp_path / "clip")
     resolved = InputConfig.model_validate(image_input(folder)).encoder
-    original = build_component(ENCODERS, resolved, EncoderSpec("image"))
+    original = ENCODERS.build(resolved, EncoderSpec("image"))
     shutil.rmtree(folder)
     with weights_from_bundle():
-        rebuilt = build_component(ENCODERS, resolved, EncoderSpec("image"))
+        rebuilt = ENCODERS.build(resolved, EncoderSpec("image"))
     rebuilt.load_state_dict(original.state_dict())
     batch = image_batch()
     with torch.no_grad():

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from mmfuse.config import load_config
 from mmfuse.data.table import Table
 from mmfuse.errors import ConfigError, DataError
-from mmfuse.model import build_component
 from mmfuse.outputs import build_output_preprocessor
 from mmfuse.outputs.binary import best_f1_threshold, binary_metrics
 from mmfuse.outputs.category import category_metrics
@@ -40,7 +39,7 @@ def fitted(kind: str, values: list, **options):
     spec = output(kind, **options)
     prep = build_output_preprocessor(spec)
     prep.fit(table(values))
-    return prep, build_component(HEADS, spec.head, 4, prep.target_spec())
+    return prep, HEADS.build(spec.head, 4, prep.target_spec())
 
 
 # --- number

@@ -193,12 +193,11 @@ def test_early_stopping_counts_accuracy_gains_and_ignores_tiny_loss_gains():
 
 def test_pretrained_lr_multiplier_scales_only_the_pretrained_weights_that_train():
     from mmfuse.config import TrainingConfig
-    from mmfuse.model import build_component
     from mmfuse.registry import ENCODERS
     from mmfuse.specs import EncoderSpec
     from mmfuse.training.loop import make_optimizer
 
-    encoder = build_component(ENCODERS, {"type": "efficientnet_lite0", "train_last_blocks": 1,
+    encoder = ENCODERS.build({"type": "efficientnet_lite0", "train_last_blocks": 1,
                                          "dim": 8}, EncoderSpec("image", channels=3, size=(64, 64)))
     model = torch.nn.Sequential(encoder, torch.nn.Linear(8, 2))
     optimizer = make_optimizer(model, TrainingConfig(learning_rate=0.01,
@@ -208,8 +207,7 @@ def test_pretrained_lr_multiplier_scales_only_the_pretrained_weights_that_train(
     trainable_pretrained = {id(p) for p in encoder.pretrained_parameters() if p.requires_grad}
     assert {id(p) for p in pretrained["params"]} == trainable_pretrained
     assert trainable_pretrained and len(new["params"]) == 4  # the projection and the Linear
-    frozen = make_optimizer(torch.nn.Sequential(build_component(
-        ENCODERS, {"type": "efficientnet_lite0"},
+    frozen = make_optimizer(torch.nn.Sequential(ENCODERS.build({"type": "efficientnet_lite0"},
         EncoderSpec("image", channels=3, size=(32, 32))),
 
         torch.nn.Linear(1280, 2)), TrainingConfig(pretrained_lr_multiplier=0.1))

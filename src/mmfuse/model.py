@@ -20,13 +20,6 @@ if TYPE_CHECKING:
 FUSED = ".fused"  # the key of the fused vectors in forward's outputs (no output has a dot)
 
 
-def build_component(registry, spec: dict, *args):
-    """The registered component ``spec["type"]``, built with its validated options."""
-    entry = registry.get(spec["type"])
-    options = entry.options.model_validate({k: v for k, v in spec.items() if k != "type"})
-    return entry.builder(options, *args)
-
-
 def input_dims(encoder: Encoder, input_type: str) -> InputDims:
     """What the fusion knows of one input: its encoder's widths and traits, its type's role."""
     kind = modality(input_type)
@@ -49,7 +42,7 @@ class MultimodalModel(nn.Module):
                  output_specs: dict[str, TargetSpec]) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(
-            {i.name: build_component(ENCODERS, i.encoder, input_specs[i.name])
+            {i.name: ENCODERS.build(i.encoder, input_specs[i.name])
              for i in config.inputs}
         )
         self.placeholders = nn.ModuleDict(
@@ -57,7 +50,7 @@ class MultimodalModel(nn.Module):
                                  self.encoders[i.name].pooled_dim)
              for i in config.inputs if i.missing == "placeholder"})
         dims = {i.name: input_dims(self.encoders[i.name], i.type) for i in config.inputs}
-        self.fusion = build_component(FUSIONS, config.fusion, dims)
+        self.fusion = FUSIONS.build(config.fusion, dims)
         self.heads = nn.ModuleDict(
             {o.name: output_type(o.type).build_head(o, self.fusion.out_dim,
                                                     output_specs[o.name], dims)

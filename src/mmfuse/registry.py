@@ -60,6 +60,13 @@ class Registry:
         _load_components()
         return sorted(self._entries)
 
+    def build(self, spec: dict, *args: Any) -> Any:
+        """The registered component ``spec["type"]``, built with its validated options (the
+        rest of ``spec``) and ``args``."""
+        entry = self.get(spec["type"])
+        options = entry.options.model_validate({k: v for k, v in spec.items() if k != "type"})
+        return entry.builder(options, *args)
+
     def entries(self) -> list[Entry]:
         """All registered entries, sorted by name."""
         return [self._entries[n] for n in self.names()]

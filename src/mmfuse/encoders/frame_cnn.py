@@ -101,9 +101,7 @@ class FrameCNNEncoder(Encoder):
             frame = CNNOptions(**{k: getattr(options, k) for k in CNNOptions.model_fields})
             self.frame = CNNEncoder(frame, image_spec)
         else:
-            from ..model import build_component
-
-            self.backbone = build_component(ENCODERS, options.backbone, image_spec)
+            self.backbone = ENCODERS.build(options.backbone, image_spec)
             self.traits = replace(self.traits, cacheable=self.cacheable_with(options))
             self.frame_project = nn.Sequential(
                 nn.Linear(self.backbone.pooled_dim, options.dim), nn.ReLU(inplace=True),

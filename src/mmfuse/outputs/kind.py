@@ -80,10 +80,7 @@ class OutputType:
                    dims: dict[str, InputDims]) -> nn.Module:
         """The output's head, reading the fused vector of width ``in_dim`` (a head that also
         reads the inputs' features, as a text decoder does, overrides this to get ``dims``)."""
-        entry = HEADS.get(output.head["type"])
-        options = entry.options.model_validate(
-            {k: v for k, v in output.head.items() if k != "type"})
-        return entry.builder(options, in_dim, spec)
+        return HEADS.build(output.head, in_dim, spec)
 
     def scorer(self, head: nn.Module, raw: Any, target: np.ndarray, column: list,
                prep: Preprocessor) -> Score:

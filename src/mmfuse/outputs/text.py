@@ -253,10 +253,7 @@ class TextOutput(OutputType):
     def build_head(self, output: Any, in_dim: int, spec: TargetSpec,
                    dims: dict[str, InputDims]) -> nn.Module:
         """The decoder, which also attends over the inputs' tokens (``dims``)."""
-        entry = HEADS.get(output.head["type"])
-        options = entry.options.model_validate(
-            {k: v for k, v in output.head.items() if k != "type"})
-        return entry.builder(options, in_dim, spec, dims)
+        return HEADS.build(output.head, in_dim, spec, dims)
 
     def scorer(self, head, raw: dict, target: np.ndarray, column: list, prep: Any,
                teacher: torch.Tensor | None = None) -> Score:
