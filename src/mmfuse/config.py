@@ -17,6 +17,7 @@ from pydantic_core import PydanticCustomError
 
 from .config_base import StrictModel, did_you_mean, format_errors
 from .errors import ConfigError
+from .modalities.kind import modality
 from .outputs import output_type
 from .predictors import PREDICTORS, check_options
 from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES, OUTPUTS, Registry
@@ -87,8 +88,6 @@ class InputConfig(StrictModel):
 
     @model_validator(mode="after")
     def _resolve(self) -> InputConfig:
-        from .modalities.kind import modality
-
         kind = modality(self.type)
         if self.column is None:
             self.column = self.name
@@ -287,8 +286,6 @@ def default_fusion(inputs: list[InputConfig]) -> str:
     image encoded by ``cnn`` (the question rescales the CNN's channels, so it can ask about
     one object's colour or place; measured in ``benchmarks/results/default_fusion.md``), else
     ``concat``."""
-    from .modalities.kind import modality
-
     has_query = any(modality(i.type).query for i in inputs)
     has_film_target = any(ENCODERS.get(i.encoder["type"]).builder.traits.film_target
                           for i in inputs)

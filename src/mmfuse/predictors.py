@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import BundleError, require
+from .config_base import did_you_mean
+from .errors import BundleError, DataError, require
 from .outputs import output_type as output_kind
 
 # (predictor, task) -> estimator; the task is "regression" for output types that declare
@@ -122,8 +123,6 @@ def estimator(name: str, output_type: str, options: dict, seed: int = 0) -> Any:
     allowed = sorted(cls().get_params())
     unknown = sorted(set(params) - set(allowed))
     if unknown:
-        from .config_base import did_you_mean
-
         raise ValueError(f"predictor {name!r}: unknown option {unknown[0]!r}"
                          f"{did_you_mean(unknown[0], allowed)}; {cls_name} takes: "
                          f"{', '.join(allowed)}")
@@ -208,8 +207,6 @@ def fit_predictor(spec: dict, output_type: str, labels: int, fused: np.ndarray,
     Raises:
         DataError: the training rows hold a single class (nothing to tell apart).
     """
-    from .errors import DataError
-
     rows, y = output_kind(output_type).predictor_targets(targets)
     if not output_kind(output_type).regression and len(np.unique(y)) < 2:
         raise DataError(f"predictor {spec['type']!r}: the training rows hold one class only; "
