@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import csv
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +57,23 @@ def drawn_shapes(folder: Path, n_images: int, seed: int, name: str):
         path = f"img/{name.split('.')[0]}_{i:04d}.png"
         draw_shape(colour, shape, rng).save(folder / path)
         yield path, colour, shape
+
+
+@contextmanager
+def registered(*components: tuple, clear: Callable | None = None) -> Iterator[None]:
+    """Register ``(registry, name, options, builder)`` components for one test and remove them
+    afterwards; ``clear`` (a functools.cache'd lookup) is emptied on the way in and out."""
+    for registry, name, options, builder in components:
+        registry.register(name, options)(builder)
+    if clear is not None:
+        clear.cache_clear()
+    try:
+        yield
+    finally:
+        for registry, name, _, _ in components:
+            registry._entries.pop(name)
+        if clear is not None:
+            clear.cache_clear()
 
 
 def write_table(table: Path, rows: list[dict]) -> Path:

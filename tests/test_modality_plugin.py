@@ -95,13 +95,11 @@ class VectorMLP(Encoder):
 @pytest.fixture
 def vector_type():
     """The modality and its encoder registered for one test, then removed again."""
-    MODALITIES.register("vector", VectorOptions)(VectorModality)
-    ENCODERS.register("vector_mlp", VectorMLPOptions)(VectorMLP)
-    modality.cache_clear()
-    yield
-    MODALITIES._entries.pop("vector")
-    ENCODERS._entries.pop("vector_mlp")
-    modality.cache_clear()
+    from conftest import registered
+
+    with registered((MODALITIES, "vector", VectorOptions, VectorModality),
+                    (ENCODERS, "vector_mlp", VectorMLPOptions, VectorMLP), clear=modality):
+        yield
 
 
 CONFIG = {"inputs": [{"name": "v", "type": "vector"}, {"name": "w", "type": "number"}],

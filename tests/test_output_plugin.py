@@ -76,7 +76,6 @@ class CountHead(Head):
 class CountOutput(OutputType):
     """count: a whole number of at least 0."""
 
-    name = "count"
     preprocessor = CountPreprocessor
     main_metric = "exact"
     report_metrics = ("exact", "mae")
@@ -100,13 +99,11 @@ class CountOutput(OutputType):
 @pytest.fixture
 def count_type():
     """The output type and its head registered for one test, then removed again."""
-    OUTPUTS.register("count", NoOptions)(CountOutput)
-    HEADS.register("count", CountOptions)(CountHead)
-    output_type.cache_clear()
-    yield
-    OUTPUTS._entries.pop("count")
-    HEADS._entries.pop("count")
-    output_type.cache_clear()
+    from conftest import registered
+
+    with registered((OUTPUTS, "count", NoOptions, CountOutput),
+                    (HEADS, "count", CountOptions, CountHead), clear=output_type):
+        yield
 
 
 CONFIG = {"inputs": [{"name": "x", "type": "number"}, {"name": "c", "type": "category"}],

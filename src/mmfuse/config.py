@@ -53,6 +53,15 @@ def resolve_component(registry: Registry, spec: Any, default_type: str | None = 
     return {"type": name, **options.model_dump()}
 
 
+def known_type(registry: Registry, value: str, what: str) -> str:
+    """``value`` if ``registry`` has it; else an error with a did-you-mean and the choices."""
+    names = registry.names()
+    if value not in names:
+        raise ValueError(f"unknown {what} type {value!r}{did_you_mean(value, names)}; "
+                         f"choose one of: {', '.join(names)}")
+    return value
+
+
 def encoder_modalities(builder: Any) -> tuple[str, ...]:
     """The input types an encoder accepts (its ``traits.modalities``)."""
     return builder.traits.modalities
@@ -80,11 +89,7 @@ class InputConfig(StrictModel):
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        names = MODALITIES.names()
-        if value not in names:
-            raise ValueError(f"unknown input type {value!r}{did_you_mean(value, names)}; "
-                             f"choose one of: {', '.join(names)}")
-        return value
+        return known_type(MODALITIES, value, "input")
 
     @model_validator(mode="after")
     def _resolve(self) -> InputConfig:
@@ -128,7 +133,7 @@ class OutputConfig(StrictModel):
     predictor: dict[str, Any] | str | None = Field(
         None, description="a scikit-learn model fitted on the fused vectors of the training "
         "split after neural training: {type: linear | logistic | random_forest | "
-        "gradient_boosting, ...its options} (training/predictors.py)")
+        "gradient_boosting, ...its options} (predictors.py)")
     use: Literal["predictor", "head"] = Field(
         "predictor", description="with a predictor: which of the two predict, the server and "
         "export use (both are evaluated)")
@@ -136,11 +141,7 @@ class OutputConfig(StrictModel):
     @field_validator("type")
     @classmethod
     def _known_type(cls, value: str) -> str:
-        names = OUTPUTS.names()
-        if value not in names:
-            raise ValueError(f"unknown output type {value!r}{did_you_mean(value, names)}; "
-                             f"choose one of: {', '.join(names)}")
-        return value
+        return known_type(OUTPUTS, value, "output")
 
     @model_validator(mode="before")
     @classmethod

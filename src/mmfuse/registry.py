@@ -60,12 +60,15 @@ class Registry:
         _load_components()
         return sorted(self._entries)
 
+    def options(self, spec: dict) -> BaseModel:
+        """The validated options of ``{type: NAME, **options}`` (the rest of ``spec``)."""
+        return self.get(spec["type"]).options.model_validate(
+            {k: v for k, v in spec.items() if k != "type"})
+
     def build(self, spec: dict, *args: Any) -> Any:
-        """The registered component ``spec["type"]``, built with its validated options (the
-        rest of ``spec``) and ``args``."""
-        entry = self.get(spec["type"])
-        options = entry.options.model_validate({k: v for k, v in spec.items() if k != "type"})
-        return entry.builder(options, *args)
+        """The registered component ``spec["type"]``, built with its validated options and
+        ``args``."""
+        return self.get(spec["type"]).builder(self.options(spec), *args)
 
     def entries(self) -> list[Entry]:
         """All registered entries, sorted by name."""

@@ -96,10 +96,8 @@ def check_cache_settings(pipeline) -> None:
     for spec in pipeline.config.inputs:
         if spec.cache_features is not True:
             continue
-        entry = ENCODERS.get(spec.encoder["type"])
-        options = entry.options.model_validate(
-            {k: v for k, v in spec.encoder.items() if k != "type"})
-        if not entry.builder.cacheable_with(options):
+        builder = ENCODERS.get(spec.encoder["type"]).builder
+        if not builder.cacheable_with(ENCODERS.options(spec.encoder)):
             raise cannot_cache(spec, NOT_FROZEN.format(encoder=spec.encoder["type"]))
         if pipeline.inputs[spec.name].augments():
             raise cannot_cache(spec, AUGMENTS)

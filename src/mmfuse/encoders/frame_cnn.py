@@ -90,9 +90,8 @@ class FrameCNNEncoder(Encoder):
         """A backbone with nothing to train: its frame vectors can be cached."""
         if options.backbone is None:
             return False
-        entry = ENCODERS.get(options.backbone["type"])
-        return entry.builder.frozen_with(entry.options.model_validate(
-            {k: v for k, v in options.backbone.items() if k != "type"}))
+        backbone = ENCODERS.get(options.backbone["type"]).builder
+        return backbone.frozen_with(ENCODERS.options(options.backbone))
 
     def __init__(self, options: FrameCNNOptions, spec: EncoderSpec) -> None:
         super().__init__(spec)

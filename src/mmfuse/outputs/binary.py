@@ -197,7 +197,6 @@ def binary_metrics(probability: np.ndarray, truth: np.ndarray, threshold: float,
 class BinaryOutput(OutputType):
     """A yes/no decision (sigmoid)."""
 
-    name = "binary"
     preprocessor = BinaryTargetPreprocessor
     main_metric = "roc_auc"
     report_metrics = ("roc_auc", "pr_auc", "f1", "accuracy")

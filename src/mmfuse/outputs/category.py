@@ -130,7 +130,6 @@ def category_scorer(logits: torch.Tensor, target: np.ndarray, truth: list[str | 
 class CategoryOutput(OutputType):
     """A label out of those seen in training (softmax)."""
 
-    name = "category"
     preprocessor = CategoryPreprocessor
     main_metric = "accuracy"
     report_metrics = ("accuracy", "top_k_accuracy", "majority_baseline")

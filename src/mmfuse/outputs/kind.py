@@ -7,7 +7,7 @@ the rest of mmfuse asks about the type, so adding a type touches no other module
 
 - ``preprocessor``: the target preprocessor, fitted on the training split (labels, statistics,
   an output tokenizer), that turns cells into the targets the head's loss takes;
-- ``head``: the registered head built for it (``heads/``), and :meth:`build_head`;
+- :meth:`build_head`: its head, the one registered in ``heads/`` under the type's name;
 - :meth:`scorer`: its metrics on any subset of rows, beside their baselines;
 - ``main_metric`` (higher is better: what modality importance and the report lead with) and
   ``report_metrics`` (the columns of its report table);
@@ -63,18 +63,12 @@ def label_schema(labels: list[str]) -> dict:
 class OutputType:
     """What mmfuse knows about one output type (subclassed once per type)."""
 
-    name: str = ""
     preprocessor: type[Preprocessor]
-    head: str = ""  # the registered head (heads/) built for it; default: the type's name
     main_metric: str = ""
     report_metrics: tuple[str, ...] = ()
     predictors: tuple[str, ...] = ()  # classic predictor types that fit it
     regression: bool = False  # its predictors are regressors (else classifiers)
     confidence: str = "probability"  # what the report's gallery calls an answer's confidence
-
-    def head_name(self) -> str:
-        """The registered head of this type."""
-        return self.head or self.name
 
     def build_head(self, output: Any, in_dim: int, spec: TargetSpec,
                    dims: dict[str, InputDims]) -> nn.Module:

@@ -85,7 +85,6 @@ def number_metrics(predicted: np.ndarray, truth: np.ndarray, loss: float,
 class NumberOutput(OutputType):
     """A value (regression)."""
 
-    name = "number"
     preprocessor = NumberTargetPreprocessor
     main_metric = "r2"
     report_metrics = ("r2", "mae", "rmse")

@@ -116,7 +116,6 @@ def set_metrics(probability: np.ndarray, truth: np.ndarray, threshold: float, lo
 class SetOutput(OutputType):
     """Any number of labels (multi-label)."""
 
-    name = "set"
     preprocessor = SetTargetPreprocessor
     main_metric = "jaccard"
     report_metrics = ("jaccard", "f1_micro", "f1_macro")

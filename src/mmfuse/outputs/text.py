@@ -244,7 +244,6 @@ def sequence_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 class TextOutput(OutputType):
     """A generated text (a decoder reading the fused row and the inputs' tokens)."""
 
-    name = "text"
     preprocessor = TextTargetPreprocessor
     main_metric = "bleu"
     report_metrics = ("bleu", "chrf", "exact_match", "token_accuracy")
