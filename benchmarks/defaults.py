@@ -51,6 +51,8 @@ TUNED: dict[str, dict] = {
     "image_qa": {"inputs": {"question": {"encoder": _BOW}}, "fusion": {"type": "film"}},
     "image_count": {"inputs": {"image": {"encoder": {"type": "cnn", "channels": [32, 64, 64]}}}},
     "image_caption": {"inputs": {"image": {"preprocess": {"size": 48}}}},
+    "photo_qa": {"inputs": {"image": {"preprocess": {"pad_crop": 6},
+                                      "encoder": {"type": "cnn", "pool": "mean"}}}},
     "video_qa": {"inputs": {"video": _VIDEO, "question": {"encoder": _BOW}}},
     "video_count": {"inputs": {"video": {**_VIDEO, "preprocess": {"size": 48, "frames": 20}}}},
     "video_caption": {"inputs": {"video": _VIDEO}},
@@ -67,6 +69,21 @@ TUNED: dict[str, dict] = {
 PREVIOUS = {"video": {"preprocess": {"frames": 8},
                       "encoder": {"type": "frame_cnn", "pool": "mean", "temporal": "mean"}},
             "audio": {"encoder": {"type": "audio_cnn", "temporal": "none"}}}
+
+
+# the pretrained image encoder at its defaults, in place of the default image or frame encoder
+PRETRAINED = {"image": {"encoder": {"type": "efficientnet_lite0"}},
+              "video": {"encoder": {"type": "frame_cnn",
+                                    "backbone": {"type": "efficientnet_lite0"}}}}
+
+
+def efficientnet_config(name: str) -> dict:
+    """The minimal config with ``efficientnet_lite0`` (a ``frame_cnn`` backbone for video)
+    named as the encoder and nothing else set."""
+    config = minimal_config(name)
+    for item in config["inputs"]:
+        item.update(copy.deepcopy(PRETRAINED.get(item["type"], {})))
+    return config
 
 
 def previous_config(name: str) -> dict:
@@ -98,17 +115,18 @@ def score(model: mmfuse.Model, table: Path, target: str) -> float:
 
 
 def run_probe(name: str, root: Path, n_train: int, n_test: int, seed: int,
-              tuned_epochs: int, threads: int | None, only_previous: bool,
+              tuned_epochs: int, threads: int | None, only: str | None,
               row: dict | None) -> dict:
-    """Train the task's configs and return its row (``only_previous``: add the previous
-    release's defaults to an existing row)."""
+    """Train the task's configs and return its row (``only``: add just the ``previous``
+    release's defaults or the ``efficientnet`` column to an existing row)."""
     probe = PROBES[name]
     data = root / name
     summary = generate_probe(name, data, n_train, n_test, seed)
     row = row or {"task": name, "modality": probe.modality, "output": probe.output,
                   "properties": list(probe.properties), "train_rows": n_train,
                   "test_rows": n_test, "majority": summary["majority_baseline"]}
-    runs = [("previous", previous_config(name))] if only_previous else [
+    extra = {"previous": previous_config, "efficientnet": efficientnet_config}
+    runs = [(only, extra[only](name))] if only else [
         ("defaults", minimal_config(name)), ("tuned", tuned_config(name, tuned_epochs))]
     for label, config in runs:
         model = mmfuse.Model.from_config(config)
@@ -125,14 +143,18 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
     (RESULTS / "defaults.json").write_text(json.dumps(rows, indent=1) + "\n")
     table = markdown_table(
         ["task", "output", "probes", "train rows", "majority", "previous defaults",
-         "defaults", "tuned",
-         "tuned - defaults (points)", "defaults: epochs, s", "tuned: epochs, s"],
+         "defaults", "efficientnet_lite0", "tuned",
+         "tuned - defaults (points)", "defaults: epochs, s", "efficientnet: epochs, s",
+         "tuned: epochs, s"],
         [[r["task"], r["output"], ", ".join(r["properties"]), r["train_rows"],
           f"{r['majority']:.1%}",
           f"{r['previous']['score']:.1%}" if "previous" in r else "",
           f"**{r['defaults']['score']:.1%}**",
+          f"{r['efficientnet']['score']:.1%}" if "efficientnet" in r else "",
           f"{r['tuned']['score']:.1%}", f"{100 * r['gap']:+.1f}",
           f"{r['defaults']['epochs']}, {r['defaults']['seconds']:.0f}",
+          f"{r['efficientnet']['epochs']}, {r['efficientnet']['seconds']:.0f}"
+          if "efficientnet" in r else "",
           f"{r['tuned']['epochs']}, {r['tuned']['seconds']:.0f}"] for r in rows])
     within = sum(r["gap"] <= 0.10 for r in rows)
     tuned = "\n".join(f"- `{name}`: {json.dumps(TUNED[name])}" for name in TUNED)
@@ -148,6 +170,10 @@ def write_results(rows: list[dict], args: argparse.Namespace) -> None:
         "**previous defaults** (some tasks, `--previous`): the minimal config as the release "
         "before resolved it: `frame_cnn` with `pool: mean, temporal: mean` over 8 frames, "
         "`audio_cnn` with `temporal: none`, `concat`, 10 epochs, patience 5.\n\n"
+        "**efficientnet_lite0** (image and video tasks, `--efficientnet`): the minimal config "
+        "with only the image encoder named, `{type: efficientnet_lite0}` (for video "
+        "`{type: frame_cnn, backbone: {type: efficientnet_lite0}}`), everything else at its "
+        "defaults: frozen ImageNet weights, 224 px, cached features.\n\n"
         f"{table}\n\n**{within} of {len(rows)}** tasks at the defaults within 10 points of "
         "their tuned config.\n\n"
         f"Tuned options (merged into each input; `training` as above):\n\n{tuned}\n\n"
@@ -165,15 +191,18 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads per fit")
     parser.add_argument("--previous", action="store_true",
                         help="only add the previous release's defaults to the kept rows")
+    parser.add_argument("--efficientnet", action="store_true",
+                        help="only add the efficientnet_lite0 column to the kept rows")
     args = parser.parse_args()
     kept = RESULTS / "defaults.json"
     rows = {r["task"]: r for r in json.loads(kept.read_text())} if kept.is_file() else {}
+    only = "previous" if args.previous else "efficientnet" if args.efficientnet else None
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only:
             n_train = args.train or TRAIN_ROWS[PROBES[name].modality]
             rows[name] = run_probe(name, Path(tmp), n_train, args.test, args.seed,
-                                   args.tuned_epochs, args.threads, args.previous,
-                                   rows.get(name) if args.previous else None)
+                                   args.tuned_epochs, args.threads, only,
+                                   rows.get(name) if only else None)
             write_results([rows[n] for n in PROBES if n in rows], args)
 
 

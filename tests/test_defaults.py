@@ -20,6 +20,7 @@ SIZES = {
     "image_qa": (240, 90, 12, 0.25),
     "image_count": (400, 80, 15, 0.2),
     "image_caption": (240, 60, 15, 0.2),
+    "photo_qa": (400, 100, 15, 0.3),
     "video_qa": (200, 80, 12, 0.25),
     "video_count": (300, 80, 15, 0.2),
     "video_caption": (200, 60, 12, 0.2),
@@ -64,3 +65,17 @@ def test_defaults_beat_the_majority_baseline(name, tmp_path):
     metrics = model.evaluate(tmp_path / "test.csv")["outputs"][target]
     score = metrics.get("exact_match", metrics.get("accuracy"))
     assert score >= summary["majority_baseline"] + margin, (name, score, summary)
+
+
+@pytest.mark.slow  # make test-slow (CI runs it too)
+def test_frozen_efficientnet_at_its_defaults_keeps_colour_and_position(tmp_path):
+    """Issue 28: the frozen ImageNet encoder, named with nothing else set, answers colour and
+    side questions on new grey photographs (its last map alone: 0.62 and 0.39 on photo_qa)."""
+    generate_probe("photo_qa", tmp_path, 800, 200, seed=4)
+    config = minimal_config("photo_qa")
+    config["inputs"][0]["encoder"] = {"type": "efficientnet_lite0"}
+    model = mmfuse.Model.from_config(config)
+    model.fit(tmp_path / "train.csv", threads=2)
+    groups = model.evaluate(tmp_path / "test.csv", by="qtype")["groups"]
+    scores = {g: v["outputs"]["answer"]["exact_match"] for g, v in groups.items()}
+    assert scores["colour"] >= 0.85 and scores["side"] >= 0.9, scores

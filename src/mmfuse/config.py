@@ -324,6 +324,21 @@ class Config(StrictModel):
         return self
 
 
+def upgrade_bundle_config(data: dict) -> dict:
+    """A bundle's saved config with the options its encoders gained since filled in as that
+    bundle was built (``Encoder.bundle_defaults``), a ``frame_cnn`` backbone included; the
+    input dict is changed in place and returned."""
+    for item in data.get("inputs", []):
+        encoders = [item.get("encoder")]
+        encoders.append((encoders[0] or {}).get("backbone"))
+        for encoder in encoders:
+            if isinstance(encoder, dict) and encoder.get("type") in ENCODERS.names():
+                builder = ENCODERS.get(encoder["type"]).builder
+                for key, value in builder.bundle_defaults.items():
+                    encoder.setdefault(key, value)
+    return data
+
+
 def load_config(source: str | Path | dict) -> Config:
     """Load and validate a config from a YAML/JSON file path or a dict.
 

@@ -12,6 +12,7 @@ from PIL import Image
 from mmfuse.datasets.probe_rows import (
     COLOURS,
     FLASH_FRAMES,
+    PHOTO_SIZE,
     SAMPLE_RATES,
     SIZES,
     VIDEO_FRAMES,
@@ -21,7 +22,7 @@ from mmfuse.datasets.probes import PROBES, generate_probe
 from mmfuse.errors import MmfuseError
 
 N_TRAIN, N_TEST = 20, 10
-NAMES = ["image_qa", "image_count", "image_caption", "video_qa", "video_count",
+NAMES = ["image_qa", "image_count", "image_caption", "photo_qa", "video_qa", "video_count",
          "video_caption", "audio_order", "audio_qa", "audio_caption", "text_order",
          "text_negation", "text_translate"]
 CLASSES = {"image_qa": {"red", "green", "blue", "yellow", "left", "right", "top", "bottom"},
@@ -165,7 +166,8 @@ def test_media_decode_with_varied_formats(generated: dict[str, Path], name: str)
         path = generated[name] / row[column]
         if probe.modality == "image":
             pixels = _image(path)
-            assert pixels.shape[0] == pixels.shape[1] in SIZES
+            sizes = (PHOTO_SIZE,) if name == "photo_qa" else SIZES
+            assert pixels.shape[0] == pixels.shape[1] in sizes
         elif probe.modality == "video":
             frames = _video(path)
             allowed = FLASH_FRAMES if name == "video_count" else VIDEO_FRAMES
@@ -214,6 +216,28 @@ def test_image_qa_answers_match_the_pixels(tmp_path: Path) -> None:
         assert seen[row["qtype"]] == row["answer"], row
     assert {row["qtype"] for row in _rows(out)} == {"colour", "horizontal", "vertical"}
     assert any(not row["question"].isascii() for row in _rows(out))  # French wordings too
+
+
+def test_photo_qa_answers_match_the_pixels(tmp_path: Path) -> None:
+    """Colour, side and number of the saturated shapes on a grey photograph; the shape is
+    told by how much of its bounding box it fills (square 1, circle pi/4, triangle 1/2)."""
+    ndimage = pytest.importorskip("scipy.ndimage")
+    out = _generate("photo_qa", tmp_path, n_train=1)
+    generate_probe("photo_qa", out, 1, 80)
+    for row in _rows(out):
+        pixels = _image(out / row["image"])
+        mask = _shape_mask(pixels)
+        labels, count = ndimage.label(mask)
+        box = ndimage.find_objects(labels)[0]
+        fill = (labels[box] == 1).mean()
+        shape = "square" if fill > 0.9 else "circle" if fill > 0.65 else "triangle"
+        x = _centre(mask)[0]
+        seen = {"colour": _colour(pixels, mask), "side": "left" if x < PHOTO_SIZE / 2 else "right",
+                "count": ("one", "two", "three")[count - 1], "shape": shape}
+        assert seen[row["qtype"]] == row["answer"], row
+    assert {row["qtype"] for row in _rows(out)} == {"colour", "shape", "side", "count"}
+    train = {row["image"] for row in _rows(out, "train")}
+    assert pixels.shape == (PHOTO_SIZE, PHOTO_SIZE, 3) and not train & {row["image"] for row in _rows(out)}
 
 
 def test_image_caption_matches_the_pixels(generated: dict[str, Path]) -> None:

@@ -8,6 +8,7 @@ one place.
 
 from __future__ import annotations
 
+import functools
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -68,6 +69,15 @@ QUESTIONS: dict[str, dict[str, tuple[str, ...]]] = {
                       "dans quelle direction va le point ?", "où va le point ?"),
         "colour": ("what colour is the dot?", "which colour is the moving dot?",
                    "de quelle couleur est le point ?")},
+    "photo_qa": {
+        "colour": ("what colour is the shape?", "which colour are the shapes?",
+                   "what color is it?", "de quelle couleur est la forme ?"),
+        "shape": ("what shape is it?", "which shape do you see?", "circle, square or triangle?",
+                  "quelle est la forme ?"),
+        "side": ("is it on the left or the right?", "which side is the shape on?",
+                 "left or right?", "de quel côté est la forme ?"),
+        "count": ("how many shapes are there?", "how many?", "count the shapes",
+                  "combien de formes ?")},
     "audio_qa": {
         "pitch": ("is the tone high or low?", "is the pitch high or low?",
                   "le son est-il aigu ou grave ?"),
@@ -198,6 +208,69 @@ def image_caption_row(rng: np.random.Generator, out_dir: Path, stem: str) -> Row
     facts = _one_shape(rng, out_dir, stem)
     caption = f"a {facts['colour']} {facts['kind']} on the {facts['horizontal']}"
     return {"image": facts["image"], "caption": caption}
+
+
+PHOTO_SIZE = 64
+"""Side of a ``photo_qa`` image: small, as the issue-28 table that found the gaps."""
+COUNT_WORDS: tuple[str, ...] = ("one", "two", "three")
+
+
+@functools.cache
+def _grey_photos(split: str) -> tuple[np.ndarray, ...]:
+    """The photo-views photographs in grey, each cut to ``split``'s region (test backgrounds
+    are pixels training never shows)."""
+    from .photo_views import PHOTOS, load_photo, split_region
+
+    regions = []
+    for photo in PHOTOS:
+        image = load_photo(photo).convert("L")
+        regions.append(np.asarray(image.crop(split_region(*image.size, photo.test_side, split))))
+    return tuple(regions)
+
+
+def _photo_background(rng: np.random.Generator, split: str) -> Image.Image:
+    """A ``PHOTO_SIZE`` square grey view of a random photograph at a random scale and place,
+    its contrast lowered so that the shapes on it stay visible."""
+    region = _pick(rng, _grey_photos(split))
+    h, w = region.shape
+    side = int(rng.uniform(0.25, 0.6) * min(h, w))
+    y, x = int(rng.integers(h - side + 1)), int(rng.integers(w - side + 1))
+    crop = Image.fromarray(region[y:y + side, x:x + side]).resize(
+        (PHOTO_SIZE, PHOTO_SIZE), Image.Resampling.BILINEAR)
+    grey = np.asarray(crop, dtype=np.float32)
+    grey = 128 + (grey - grey.mean()) * rng.uniform(0.5, 0.9)
+    return Image.fromarray(np.clip(grey, 0, 255).astype(np.uint8)).convert("RGB")
+
+
+def _place(rng: np.random.Generator, count: int, r: float, left: bool) -> list[np.ndarray]:
+    """``count`` centres in the left or right half whose ``2r``-wide boxes are at least two
+    pixels apart (so no two shapes touch, squares included)."""
+    half = PHOTO_SIZE / 2
+    x0 = 0.0 if left else half
+    while True:
+        xs = rng.uniform(x0 + r + 1, x0 + half - r - 1, size=count)
+        ys = rng.uniform(r + 1, PHOTO_SIZE - r - 1, size=count)
+        centres = [np.array(c) for c in zip(xs, ys, strict=True)]
+        if all(np.abs(a - b).max() >= 2 * r + 2
+               for i, a in enumerate(centres) for b in centres[i + 1:]):
+            return centres
+
+
+def photo_qa_row(rng: np.random.Generator, out_dir: Path, stem: str) -> Row:
+    """1-3 shapes of one colour and kind, all in one half of a grey photograph; ask their
+    colour, kind, side or number (a one-word answer)."""
+    split = Path(stem).name.split("_")[0]
+    image = _photo_background(rng, split)
+    draw = ImageDraw.Draw(image)
+    facts = {"colour": _pick(rng, list(COLOURS)), "shape": _pick(rng, SHAPES),
+             "side": _pick(rng, ("left", "right")),
+             "count": _pick(rng, COUNT_WORDS)}
+    r = rng.uniform(PHOTO_SIZE / 12, PHOTO_SIZE / 8)
+    for x, y in _place(rng, COUNT_WORDS.index(facts["count"]) + 1, r, facts["side"] == "left"):
+        _draw_shape(draw, facts["shape"], x, y, r, facts["colour"])
+    qtype, question = _ask(rng, "photo_qa")
+    return {"image": _save_png(image, out_dir, stem), "question": question,
+            "answer": facts[qtype], "qtype": qtype}
 
 
 # Videos.

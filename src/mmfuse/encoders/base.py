@@ -33,9 +33,13 @@ class Encoder(nn.Module):
             positions; None when unknown.
         tokenizer: the text tokenizer a text encoder needs: ``word`` (fitted on the
             training split) or ``pretrained`` (``load_tokenizer(encoder)`` gives it).
+        bundle_defaults: for an option added after bundles were saved without it, the value
+            that gives the architecture those bundles hold (a bundle records every option
+            it was trained with, so only a missing key means "saved before it existed").
     """
 
     traits: EncoderTraits = EncoderTraits()
+    bundle_defaults: dict[str, Any] = {}
     film_channels: tuple[int, ...] | None = None
     grid: tuple[int, int] | None = None
     tokenizer: str = "word"

