@@ -237,7 +237,8 @@ def test_photo_qa_answers_match_the_pixels(tmp_path: Path) -> None:
         assert seen[row["qtype"]] == row["answer"], row
     assert {row["qtype"] for row in _rows(out)} == {"colour", "shape", "side", "count"}
     train = {row["image"] for row in _rows(out, "train")}
-    assert pixels.shape == (PHOTO_SIZE, PHOTO_SIZE, 3) and not train & {row["image"] for row in _rows(out)}
+    assert pixels.shape == (PHOTO_SIZE, PHOTO_SIZE, 3)
+    assert not train & {row["image"] for row in _rows(out)}
 
 
 def test_image_caption_matches_the_pixels(generated: dict[str, Path]) -> None:
