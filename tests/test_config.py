@@ -52,7 +52,9 @@ def test_minimal_config_validates_and_fills_defaults():
     image, question = config.inputs
     assert image.column == "image" and question.column == "question"
     assert image.encoder == {"type": "cnn", "channels": [32, 64, 64, 64], "kernel_size": 3,
-                             "stride": 2, "pool": "flatten", "dim": 256, "dropout": 0.0}
+                             "stride": 2, "pool": "max", "dim": 256, "dropout": 0.0,
+                             "coords": True}
+    assert image.preprocess["pad_crop"] == 6  # cnn's default shift, unless the config sets it
     assert question.encoder["type"] == "gru"
     assert question.encoder["hidden_size"] == 128 and question.encoder["embedding_dim"] == 64
     assert image.preprocess["size"] == 64 and image.preprocess["normalize"] is True

@@ -347,6 +347,25 @@ def test_cnn_pooling_modes(pool):
     assert features.tokens.shape == (BATCH, 64, 6)
 
 
+def test_cnn_coords_let_a_mean_pooled_vector_tell_left_from_right():
+    """With the pixels' (x, y) as input channels (the default), the same square on the left
+    and on the right gives different mean-pooled vectors; without them a conv stack is almost
+    blind to where it is (only the zero padding at the border tells)."""
+    def square(left):
+        image = torch.zeros(1, 3, 32, 32)
+        x = 6 if left else 18
+        image[0, :, 12:20, x:x + 8] = 1.0
+        return image
+
+    for coords, apart in ((True, True), (False, False)):
+        torch.manual_seed(0)
+        encoder = build("cnn", channels=[8, 8], coords=coords).eval()
+        with torch.no_grad():
+            grids = [encoder._grid(square(left), None).mean((2, 3)) for left in (True, False)]
+        change = ((grids[0] - grids[1]).norm() / grids[0].norm()).item()
+        assert (change > 0.05) == apart, (coords, change)
+
+
 def test_cnn_rows_do_not_mix_in_eval_mode(encoders):
     encoder = encoders["cnn"].eval()
     pixels = image_batch()["pixels"]

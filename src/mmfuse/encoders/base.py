@@ -65,8 +65,10 @@ class Encoder(nn.Module):
 
     @classmethod
     def default_preprocess(cls, encoder: dict) -> dict:
-        """Preprocessing that pretrained weights expect (size, mean, std), filling what the
-        config leaves out; ``encoder`` is the resolved encoder config. None by default."""
+        """Preprocessing the encoder needs by default, filling what the config leaves out:
+        what pretrained weights expect (size, mean, std), or the augmentation a from-scratch
+        encoder needs to generalise (``cnn``: a small shift); ``encoder`` is the resolved
+        encoder config. None by default."""
         return {}
 
 # --- Explanations ---------------------------------------------------------------------------

@@ -2,10 +2,18 @@
 
 A ``film`` fusion can modulate each block after batch norm (see ``fusion/film.py``).
 
-The last feature map becomes a grid of spatial tokens; each token carries its normalised (x, y)
-position as two extra channels, as in the relation-network paper (Santoro et al. 2017), so a
-fusion can reason about where things are. The pooled vector is a linear projection of the
-flattened grid (``pool: flatten``, which keeps position) or the mean/max over cells.
+The image enters with two more channels, each pixel's normalised (x, y) (CoordConv, Liu et
+al. 2018, ``coords``), so features can say where as well as what. The last feature map becomes
+a grid of spatial tokens; each token carries its normalised (x, y) position as two extra
+channels, as in the relation-network paper (Santoro et al. 2017), so a fusion can reason about
+where things are. The pooled vector is a projection of the max over cells (``pool: max``, the
+default: one detector shared by every place, which with ``coords`` still knows where), of the
+mean, or of the flattened grid (``pool: flatten``: a weight per cell, which must learn each
+shape at each place and, on a small table, memorises where the training shapes sat instead).
+By default the image is also shifted by up to ``PAD_CROP`` pixels while training
+(``preprocess.pad_crop``). How these defaults were chosen (on ``photo_qa``, shape questions
+went from 45-58% to 88-95% of new pictures, side stayed at 100%):
+``benchmarks/results/image_defaults.md``.
 
 Shapes: pixels ``[B, 3, H, W]`` -> tokens ``[B, h*w, C+2]``, pooled ``[B, dim]``.
 """
@@ -25,14 +33,23 @@ from ..registry import ENCODERS
 from ..specs import EncoderSpec, EncoderTraits
 from .base import Encoder
 
+PAD_CROP = 6
+"""Pixels of the default training shift (``preprocess.pad_crop``) of a ``cnn``'s images."""
+
 
 class CNNOptions(Options):
     channels: list[int] = Field([32, 64, 64, 64], min_length=1)
     kernel_size: int = Field(3, ge=1)
     stride: int = Field(2, ge=1)
-    pool: Literal["flatten", "mean", "max"] = "flatten"
+    pool: Literal["flatten", "mean", "max"] = Field(
+        "max", description="the pooled vector from the grid: 'max' and 'mean' share one "
+        "detector across places (with coords they still know where); 'flatten' weighs every "
+        "cell apart and needs far more data to learn a shape at every place")
     dim: int = Field(256, ge=1, description="width of the pooled vector")
     dropout: float = Field(0.0, ge=0, lt=1)
+    coords: bool = Field(True, description="CoordConv (Liu et al. 2018): the image enters with "
+                         "two more channels, its pixels' (x, y), so a pooled feature can say "
+                         "where as well as what")
 
 
 @ENCODERS.register("cnn", CNNOptions)
@@ -41,11 +58,17 @@ class CNNEncoder(Encoder):
 
     # a FiLM fusion can modulate its blocks; the last two token channels are (x, y)
     traits = EncoderTraits(modalities=("image",), film_target=True, token_positions=True)
+    bundle_defaults = {"coords": False}  # bundles saved before the option (pool is recorded)
 
     def __init__(self, options: CNNOptions, spec: EncoderSpec) -> None:
         super().__init__(spec)
         blocks: list[nn.Module] = []
-        in_ch = spec.channels
+        in_ch = spec.channels + 2 * options.coords
+        self.coord_input = options.coords
+        ys, xs = torch.meshgrid(torch.linspace(-1, 1, spec.size[0]),
+                                torch.linspace(-1, 1, spec.size[1]), indexing="ij")
+        self.register_buffer("pixel_coords", torch.stack([xs, ys])[None] if options.coords
+                             else None, persistent=False)
         for out_ch in options.channels:
             blocks.append(nn.Sequential(
                 nn.Conv2d(in_ch, out_ch, options.kernel_size, options.stride,
@@ -77,6 +100,13 @@ class CNNEncoder(Encoder):
         self.kernel_size, self.stride = options.kernel_size, options.stride
         self.token_features = nn.Identity()  # explain: attributions are taken here
 
+    @classmethod
+    def default_preprocess(cls, encoder: dict) -> dict:
+        """A shift of up to ``PAD_CROP`` pixels while training unless the config sets
+        ``pad_crop``: with it a small training set teaches shape rather than where each
+        training shape sat."""
+        return {"pad_crop": PAD_CROP}
+
     def token_centres(self) -> torch.Tensor:
         """Each token's receptive-field centre ``[h*w, 2]`` as (x, y) fractions of the image's
         width and height (0..1, x from the left, y from the top).
@@ -96,6 +126,8 @@ class CNNEncoder(Encoder):
 
     def _grid(self, pixels: torch.Tensor, film: list | None) -> torch.Tensor:
         x = pixels
+        if self.coord_input:
+            x = torch.cat([x, self.pixel_coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         for i, block in enumerate(self.body):
             x = block(x)
             if film is not None:  # FiLM (Perez et al. 2018): per-row scale and shift per channel

@@ -45,6 +45,8 @@ class FrameCNNOptions(CNNOptions):
         "flatten", description="per frame: 'flatten' keeps where things are in the frame; "
         "'mean' / 'max' cannot tell left from right, so they cannot see motion")
     dim: int = Field(128, ge=1, description="width of frame vectors, tokens and pooled vector")
+    coords: bool = Field(False, description="CoordConv input channels per frame (pool: "
+                         "flatten keeps where things are already)")
     temporal: Literal["mean", "gru", "transformer"] = Field(
         "gru", description="over frames: 'gru' and 'transformer' (learned frame positions) see "
         "their order; 'mean' is blind to it (no motion, no order of events)")
