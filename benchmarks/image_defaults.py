@@ -50,10 +50,10 @@ VARIANTS: dict[str, dict] = {
     "cnn default (coords, pool: max, pad_crop: 6)": {},
     "efficientnet_lite0, last map alone (before issue 28)": {"encoder": {
         "type": "efficientnet_lite0", "early_stages": [], "pooled_grid": 0, "dropout": 0.0}},
-    "efficientnet_lite0, stages 1+3, dropout 0": {"encoder": {
-        "type": "efficientnet_lite0", "dropout": 0.0}},
-    "efficientnet_lite0 default (stages 1+3, 3x3 grid, dropout 0.3)": {"encoder": {
+    "efficientnet_lite0 default (stages 1+3, 3x3 grid)": {"encoder": {
         "type": "efficientnet_lite0"}},
+    "efficientnet_lite0, dropout: 0.3": {"encoder": {
+        "type": "efficientnet_lite0", "dropout": 0.3}},
 }
 CAPTION_VARIANTS = [name for name in VARIANTS if name.startswith("cnn")]
 
@@ -165,7 +165,21 @@ def write(probes: list[dict], runs: list[dict], captions: list[dict],
         "map; where a shape is needs the grid (flat), not the mean; counting is best in the "
         "middle stages.\n\n## End to end, `photo_qa`\n\n" + run_table
         + "\n\n## End to end, `image_caption` (the `cnn` variants)\n\n" + caption_table
-        + f"\n\nMachine: {machine()}\n\nCommand: `{command()}`\n")
+        + "\n\n**The rule.** `cnn`: the pixels' (x, y) as input channels, `pool: max` and a "
+        "6-pixel training shift. The flattened grid memorises where each training shape sat "
+        "(training loss near zero by epoch 20, validation loss rising from epoch 9; dropout "
+        "0.3 did not help): shape stays near chance whatever early stopping does. Shared "
+        "pooling (mean or max) learns shape; the shift keeps it from memorising; the input "
+        "(x, y) lets a pooled vector still say where. Mean pooling with the shift failed the "
+        "captions (the training loss stalled at 0.15 with left and right confused), and the "
+        "flattened grid with coords and shift was not robust: on another draw of `photo_qa` "
+        "(seed 11, 1,000 rows) it answered 47.6% of shape questions where `pool: max` answered "
+        "87.8%. `efficientnet_lite0`: stages 1 and 3 (colour at 1.00 and counting at 0.89 in "
+        "the linear probes, where the last map has 0.88 and 0.62), pooled onto the final grid "
+        "for the tokens and on a 3x3 grid for the pooled vector; stages 1, 3 and 4 were no "
+        "better end to end (86.3% vs 88.5% in a run beside this table's), and a 2x2 or 4x4 "
+        "grid no better in the probes. Dropout 0.3 on the last map did not help (table).\n\n"
+        f"Machine: {machine()}\n\nCommand: `{command()}`\n")
 
 
 def main() -> None:

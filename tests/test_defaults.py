@@ -67,15 +67,23 @@ def test_defaults_beat_the_majority_baseline(name, tmp_path):
     assert score >= summary["majority_baseline"] + margin, (name, score, summary)
 
 
+# issue 28: before it, on photo_qa the frozen efficientnet_lite0 answered colour 62% and side
+# 39% of new pictures (its last map alone), and the default cnn shape 45-58%
+PHOTO_QA_FLOORS = {"efficientnet_lite0": {"colour": 0.85, "side": 0.9, "shape": 0.8},
+                   None: {"colour": 0.9, "side": 0.9, "shape": 0.7}}
+
+
 @pytest.mark.slow  # make test-slow (CI runs it too)
-def test_frozen_efficientnet_at_its_defaults_keeps_colour_and_position(tmp_path):
-    """Issue 28: the frozen ImageNet encoder, named with nothing else set, answers colour and
-    side questions on new grey photographs (its last map alone: 0.62 and 0.39 on photo_qa)."""
+@pytest.mark.parametrize("encoder", list(PHOTO_QA_FLOORS))
+def test_image_encoders_at_their_defaults_keep_colour_shape_and_side(tmp_path, encoder):
+    """The image encoder named with nothing else set (or none named) answers colour, shape and
+    side questions on new grey photographs, one-word answers by the default text decoder."""
     generate_probe("photo_qa", tmp_path, 800, 200, seed=4)
     config = minimal_config("photo_qa")
-    config["inputs"][0]["encoder"] = {"type": "efficientnet_lite0"}
+    if encoder:
+        config["inputs"][0]["encoder"] = {"type": encoder}
     model = mmfuse.Model.from_config(config)
     model.fit(tmp_path / "train.csv", threads=2)
     groups = model.evaluate(tmp_path / "test.csv", by="qtype")["groups"]
     scores = {g: v["outputs"]["answer"]["exact_match"] for g, v in groups.items()}
-    assert scores["colour"] >= 0.85 and scores["side"] >= 0.9, scores
+    assert all(scores[q] >= floor for q, floor in PHOTO_QA_FLOORS[encoder].items()), scores

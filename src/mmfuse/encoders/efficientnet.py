@@ -281,8 +281,7 @@ class EfficientNetLiteOptions(Options):
                                    "blocks and the head conv, batch norm included")
     dim: int | None = Field(None, ge=1, description="project each cell to this width "
                             "(default: the 1280 channels as they are)")
-    dropout: float = Field(0.3, ge=0, lt=1, description="dropout on the last map's cells while "
-                           "training (0.3 measured against 0: benchmarks/results/defaults.md)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the cells")
     early_stages: list[int] = Field(
         [1, 3], description="stages (1-7) whose maps join every token and the pooled vector: "
         "1 keeps colour, 3 helps counting, which ImageNet's last map drops; [] for the last "
