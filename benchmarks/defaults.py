@@ -93,7 +93,7 @@ SEARCH = {"training.learning_rate": {"space": "loguniform", "low": 3.0e-4, "high
           "training.batch_size": {"space": "choice", "values": [16, 32, 64]}}
 """``--searched``: the space ``mmfuse tune`` searches around the minimal config (TPE, seed 0,
 ``SEARCH_TRIALS`` trials, metric ``valid_accuracy``)."""
-SEARCH_TRIALS = 6
+SEARCH_TRIALS = 4
 
 
 def searched(name: str, data: Path, work: Path) -> dict:
@@ -107,7 +107,7 @@ def searched(name: str, data: Path, work: Path) -> dict:
                     str(data / "train.csv"), "--trials", str(SEARCH_TRIALS), "--out",
                     str(study), "--json"], check=True, capture_output=True, text=True)
     with (study / "trials.csv").open(encoding="utf-8") as fh:
-        trials = [t for t in csv.DictReader(fh) if t["state"] == "COMPLETE"]
+        trials = [t for t in csv.DictReader(fh) if t["state"] == "complete"]
     best = max(trials, key=lambda t: float(t["valid_accuracy"]))
     model = mmfuse.Model.load(study / "best")
     epochs = sum(1 for _ in (study / "best" / "metrics.jsonl").open()) \

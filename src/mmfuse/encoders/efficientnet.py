@@ -18,7 +18,7 @@ channels at 1/8, which count), average-pooled to the final grid and layer-normed
 pooled vector is the mean of the final map (what the ImageNet classifier reads) followed by
 those early maps pooled to a ``pooled_grid`` x ``pooled_grid`` grid and flattened, which keeps
 where things are. All of it comes from the frozen network, so it is cached with the rest.
-Linear probes and end-to-end runs that chose this rule: ``benchmarks/results/defaults.md``.
+Linear probes and end-to-end runs that chose this rule: ``benchmarks/results/image_defaults.md``.
 Frozen by default: the backbone's output is then computed once per image and cached
 (``frozen_features``).
 
