@@ -420,7 +420,8 @@ def test_audio_tokens_carry_increasing_times_within_the_clip(av_explained):
 # --- cnn token centres ----------------------------------------------------------------------------
 
 def cnn(size: tuple[int, int], layers: int = 4) -> CNNEncoder:
-    return CNNEncoder(CNNOptions(channels=[4] * layers, pool="mean", dim=8),
+    # no (x, y) input channels: their negative half would let ReLU cut the receptive fields
+    return CNNEncoder(CNNOptions(channels=[4] * layers, pool="mean", dim=8, coords=False),
                       EncoderSpec("image", channels=3, size=tuple(size)))
 
 

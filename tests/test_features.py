@@ -53,7 +53,7 @@ def test_frozen_features_are_cached_as_float16_and_agree_with_the_live_encoder(s
     pipeline, data = fitted(image_config(), shapes)
     [cached] = cache_frozen_features(pipeline, [data])
     column = cached.inputs["image"]
-    assert isinstance(column, FeatureColumn) and column.names == ("grid",)
+    assert isinstance(column, FeatureColumn) and column.names == ("grid", "early")
     assert column.items[0].dtype == np.float16 and len(column.items[0]) == 24
     rows = np.arange(len(data))
     live_inputs, _ = pipeline.batch(data, rows)
@@ -64,9 +64,10 @@ def test_frozen_features_are_cached_as_float16_and_agree_with_the_live_encoder(s
         from_cache = encoder.from_frozen(**cached_inputs["image"]["frozen"])
         live_logits = pipeline.model(live_inputs)["answer"]
         cached_logits = pipeline.model(cached_inputs)["answer"]
-    # float16 keeps ~3 significant digits: the stated tolerance is a relative 1e-3
-    torch.testing.assert_close(from_cache.tokens, live.tokens, rtol=1e-3, atol=1e-4)
-    torch.testing.assert_close(from_cache.pooled, live.pooled, rtol=1e-3, atol=1e-4)
+    # float16 keeps ~3 significant digits: the stated tolerance is a relative 1e-3 (and an
+    # absolute 1e-3 for the layer-normed early stages, values of order 1 pooled after storing)
+    torch.testing.assert_close(from_cache.tokens, live.tokens, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(from_cache.pooled, live.pooled, rtol=1e-3, atol=1e-3)
     torch.testing.assert_close(cached_logits, live_logits, rtol=1e-3, atol=1e-3)
 
 
@@ -148,7 +149,7 @@ def test_a_video_backbone_caches_its_frame_vectors(tmp_path):
     [cached] = cache_frozen_features(pipeline, [data])
     column = cached.inputs["clip"]
     assert isinstance(column, FeatureColumn) and column.names == ("frames", "mask")
-    assert column.items[0].shape[1:] == (4, 1280)
+    assert column.items[0].shape[1:] == (4, 1280 + 56 * 9)  # mean of the last map, early stages on 3x3
     assert_cached_logits_match(pipeline, data, cached, "label")
 
 
