@@ -69,7 +69,7 @@ def test_defaults_beat_the_majority_baseline(name, tmp_path):
 
 # issue 28: before it, on photo_qa the frozen efficientnet_lite0 answered colour 62% and side
 # 39% of new pictures (its last map alone), and the default cnn shape 45-58%
-PHOTO_QA_FLOORS = {"efficientnet_lite0": {"colour": 0.85, "side": 0.9, "shape": 0.8},
+PHOTO_QA_FLOORS = {"efficientnet_lite0": {"colour": 0.8, "side": 0.9, "shape": 0.8},
                    None: {"colour": 0.9, "side": 0.9, "shape": 0.7}}
 
 
@@ -78,7 +78,7 @@ PHOTO_QA_FLOORS = {"efficientnet_lite0": {"colour": 0.85, "side": 0.9, "shape": 
 def test_image_encoders_at_their_defaults_keep_colour_shape_and_side(tmp_path, encoder):
     """The image encoder named with nothing else set (or none named) answers colour, shape and
     side questions on new grey photographs, one-word answers by the default text decoder."""
-    generate_probe("photo_qa", tmp_path, 800, 200, seed=4)
+    generate_probe("photo_qa", tmp_path, 1200, 200, seed=4)
     config = minimal_config("photo_qa")
     if encoder:
         config["inputs"][0]["encoder"] = {"type": encoder}
