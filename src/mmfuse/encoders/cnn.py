@@ -64,7 +64,6 @@ class CNNEncoder(Encoder):
         super().__init__(spec)
         blocks: list[nn.Module] = []
         in_ch = spec.channels + 2 * options.coords
-        self.coord_input = options.coords
         ys, xs = torch.meshgrid(torch.linspace(-1, 1, spec.size[0]),
                                 torch.linspace(-1, 1, spec.size[1]), indexing="ij")
         self.register_buffer("pixel_coords", torch.stack([xs, ys])[None] if options.coords
@@ -126,7 +125,7 @@ class CNNEncoder(Encoder):
 
     def _grid(self, pixels: torch.Tensor, film: list | None) -> torch.Tensor:
         x = pixels
-        if self.coord_input:
+        if self.pixel_coords is not None:
             x = torch.cat([x, self.pixel_coords.expand(x.shape[0], -1, -1, -1)], dim=1)
         for i, block in enumerate(self.body):
             x = block(x)

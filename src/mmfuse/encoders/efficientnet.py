@@ -160,6 +160,8 @@ class EfficientNetLite(nn.Module):
         self.size = tuple(size)
         self.stem = ConvBN(3, STEM_CHANNELS, 3, 2, self.size)
         blocks, c_in, grid = [], STEM_CHANNELS, self.stem.out_size
+        # the index of each stage's last block and its output channels, stage 1 first
+        self.stage_ends: list[tuple[int, int]] = []
         for i, (repeats, kernel, stride, expand, c_out) in enumerate(STAGES):
             c_out = scale_channels(c_out, spec.width)
             if 0 < i < len(STAGES) - 1:  # Lite keeps the first and last stage at one block
@@ -167,15 +169,10 @@ class EfficientNetLite(nn.Module):
             for r in range(repeats):
                 blocks.append(MBConv(c_in, c_out, kernel, stride if r == 0 else 1, expand, grid))
                 c_in, grid = c_out, blocks[-1].out_size
+            self.stage_ends.append((len(blocks) - 1, c_out))
         self.blocks = nn.ModuleList(blocks)
         self.head = ConvBN(c_in, HEAD_CHANNELS, 1, 1, grid)
         self.grid_size = grid
-        # the index of each stage's last block and its output channels, stage 1 first
-        self.stage_ends: list[tuple[int, int]] = []
-        for i, block in enumerate(blocks):
-            if i + 1 == len(blocks) or blocks[i + 1].depthwise.conv.stride != (1, 1) or \
-                    blocks[i + 1].project.conv.out_channels != block.project.conv.out_channels:
-                self.stage_ends.append((i, block.project.conv.out_channels))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         x = self.stem(pixels)
