@@ -126,8 +126,10 @@ class OutputConfig(StrictModel):
     preprocess: dict[str, Any] = Field(
         default_factory=dict, description="the output type's target preprocessing (text "
         "outputs: the output tokenizer's options)")
-    decoder: Literal["gru", "transformer"] | None = Field(
-        None, description="text outputs: shorthand for head.decoder")
+    decoder: Literal["gru", "transformer", "causal_lm"] | dict[str, Any] | None = Field(
+        None, description="text outputs: shorthand for head.decoder (gru, transformer), or a "
+        "pretrained language model: causal_lm or {type: causal_lm, ...its options} "
+        "(heads/causal_lm.py)")
     head: dict[str, Any] = Field(default_factory=dict)
     loss_weight: float = Field(1.0, gt=0)
     predictor: dict[str, Any] | str | None = Field(
@@ -175,7 +177,9 @@ class OutputConfig(StrictModel):
             self.column = self.name
         self.preprocess = self._target_options()
         head = dict(self.head)
-        if self.decoder is not None:
+        if uses_causal_lm(self.model_dump(include={"decoder", "head"})):
+            self._resolve_causal_lm(head)
+        elif self.decoder is not None:
             if "decoder" not in HEADS.get(self.type).options.model_fields:
                 raise ValueError(f"decoder does not apply to {self.type} outputs; drop it from "
                                  f"the output {self.name!r}")
@@ -183,14 +187,34 @@ class OutputConfig(StrictModel):
                 raise ValueError(f"decoder: {self.decoder!r} and head.decoder: "
                                  f"{head['decoder']!r} disagree; give one of them")
             head["decoder"] = self.decoder
-        self.head = resolve_component(HEADS, {"type": self.type, **head})
-        self.decoder = self.head.get("decoder")
+        if not uses_causal_lm(self.model_dump(include={"decoder", "head"})):
+            self.head = resolve_component(HEADS, {"type": self.type, **head})
+            self.decoder = self.head.get("decoder")
         if self.predictor is not None:
             self.predictor = resolve_predictor(self.predictor, self.type, self.name)
         elif self.use == "head" and "use" in self.model_fields_set:
             raise ValueError("use: head chooses between a predictor and the head; this output "
                              "has no predictor, so drop use")
         return self
+
+    def _resolve_causal_lm(self, head: dict) -> None:
+        """``decoder: causal_lm`` or ``{type: causal_lm, ...}``: the head is the LM's, its
+        options those of the decoder mapping and of ``head:``."""
+        if self.type != "text":
+            raise ValueError(f"decoder causal_lm writes text; the output {self.name!r} is "
+                             f"{self.type} (a causal LM scoring labels is not available yet): "
+                             "use type: text, or drop the decoder")
+        spec = dict(self.decoder) if isinstance(self.decoder, dict) else {}
+        if spec.pop("type", "causal_lm") != "causal_lm":
+            raise ValueError("decoder as a mapping is a pretrained language model, "
+                             "{type: causal_lm, ...}; gru and transformer are named alone")
+        clash = sorted(set(spec) & (set(head) - {"type"}))
+        if clash:
+            raise ValueError(f"{clash[0]} is given both under decoder and under head; give it "
+                             "once")
+        options = {**{k: v for k, v in head.items() if k != "type"}, **spec}
+        self.head = resolve_component(HEADS, {"type": "causal_lm", **options})
+        self.decoder = "causal_lm"
 
     def _target_options(self) -> dict:
         """``preprocess:`` validated against the output type's options."""
@@ -282,6 +306,23 @@ class TrainingConfig(StrictModel):
         return value
 
 
+def uses_causal_lm(output: dict) -> bool:
+    """Whether a (raw or resolved) output's decoder is a causal LM."""
+    decoder, head = output.get("decoder"), output.get("head") or {}
+    return decoder == "causal_lm" or (isinstance(decoder, dict)
+                                      and decoder.get("type", "causal_lm") == "causal_lm") \
+        or (isinstance(head, dict) and head.get("type") == "causal_lm")
+
+
+def causal_lm_model(output: dict) -> str:
+    """The LM a raw output's causal LM decoder names (the shipped one by default)."""
+    from .llm.files import DEFAULT_LM
+
+    decoder, head = output.get("decoder"), output.get("head") or {}
+    named = decoder.get("model") if isinstance(decoder, dict) else None
+    return str(named or head.get("model") or DEFAULT_LM)
+
+
 def default_fusion(inputs: list[InputConfig]) -> str:
     """The fusion a config gets when it names none: ``film`` when a text input can condition an
     image encoded by ``cnn`` (the question rescales the CNN's channels, so it can ask about
@@ -308,6 +349,45 @@ class Config(StrictModel):
     @classmethod
     def _resolve_fusion(cls, value: Any) -> dict | None:
         return None if value is None else resolve_component(FUSIONS, value, "concat")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_text_inputs(cls, data: Any) -> Any:
+        """With a causal LM decoder, a text input that names no encoder is read by the LM
+        (``lm_text``: the LM's tokenizer)."""
+        if not isinstance(data, dict) or not isinstance(data.get("outputs"), list):
+            return data
+        lms = [causal_lm_model(o) for o in data["outputs"]
+               if isinstance(o, dict) and uses_causal_lm(o)]
+        if not lms or not isinstance(data.get("inputs"), list):
+            return data
+        inputs = [{**i, "encoder": {"type": "lm_text", "model": lms[0]}}
+                  if isinstance(i, dict) and i.get("type") == "text" and i.get("encoder") is None
+                  else i for i in data["inputs"]]
+        return {**data, "inputs": inputs}
+
+    @model_validator(mode="after")
+    def _causal_lm_prompts(self) -> Config:
+        """Each causal LM decoder reads every input: the text inputs through its tokenizer
+        (encoder ``lm_text`` on the same model), the others at their place in the prompt."""
+        from .llm.prompt import check_prompt, default_prompt
+
+        for output in self.outputs:
+            if output.head["type"] != "causal_lm":
+                continue
+            for i in self.inputs:
+                if i.type == "text" and (i.encoder["type"] != "lm_text"
+                                         or i.encoder["model"] != output.head["model"]):
+                    raise ValueError(
+                        f"text input {i.name!r}: the causal LM of output {output.name!r} reads "
+                        "it in its prompt, through its own tokenizer; give it encoder "
+                        f"{{type: lm_text, model: {output.head['model']}}} or no encoder")
+            if output.head["prompt"] is None:
+                output.head["prompt"] = default_prompt(
+                    [i.name for i in self.inputs if i.type != "text"],
+                    [i.name for i in self.inputs if i.type == "text"])
+            check_prompt(output.head["prompt"], [i.name for i in self.inputs])
+        return self
 
     @model_validator(mode="after")
     def _default_fusion(self) -> Config:

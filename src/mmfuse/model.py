@@ -72,12 +72,20 @@ class MultimodalModel(nn.Module):
         """
         features = self.features(inputs)
         vectors = self.fusion(features)
-        out = {name: head(vectors, features, (targets or {}).get(name))
-               if head.traits.generates else head(vectors)
+        out = {name: self._head(head, vectors, features, (targets or {}).get(name), inputs)
                for name, head in self.heads.items()}
         if fused:  # also the fused vectors, which classic predictors read
             out[FUSED] = vectors
         return out
+
+    @staticmethod
+    def _head(head: nn.Module, vectors: torch.Tensor, features: dict,
+              target: torch.Tensor | None, inputs: dict):
+        """One head's outputs: a generating head also reads the features and the target, and
+        a causal LM the inputs' tensors (its text inputs' ids)."""
+        if head.traits.reads_inputs:
+            return head(vectors, features, target, inputs)
+        return head(vectors, features, target) if head.traits.generates else head(vectors)
 
     def fuse(self, inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
         """The fused vector ``[B, D]`` of every row: what the heads (and the classic

@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration)
     efficientnet,
     frame_cnn,
     hf,
+    lm_text,
     minilm,
     rnn,
     tabular,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -108,6 +109,7 @@ class Encoder(nn.Module):
 # loads without the package or folder that held the weights.
 
 _BUNDLE_WEIGHTS = ContextVar("mmfuse_bundle_weights", default=False)
+_BUNDLE_FOLDER: ContextVar[Path | None] = ContextVar("mmfuse_bundle_folder", default=None)
 
 
 def reading_bundle() -> bool:
@@ -115,11 +117,22 @@ def reading_bundle() -> bool:
     return _BUNDLE_WEIGHTS.get()
 
 
+def bundle_folder() -> Path:
+    """The folder of the bundle being read (files it embeds, such as a causal LM's)."""
+    folder = _BUNDLE_FOLDER.get()
+    if folder is None:
+        raise RuntimeError("no bundle is being read")
+    return folder
+
+
 @contextmanager
-def weights_from_bundle() -> Iterator[None]:
-    """Build models inside this block without reading pretrained weight files."""
+def weights_from_bundle(folder: Path | None = None) -> Iterator[None]:
+    """Build models inside this block without reading pretrained weight files (a causal LM's
+    frozen weights excepted: a bundle records them by identity); ``folder`` is the bundle's."""
     token = _BUNDLE_WEIGHTS.set(True)
+    folder_token = _BUNDLE_FOLDER.set(folder)
     try:
         yield
     finally:
+        _BUNDLE_FOLDER.reset(folder_token)
         _BUNDLE_WEIGHTS.reset(token)

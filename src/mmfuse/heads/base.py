@@ -20,12 +20,15 @@ class HeadTraits:
             category temperature, a binary threshold).
         calibrates_logits: what is fitted scales the head's own logits, so it is not fitted
             when a classic predictor serves the output.
+        reads_inputs: it also reads the inputs' tensors as preprocessed (a causal LM reads
+            the text inputs' token ids in its prompt).
     """
 
     generates: bool = False
     needs_teacher: bool = False
     needs_calibration: bool = False
     calibrates_logits: bool = False
+    reads_inputs: bool = False
 
 
 class Head(nn.Module):

@@ -117,7 +117,7 @@ class TextTargetPreprocessor(Preprocessor):
     def __init__(self, config: Any) -> None:
         self.name, self.column = config.name, config.column
         self.options = TextTargetOptions.model_validate(config.preprocess)
-        self.max_length = int(config.head["max_length"])
+        self.max_length = int(config.head.get("max_length") or config.head["max_new_tokens"])
         self.labels: list[str] = list(SPECIAL)  # the vocabulary, in id order
         self.truncated = 0
 
@@ -168,9 +168,77 @@ class TextTargetPreprocessor(Preprocessor):
         self.labels, self.truncated = list(state["vocabulary"]), int(state["truncated"])
 
 
-def token_stats(logits: torch.Tensor, target: torch.Tensor) -> dict[str, np.ndarray]:
+class LMTargetPreprocessor(TextTargetPreprocessor):
+    """Target strings -> the ids of a causal LM decoder's own tokenizer (LM id + 4, after
+    ``[PAD] [UNK] [BOS] [EOS]``, so batches pad and score as the other decoders' do). Nothing
+    is learned from the data; fitting records the LM's identity (``llm/files.py``)."""
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        self.model, self.embed = str(config.head["model"]), config.head["embed_lm"]
+        self.identity: dict = {}
+        self.labels = list(SPECIAL)
+
+    def _tokenizer(self) -> Any:
+        from ..llm.files import load_hf_tokenizer, resolve_lm
+
+        return load_hf_tokenizer(resolve_lm(self.identity.get("model", self.model)))
+
+    def fit(self, table: Table) -> None:
+        from ..llm.files import identity, resolve_lm
+
+        self.identity = identity(resolve_lm(self.model), self.embed)
+        texts = [str(v) for v in table.column(self.column) if v is not None and str(v).strip()]
+        if not texts:
+            raise DataError(f"{table.source}: column {self.column!r} has no target texts to "
+                            "learn from")
+        self.truncated = sum(len(ids) > self.max_length for ids in self._lm_ids(texts))
+
+    def _lm_ids(self, texts: list[str]) -> list[list[int]]:
+        tokenizer = self._tokenizer()
+        return [tokenizer.encode(self.normalize(t), add_special_tokens=False) for t in texts]
+
+    def encode(self, table: Table) -> Column:
+        """Ids ``[N, L]``; a row without a target is all ``[PAD]`` (left out of the loss)."""
+        values = [None if v is None or not str(v).strip() else str(v)
+                  for v in table.column(self.column)]
+        given = [v for v in values if v is not None]
+        encoded = iter(self._lm_ids(given)) if given else iter(())
+        rows = [[] if v is None else
+                [BOS_ID, *(i + len(SPECIAL) for i in next(encoded)[: self.max_length]), EOS_ID]
+                for v in values]
+        ids = np.full((len(rows), max(2, *(len(r) for r in rows))), PAD_ID, dtype=np.int64)
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = row
+        return Column(None, ids)
+
+    def target_spec(self) -> TargetSpec:
+        from ..specs import TargetSpec
+
+        return TargetSpec(labels=list(SPECIAL), lm=dict(self.identity))
+
+    def state(self) -> dict:
+        return {"lm": self.identity, "truncated": self.truncated}
+
+    def load_state(self, state: dict) -> None:
+        self.identity, self.truncated = dict(state["lm"]), int(state["truncated"])
+
+
+def target_preprocessor(config: Any) -> Preprocessor:
+    """The text output's target preprocessor: the output's own tokenizer, or a causal LM's."""
+    if config.head.get("type") == "causal_lm":
+        return LMTargetPreprocessor(config)
+    return TextTargetPreprocessor(config)
+
+
+def token_stats(logits: torch.Tensor | dict, target: torch.Tensor) -> dict[str, np.ndarray]:
     """Per row of teacher-forced logits ``[N, T - 1, V]`` and targets ``[N, T]``: target tokens,
-    tokens predicted right, and summed cross-entropy (so subsets can be summed)."""
+    tokens predicted right, and summed cross-entropy (so subsets can be summed). A causal LM
+    decoder gives these per row itself (``{"tokens", "correct", "loss_sum"}``)."""
+    if isinstance(logits, dict):
+        return {"tokens": logits["tokens"].long().numpy(),
+                "correct": logits["correct"].long().numpy(),
+                "loss": logits["loss_sum"].double().numpy()}
     gold = target[:, 1: 1 + logits.shape[1]]
     real = gold != PAD_ID
     loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
@@ -244,7 +312,7 @@ def sequence_logprob(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 class TextOutput(OutputType):
     """A generated text (a decoder reading the fused row and the inputs' tokens)."""
 
-    preprocessor = TextTargetPreprocessor
+    preprocessor = staticmethod(target_preprocessor)
     main_metric = "bleu"
     report_metrics = ("bleu", "chrf", "exact_match", "token_accuracy")
     confidence = "score"
@@ -281,7 +349,12 @@ class TextOutput(OutputType):
         """The generated text's log-probability, teacher-forced on the ids the decoder
         wrote."""
         ids = generated_ids(predicted["tokens"][0, 0])
-        return (lambda out: sequence_logprob(out, ids)), ids
+
+        def score(out: torch.Tensor | dict) -> torch.Tensor:
+            # a causal LM decoder gives each copy's summed cross-entropy itself
+            return -out["loss_sum"] if isinstance(out, dict) else sequence_logprob(out, ids)
+
+        return score, ids
 
     def report_section(self, report: ReportData, name: str) -> Section:
         """BLEU overall and per group, and examples of reference and generated text."""

@@ -221,6 +221,8 @@ def step(t: Training, inputs: dict, targets: dict) -> tuple[dict, torch.Tensor]:
         logits = t.net(inputs, targets)
         loss = batch_loss(t.pipeline, logits, targets, cfg.label_smoothing)
     t.optimizer.zero_grad(set_to_none=True)
+    if not loss.requires_grad:  # nothing that trains reaches the loss (a frozen LM reading
+        return logits, loss     # text alone): the batch is scored, and nothing steps
     t.scaler.scale(loss).backward()
     if cfg.grad_clip:
         t.scaler.unscale_(t.optimizer)
