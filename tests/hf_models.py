@@ -63,3 +63,20 @@ def save_tiny_clip_vision(folder: Path) -> Path:
 def _processor(name: str):
     """transformers' PIL image processor ``name`` (the torchvision one needs torchvision)."""
     return getattr(transformers, name + "Pil", None) or getattr(transformers, name)
+
+
+def save_tiny_llama(folder: Path) -> Path:
+    """A 2-layer llama (32 wide) with SmolLM2-135M-Instruct's tokenizer and chat template (read
+    from the shipped GGUF file), saved with save_pretrained: a causal LM decoder's fast
+    stand-in."""
+    from mmfuse.llm.files import load_hf_tokenizer, resolve_lm
+
+    tokenizer = load_hf_tokenizer(resolve_lm("smollm2-135m-instruct"))
+    config = transformers.LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        bos_token_id=1, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

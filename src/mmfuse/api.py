@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .bundle import bundle_file, load_bundle, save_bundle
+from .bundle import bundle_file, find_bundle, load_bundle, save_bundle
 from .config import Config, load_config, upgrade_bundle_config
 from .data.table import Table, as_table
 from .device import resolve_device
@@ -179,6 +179,8 @@ class Model:
         self._require_fitted()
         extra = {f"predictors/{name}.skops": p.dumps()
                  for name, p in self.pipeline.predictors.items()}
+        for head in self.pipeline.model.heads.values():  # an embedded causal LM's files
+            extra.update({path: file.read_bytes() for path, file in head.bundle_files().items()})
         return save_bundle(directory, self.config.model_dump(mode="json"),
                            self.pipeline.state(), self.pipeline.model.state_dict(), extra)
 
@@ -191,7 +193,9 @@ class Model:
         config = load_config(upgrade_bundle_config(config_data))
         pipeline = Pipeline.from_config(config)
         pipeline.load_state(state)
-        with weights_from_bundle():  # pretrained encoders skip their weight files
+        # pretrained encoders skip their weight files; a causal LM reads its own or the
+        # bundle's copy of them
+        with weights_from_bundle(find_bundle(directory)):
             pipeline.model = pipeline.build_model()
         pipeline.model.load_state_dict(weights)
         # a bundle saved while training (the best epoch so far) has no predictor yet: its

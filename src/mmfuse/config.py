@@ -200,7 +200,7 @@ class OutputConfig(StrictModel):
     def _resolve_causal_lm(self, head: dict) -> None:
         """``decoder: causal_lm`` or ``{type: causal_lm, ...}``: the head is the LM's, its
         options those of the decoder mapping and of ``head:``."""
-        if self.type != "text":
+        if "decoder" not in HEADS.get(self.type).options.model_fields:  # not a text output
             raise ValueError(f"decoder causal_lm writes text; the output {self.name!r} is "
                              f"{self.type} (a causal LM scoring labels is not available yet): "
                              "use type: text, or drop the decoder")
@@ -314,6 +314,12 @@ def uses_causal_lm(output: dict) -> bool:
         or (isinstance(head, dict) and head.get("type") == "causal_lm")
 
 
+def read_as_words(input_type: object) -> bool:
+    """Whether a causal LM reads an input of this type as words in its prompt: the types its
+    text encoder (``lm_text``) takes; it reads the others as projected tokens."""
+    return input_type in encoder_modalities(ENCODERS.get("lm_text").builder)
+
+
 def causal_lm_model(output: dict) -> str:
     """The LM a raw output's causal LM decoder names (the shipped one by default)."""
     from .llm.files import DEFAULT_LM
@@ -362,8 +368,8 @@ class Config(StrictModel):
         if not lms or not isinstance(data.get("inputs"), list):
             return data
         inputs = [{**i, "encoder": {"type": "lm_text", "model": lms[0]}}
-                  if isinstance(i, dict) and i.get("type") == "text" and i.get("encoder") is None
-                  else i for i in data["inputs"]]
+                  if isinstance(i, dict) and read_as_words(i.get("type"))
+                  and i.get("encoder") is None else i for i in data["inputs"]]
         return {**data, "inputs": inputs}
 
     @model_validator(mode="after")
@@ -375,17 +381,17 @@ class Config(StrictModel):
         for output in self.outputs:
             if output.head["type"] != "causal_lm":
                 continue
+            words = [i.name for i in self.inputs if read_as_words(i.type)]
             for i in self.inputs:
-                if i.type == "text" and (i.encoder["type"] != "lm_text"
-                                         or i.encoder["model"] != output.head["model"]):
+                if i.name in words and (i.encoder["type"] != "lm_text"
+                                        or i.encoder["model"] != output.head["model"]):
                     raise ValueError(
                         f"text input {i.name!r}: the causal LM of output {output.name!r} reads "
                         "it in its prompt, through its own tokenizer; give it encoder "
                         f"{{type: lm_text, model: {output.head['model']}}} or no encoder")
             if output.head["prompt"] is None:
                 output.head["prompt"] = default_prompt(
-                    [i.name for i in self.inputs if i.type != "text"],
-                    [i.name for i in self.inputs if i.type == "text"])
+                    [i.name for i in self.inputs if i.name not in words], words)
             check_prompt(output.head["prompt"], [i.name for i in self.inputs])
         return self
 

@@ -4,6 +4,7 @@ calibration and evaluation (never probed with ``getattr``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from torch import nn
 
@@ -36,3 +37,8 @@ class Head(nn.Module):
     (the training loop's higher-is-better score), ``describe`` and ``postprocess``."""
 
     traits = HeadTraits()
+
+    def bundle_files(self) -> dict[str, Path]:
+        """Files a bundle must hold beside the weights, ``{path in the bundle: file}`` (a causal
+        LM that is not a shipped package); none by default."""
+        return {}

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+from pathlib import Path
 from typing import Literal
 
 import torch
@@ -39,7 +40,7 @@ from torch import nn
 
 from ..config_base import Options, StrictModel
 from ..errors import require
-from ..llm.files import DEFAULT_LM, lm_source, load_hf_tokenizer, load_lm
+from ..llm.files import DEFAULT_LM, bundle_files, lm_source, load_hf_tokenizer, load_lm
 from ..llm.projectors import PROJECTORS
 from ..llm.prompt import Piece, prompt_pieces
 from ..outputs.text import BOS_ID, EOS_ID, PAD_ID
@@ -117,6 +118,7 @@ class CausalLMHead(Head):
         self.options = options
         self.labels = list(spec.labels)
         self.source = lm_source(options.model, spec.lm)
+        self.identity = dict(spec.lm)
         # a bundle of a fully trained LM holds all of its weights
         self.lm = load_lm(self.source, weights=not (reading_bundle() and options.lm == "full"))
         self.tokenizer = load_hf_tokenizer(self.source)
@@ -131,6 +133,10 @@ class CausalLMHead(Head):
                                                 scale=options.scale)
             for name, d in dims.items() if d.modality != "text"})
         self._prepare_lm()
+
+    def bundle_files(self) -> dict[str, Path]:
+        """The LM's files, when the bundle embeds them (``lm/...``)."""
+        return bundle_files(self.source) if self.identity.get("embedded") else {}
 
     # --- the LM and what of it trains ------------------------------------------------------
 
@@ -147,9 +153,11 @@ class CausalLMHead(Head):
         if o.gradient_checkpointing:
             self.base.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False})
-        self._register_state_dict_hook(_drop_base_weights)
-        self.register_load_state_dict_post_hook(_allow_missing_base_weights)
         self._merged = False
+        self._register_state_dict_hook(_drop_base_weights)
+        # adapters are loaded unmerged, then merged again for inference (see train())
+        self._register_load_state_dict_pre_hook(_unmerge_before_loading, with_module=True)
+        self.register_load_state_dict_post_hook(_after_loading)
 
     @property
     def base(self) -> nn.Module:
@@ -172,13 +180,19 @@ class CausalLMHead(Head):
         """LoRA adapters are merged into the weights for inference, and taken out again for
         training."""
         super().train(mode)
-        if self.options.lm == "lora" and mode == self._merged:
-            if mode:
-                self.lm.unmerge_adapter()
-            else:
-                self.lm.merge_adapter()
-            self._merged = not mode
+        self.merge(not mode)
         return self
+
+    def merge(self, merged: bool) -> None:
+        """Merge the LoRA adapters into the LM's weights (one matmul less per layer and
+        token), or take them out again."""
+        if self.options.lm != "lora" or merged == self._merged:
+            return
+        if merged:
+            self.lm.merge_adapter()
+        else:
+            self.lm.unmerge_adapter()
+        self._merged = merged
 
     # --- the prompt ------------------------------------------------------------------------
 
@@ -388,9 +402,15 @@ def _drop_base_weights(module: CausalLMHead, state: dict, prefix: str, local_met
             del state[key]
 
 
-def _allow_missing_base_weights(module: CausalLMHead, incompatible) -> None:
-    """The LM's own frozen weights come from its file, not the state dict: a key is missing
-    on purpose when what follows some prefix of it is one of them."""
+def _unmerge_before_loading(module: CausalLMHead, *_: object) -> None:
+    module.merge(False)  # new adapters must not be subtracted from weights holding the old
+
+
+def _after_loading(module: CausalLMHead, incompatible) -> None:
+    """Merge again for inference, and let the LM's own frozen weights be missing: they come
+    from its file, not the state dict (a key is missing on purpose when what follows some
+    prefix of it is one of them)."""
+    module.merge(not module.training)
     local = [name for name, _ in module.named_parameters(remove_duplicate=False)]
     unstored = {name for name in local if not module.stored(name)}
     for key in list(incompatible.missing_keys):

@@ -139,6 +139,8 @@ def load_lm(source: LMSource, weights: bool = True) -> torch.nn.Module:
     if source.gguf:
         require("gguf", "llm", "reading a GGUF language model")
     require("accelerate", "llm", "loading a causal language model")
+    bars = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # one per load, and per GGUF tensor
     try:
         if weights:
             return transformers.AutoModelForCausalLM.from_pretrained(
@@ -149,6 +151,9 @@ def load_lm(source: LMSource, weights: bool = True) -> torch.nn.Module:
     except (OSError, ValueError) as exc:
         raise ConfigError(f"model {source.name!r}: it cannot be loaded as a causal language "
                           f"model ({str(exc).splitlines()[0][:200]})") from None
+    finally:
+        if bars:
+            transformers.utils.logging.enable_progress_bar()
 
 
 def check_identity(source: LMSource, expected: str | None) -> None:

@@ -31,9 +31,14 @@ def default_prompt(media: list[str], texts: list[str]) -> str:
     return "\n".join(f"{{{name}}}" for name in [*media, *texts])
 
 
+def _escaped(template: str) -> str:
+    """``{{`` and ``}}`` (literal braces) out of the way of the places."""
+    return template.replace("{{", "\uE002").replace("}}", "\uE003")
+
+
 def places(template: str) -> list[str]:
     """The input names a template places, in order."""
-    return _PLACE.findall(template.replace("{{", "").replace("}}", ""))
+    return _PLACE.findall(_escaped(template))
 
 
 def check_prompt(template: str, inputs: list[str]) -> None:
@@ -71,8 +76,8 @@ def prompt_pieces(template: str, tokenizer: Any, chat_template: bool,
         chat_template: wrap the template in the model's chat template (when it has one).
         system: a system message replacing the chat template's default one (None keeps it).
     """
-    marked = _PLACE.sub(lambda m: _SENTINEL.format(m.group(1)), template)
-    marked = marked.replace("{{", "{").replace("}}", "}")
+    marked = _PLACE.sub(lambda m: _SENTINEL.format(m.group(1)), _escaped(template))
+    marked = marked.replace("\uE002", "{").replace("\uE003", "}")
     if chat_template and getattr(tokenizer, "chat_template", None):
         messages = ([{"role": "system", "content": system}] if system is not None else []) \
             + [{"role": "user", "content": marked}]
