@@ -53,8 +53,6 @@ class TargetSpec:
             ``threshold: auto``).
         top_set: a set output's most frequent label set in training (its baseline).
         json_bool: a binary output's labels were JSON booleans (predictions stay booleans).
-        lm: a causal LM decoder's identity: ``model``, ``file``, ``sha256``, ``embedded``
-            (``llm/files.py``).
     """
 
     labels: list[str] = field(default_factory=list)
@@ -64,7 +62,6 @@ class TargetSpec:
     calibration: dict[str, float] = field(default_factory=dict)
     top_set: list[str] = field(default_factory=list)
     json_bool: bool = False
-    lm: dict = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ cross-entropy on the answer's tokens alone (the prompt and the media positions a
 ``lm:`` what of the LM trains: ``frozen`` (the projector alone learns; the LM keeps its
 language), ``lora`` (Hu et al. 2021, low-rank adapters on the attention projections, through
 ``peft``; merged into the weights for inference) or ``full``. A bundle holds the projector and
-the adapters; the LM's own weights only with ``full``. The LM is named in the bundle by its
-identity (``TargetSpec.lm``: name and sha256 of its files) and embedded when it is not a
-shipped package.
+the adapters; the LM's own weights only with ``full``. It names the LM by ``model`` and the
+sha256 of its files (the buffer ``lm_sha256``, checked when the bundle loads), and holds a copy
+of the files (``lm/``) when they are not a shipped package (``embed_lm``).
 
 Generation runs transformers' ``generate`` on the prompt's embeddings (left-padded batches,
 KV cache): greedy, beam or sampling, with ``max_new_tokens`` and ``stop`` strings. The answer
@@ -40,7 +40,14 @@ from torch import nn
 
 from ..config_base import Options, StrictModel
 from ..errors import require
-from ..llm.files import DEFAULT_LM, bundle_files, lm_source, load_hf_tokenizer, load_lm
+from ..llm.files import (
+    DEFAULT_LM,
+    bundle_files,
+    check_identity,
+    lm_source,
+    load_hf_tokenizer,
+    load_lm,
+)
 from ..llm.projectors import PROJECTORS
 from ..llm.prompt import Piece, prompt_pieces
 from ..outputs.text import BOS_ID, EOS_ID, PAD_ID
@@ -117,8 +124,10 @@ class CausalLMHead(Head):
 
         self.options = options
         self.labels = list(spec.labels)
-        self.source = lm_source(options.model, spec.lm)
-        self.identity = dict(spec.lm)
+        self.source = lm_source(options.model)
+        self.sha256 = self.source.sha256()
+        self.register_buffer("lm_sha256", torch.tensor(list(bytes.fromhex(self.sha256)),
+                                                       dtype=torch.uint8))
         # a bundle of a fully trained LM holds all of its weights
         self.lm = load_lm(self.source, weights=not (reading_bundle() and options.lm == "full"))
         self.tokenizer = load_hf_tokenizer(self.source)
@@ -136,7 +145,9 @@ class CausalLMHead(Head):
 
     def bundle_files(self) -> dict[str, Path]:
         """The LM's files, when the bundle embeds them (``lm/...``)."""
-        return bundle_files(self.source) if self.identity.get("embedded") else {}
+        embed = (not self.source.shipped) if self.options.embed_lm is None \
+            else self.options.embed_lm
+        return bundle_files(self.source) if embed else {}
 
     # --- the LM and what of it trains ------------------------------------------------------
 
@@ -402,8 +413,13 @@ def _drop_base_weights(module: CausalLMHead, state: dict, prefix: str, local_met
             del state[key]
 
 
-def _unmerge_before_loading(module: CausalLMHead, *_: object) -> None:
-    module.merge(False)  # new adapters must not be subtracted from weights holding the old
+def _unmerge_before_loading(module: CausalLMHead, state: dict, prefix: str, *_: object) -> None:
+    """The LM must be the one the weights were trained with; and new adapters must not be
+    subtracted from weights that hold the old ones."""
+    saved = state.get(prefix + "lm_sha256")
+    if saved is not None:
+        check_identity(module.source, module.sha256, bytes(saved.tolist()).hex())
+    module.merge(False)
 
 
 def _after_loading(module: CausalLMHead, incompatible) -> None:

@@ -156,35 +156,26 @@ def load_lm(source: LMSource, weights: bool = True) -> torch.nn.Module:
             transformers.utils.logging.enable_progress_bar()
 
 
-def check_identity(source: LMSource, expected: str | None) -> None:
-    """Raise when the model's files differ from the ones a bundle was trained on."""
-    if expected and source.sha256() != expected:
+def check_identity(source: LMSource, found: str, expected: str) -> None:
+    """Raise when the model's files (sha256 ``found``) differ from the ones a bundle was
+    trained on (``expected``)."""
+    if found != expected:
         raise MmfuseError(f"model {source.name!r} at {source.folder}: its files differ from "
-                          f"the ones this bundle was trained on (sha256 {expected[:16]}...); "
-                          "install the same version of the model, or retrain")
+                          f"the ones this bundle was trained on (sha256 {expected[:16]}..., "
+                          f"found {found[:16]}...); install the same version of the model, "
+                          "or retrain")
 
 
-def lm_source(model: str, identity: dict) -> LMSource:
-    """The LM a head builds on: ``model``, or while a bundle is read, the copy embedded in it
-    (``identity["embedded"]``); a bundle's LM must have the sha256 it was trained with."""
+def lm_source(model: str) -> LMSource:
+    """The LM a head builds on: ``model``, or while a bundle that embeds a copy (its ``lm/``
+    folder) is read, that copy."""
     from ..encoders.base import bundle_folder, reading_bundle
 
-    if reading_bundle() and identity.get("embedded"):
+    if reading_bundle() and (bundle_folder() / "lm").is_dir():
         folder = bundle_folder() / "lm"
-        source = resolve_lm(str(folder / identity["file"] if identity.get("file") else folder))
-        source = LMSource(identity.get("model", model), source.folder, source.gguf, False)
-    else:
-        source = resolve_lm(model)
-    if reading_bundle():
-        check_identity(source, identity.get("sha256"))
-    return source
-
-
-def identity(source: LMSource, embed: bool | None) -> dict:
-    """What a bundle records of its LM: the name, the GGUF file's name, the sha256 of its files
-    and whether the bundle holds a copy (by default when it is not a shipped package)."""
-    return {"model": source.name, "file": source.gguf, "sha256": source.sha256(),
-            "embedded": (not source.shipped) if embed is None else bool(embed)}
+        ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+        return LMSource(model, folder, ggufs[0] if ggufs else None, False)
+    return resolve_lm(model)
 
 
 def bundle_files(source: LMSource) -> dict[str, Path]:

@@ -171,23 +171,23 @@ class TextTargetPreprocessor(Preprocessor):
 class LMTargetPreprocessor(TextTargetPreprocessor):
     """Target strings -> the ids of a causal LM decoder's own tokenizer (LM id + 4, after
     ``[PAD] [UNK] [BOS] [EOS]``, so batches pad and score as the other decoders' do). Nothing
-    is learned from the data; fitting records the LM's identity (``llm/files.py``)."""
+    is learned from the data: fitting reads the LM's tokenizer, which the state keeps (so
+    targets encode without the LM's files)."""
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
-        self.model, self.embed = str(config.head["model"]), config.head["embed_lm"]
-        self.identity: dict = {}
-        self.labels = list(SPECIAL)
-
-    def _tokenizer(self) -> Any:
-        from ..llm.files import load_hf_tokenizer, resolve_lm
-
-        return load_hf_tokenizer(resolve_lm(self.identity.get("model", self.model)))
+        self.model = str(config.head["model"])
+        self.tokenizer: Any = None  # the LM's fast tokenizer (tokenizers.Tokenizer)
 
     def fit(self, table: Table) -> None:
-        from ..llm.files import identity, resolve_lm
+        from tokenizers import Tokenizer
 
-        self.identity = identity(resolve_lm(self.model), self.embed)
+        from ..llm.files import load_hf_tokenizer, resolve_lm
+
+        loaded = load_hf_tokenizer(resolve_lm(self.model))
+        self.tokenizer = Tokenizer.from_str(loaded.backend_tokenizer.to_str())
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
         texts = [str(v) for v in table.column(self.column) if v is not None and str(v).strip()]
         if not texts:
             raise DataError(f"{table.source}: column {self.column!r} has no target texts to "
@@ -195,15 +195,15 @@ class LMTargetPreprocessor(TextTargetPreprocessor):
         self.truncated = sum(len(ids) > self.max_length for ids in self._lm_ids(texts))
 
     def _lm_ids(self, texts: list[str]) -> list[list[int]]:
-        tokenizer = self._tokenizer()
-        return [tokenizer.encode(self.normalize(t), add_special_tokens=False) for t in texts]
+        encoded = self.tokenizer.encode_batch([self.normalize(t) for t in texts],
+                                              add_special_tokens=False)
+        return [e.ids for e in encoded]
 
     def encode(self, table: Table) -> Column:
         """Ids ``[N, L]``; a row without a target is all ``[PAD]`` (left out of the loss)."""
         values = [None if v is None or not str(v).strip() else str(v)
                   for v in table.column(self.column)]
-        given = [v for v in values if v is not None]
-        encoded = iter(self._lm_ids(given)) if given else iter(())
+        encoded = iter(self._lm_ids([v for v in values if v is not None]))
         rows = [[] if v is None else
                 [BOS_ID, *(i + len(SPECIAL) for i in next(encoded)[: self.max_length]), EOS_ID]
                 for v in values]
@@ -212,16 +212,14 @@ class LMTargetPreprocessor(TextTargetPreprocessor):
             ids[i, : len(row)] = row
         return Column(None, ids)
 
-    def target_spec(self) -> TargetSpec:
-        from ..specs import TargetSpec
-
-        return TargetSpec(labels=list(SPECIAL), lm=dict(self.identity))
-
     def state(self) -> dict:
-        return {"lm": self.identity, "truncated": self.truncated}
+        return {"tokenizer": self.tokenizer.to_str(), "truncated": self.truncated}
 
     def load_state(self, state: dict) -> None:
-        self.identity, self.truncated = dict(state["lm"]), int(state["truncated"])
+        from tokenizers import Tokenizer
+
+        self.tokenizer = Tokenizer.from_str(state["tokenizer"])
+        self.truncated = int(state["truncated"])
 
 
 def target_preprocessor(config: Any) -> Preprocessor:
