@@ -82,12 +82,14 @@ def reworded(rows: list[dict]) -> list[dict]:
     return out
 
 
-def config(kind: str, lm_epochs: int) -> dict:
+def config(kind: str, args: argparse.Namespace) -> dict:
     cfg = minimal_config("image_qa")
     cfg["outputs"][0]["type"] = "text"  # a one-word free-text answer, not a class
     if kind == "causal_lm":
-        cfg["outputs"][0]["decoder"] = {"type": "causal_lm"}
-        cfg["training"] = {"epochs": lm_epochs, "batch_size": 16}
+        cfg["outputs"][0]["decoder"] = {"type": "causal_lm", **json.loads(args.decoder)}
+        cfg["training"] = {"epochs": args.lm_epochs, "batch_size": 16}
+        if args.image_encoder:
+            cfg["inputs"][0]["encoder"] = json.loads(args.image_encoder)
     return cfg
 
 
@@ -95,8 +97,9 @@ def exact(model: mmfuse.Model, table: Path, drop: list[str] | None = None) -> fl
     return model.evaluate(table, drop=drop or [])["outputs"]["answer"]["exact_match"]
 
 
-def run(kind: str, train: Path, tests: dict[str, Path], lm_epochs: int, out: Path) -> dict:
-    model = mmfuse.Model.from_config(config(kind, lm_epochs))
+def run(kind: str, train: Path, tests: dict[str, Path], args: argparse.Namespace,
+        out: Path) -> dict:
+    model = mmfuse.Model.from_config(config(kind, args))
     start = time.perf_counter()
     fitted = model.fit(train, out=out)
     seconds = time.perf_counter() - start
@@ -154,6 +157,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--lm-epochs", type=int, default=6)
     parser.add_argument("--fractions", default="0.1,0.3,1.0")
+    parser.add_argument("--kinds", default="scratch,causal_lm")
+    parser.add_argument("--decoder", default="{}", help="causal_lm options (JSON)")
+    parser.add_argument("--image-encoder", default=None, help="the LM runs' image encoder "
+                        "(JSON); default: the default one")
+    parser.add_argument("--no-write", action="store_true", help="print, do not write results")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
     results: dict = {"runs": [], "args": vars(args)}
@@ -169,9 +177,8 @@ def main() -> None:
         for fraction in [float(f) for f in args.fractions.split(",")]:
             rows = train_rows[: max(1, round(fraction * len(train_rows)))]
             train = write_rows(root / "data" / f"train_{fraction}.csv", rows)
-            for kind in ("scratch", "causal_lm"):
-                row, model = run(kind, train, tests, args.lm_epochs,
-                                 root / f"run_{kind}_{fraction}")
+            for kind in args.kinds.split(","):
+                row, model = run(kind, train, tests, args, root / f"run_{kind}_{fraction}")
                 row.update(kind=kind, fraction=fraction, rows=len(rows))
                 print(json.dumps(row), flush=True)
                 results["runs"].append(row)
@@ -179,6 +186,8 @@ def main() -> None:
                     last = model
         results["peak_rss_gb"] = round(
             resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+        if args.no_write:
+            return
         results["generation"] = generation_speed(last)
         print(json.dumps(results["generation"]), flush=True)
     write(results)

@@ -93,10 +93,10 @@ def test_bad_decoder_options_name_the_key_and_the_fix(tiny, change, message):
         load_config(lm_config(str(tiny), **change))
 
 
-def test_a_causal_lm_on_a_category_output_or_a_foreign_text_encoder_is_refused(tiny):
+def test_generation_options_on_scored_labels_or_a_foreign_text_encoder_are_refused(tiny):
     config = lm_config(str(tiny))
-    config["outputs"][0]["type"] = "category"
-    with pytest.raises(ConfigError, match="writes text.*use type: text"):
+    config["outputs"][0]["type"] = "category"  # its LM scores labels: it generates nothing
+    with pytest.raises(ConfigError, match="causal_lm_category.*max_new_tokens: unknown key"):
         load_config(config)
     config = lm_config(str(tiny))
     config["inputs"][1]["encoder"] = {"type": "gru"}
@@ -373,3 +373,69 @@ def test_a_frozen_shipped_lm_keeps_its_language(tmp_path):
         reference = head.tokenizer.decode(out[0, enc["input_ids"].shape[1]:],
                                           skip_special_tokens=True)
         assert answer == " ".join(reference.split())
+
+
+# --- category and binary outputs scored by the LM --------------------------------------------
+
+
+def label_config(model: str, kind: str, **decoder) -> dict:
+    config = lm_config(model, **decoder)
+    config["outputs"][0]["type"] = kind
+    config["outputs"][0]["decoder"].pop("max_new_tokens")
+    return config
+
+
+def test_a_category_output_is_scored_by_each_labels_likelihood(tiny, table, tmp_path):
+    from mmfuse.api import Model
+
+    config = load_config(label_config(str(tiny), "category"))
+    assert config.outputs[0].head["type"] == "causal_lm_category"
+    model = trained(label_config(str(tiny), "category"), table, tmp_path / "run")
+    head = model.pipeline.model.heads["answer"]
+    data = model.pipeline.encode(model_table(table))
+    logits = model.pipeline.logits(data)["answer"]
+    assert logits.shape == (len(data), len(head.labels))
+    # each logit is the LM's log-likelihood of the label's text (and the end token)
+    inputs, _ = model.pipeline.batch(data, torch.arange(2).numpy())
+    with torch.no_grad():
+        features = model.pipeline.model.features(inputs)
+        prompts = head.prompts(features, inputs, torch.device("cpu"))
+        label = head.labels[1]
+        ids = [*head.tokenizer.encode(label, add_special_tokens=False), head.end_id]
+        stats = head.continuations(prompts[:1], [ids])
+    assert logits[0, 1].item() == pytest.approx(-stats["loss_sum"].item(), abs=1e-4)
+    answer = model.predict([{"image": str(table.parent / "img" / "train_0000.png"),
+                             "question": "what colour?"}])[0]["answer"]
+    assert answer["prediction"] in head.labels and len(answer["probabilities"]) >= 2
+    metrics = model.evaluate(table)["outputs"]["answer"]
+    assert "accuracy" in metrics
+    assert Model.load(tmp_path / "run").predict([{"question": "hi"}]) == \
+        model.predict([{"question": "hi"}])
+
+
+def test_a_binary_output_logit_is_the_positive_minus_the_negative_score(tiny, tmp_path):
+    rows = [{"question": q, "answer": a} for q, a in
+            (("is it red?", "yes"), ("is it blue?", "no"), ("is it green?", "no"),
+             ("is the sky blue?", "yes"))] * 3
+    table = write_table(tmp_path / "t.csv", rows)
+    config = label_config(str(tiny), "binary")
+    config["inputs"] = [config["inputs"][1]]
+    config["outputs"][0]["decoder"]["prompt"] = "{question} Answer yes or no."
+    model = trained(config, table, tmp_path / "run")
+    head = model.pipeline.model.heads["answer"]
+    assert head.labels == ["no", "yes"]
+    data = model.pipeline.encode(model_table(table))
+    inputs, _ = model.pipeline.batch(data, torch.arange(len(data)).numpy())
+    with torch.no_grad():
+        logit = model.pipeline.model(inputs)["answer"]
+        features = model.pipeline.model.features(inputs)
+        scores = head.scores(torch.zeros(len(data), 1), features, inputs)
+    torch.testing.assert_close(logit, scores[:, 1] - scores[:, 0])
+    answer = model.predict([{"question": "is it red?"}])[0]["answer"]
+    assert answer["prediction"] in ("yes", "no") and 0 <= answer["probability"] <= 1
+
+
+def test_a_number_output_cannot_take_a_causal_lm(tiny):
+    config = label_config(str(tiny), "number")
+    with pytest.raises(ConfigError, match="does not apply to number outputs.*category"):
+        load_config(config)

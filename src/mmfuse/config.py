@@ -200,10 +200,12 @@ class OutputConfig(StrictModel):
     def _resolve_causal_lm(self, head: dict) -> None:
         """``decoder: causal_lm`` or ``{type: causal_lm, ...}``: the head is the LM's, its
         options those of the decoder mapping and of ``head:``."""
-        if "decoder" not in HEADS.get(self.type).options.model_fields:  # not a text output
-            raise ValueError(f"decoder causal_lm writes text; the output {self.name!r} is "
-                             f"{self.type} (a causal LM scoring labels is not available yet): "
-                             "use type: text, or drop the decoder")
+        head_type = output_type(self.type).causal_lm_head
+        if head_type is None:
+            able = [n for n in OUTPUTS.names() if output_type(n).causal_lm_head]
+            raise ValueError(f"decoder causal_lm does not apply to {self.type} outputs (a "
+                             f"causal LM writes or scores the outputs {', '.join(able)}); "
+                             f"drop it from the output {self.name!r}")
         spec = dict(self.decoder) if isinstance(self.decoder, dict) else {}
         if spec.pop("type", "causal_lm") != "causal_lm":
             raise ValueError("decoder as a mapping is a pretrained language model, "
@@ -213,7 +215,7 @@ class OutputConfig(StrictModel):
             raise ValueError(f"{clash[0]} is given both under decoder and under head; give it "
                              "once")
         options = {**{k: v for k, v in head.items() if k != "type"}, **spec}
-        self.head = resolve_component(HEADS, {"type": "causal_lm", **options})
+        self.head = resolve_component(HEADS, {"type": head_type, **options})
         self.decoder = "causal_lm"
 
     def _target_options(self) -> dict:
@@ -379,7 +381,7 @@ class Config(StrictModel):
         from .llm.prompt import check_prompt, default_prompt
 
         for output in self.outputs:
-            if output.head["type"] != "causal_lm":
+            if output.decoder != "causal_lm":
                 continue
             words = [i.name for i in self.inputs if read_as_words(i.type)]
             for i in self.inputs:

@@ -37,6 +37,7 @@ class Head(nn.Module):
     (the training loop's higher-is-better score), ``describe`` and ``postprocess``."""
 
     traits = HeadTraits()
+    needs_input_dims = False  # built with every input's InputDims (it reads their features)
 
     def bundle_files(self) -> dict[str, Path]:
         """Files a bundle must hold beside the weights, ``{path in the bundle: file}`` (a causal

@@ -70,7 +70,9 @@ class LoraOptions(StrictModel):
         description="the LM's modules that get adapters (default: the attention projections)")
 
 
-class CausalLMOptions(Options):
+class LMOptions(Options):
+    """What every head on a causal LM shares: the LM, the prompt, the projectors, training."""
+
     model: str = Field(DEFAULT_LM, description="the shipped smollm2-135m-instruct, a .gguf "
                        "file or a local Hugging Face folder (llm/files.py)")
     prompt: str | None = Field(
@@ -86,6 +88,13 @@ class CausalLMOptions(Options):
         "frozen", description="what of the LM trains (README: 'A pretrained language model')")
     lora: LoraOptions = Field(default_factory=LoraOptions)
     gradient_checkpointing: bool = False
+    embed_lm: bool | None = Field(None, description="copy the LM's files into the bundle; "
+                                  "default: when it is not a shipped package")
+
+
+class CausalLMOptions(LMOptions):
+    """A causal LM writing a text output: the LM's options and how it generates."""
+
     decoding: Literal["greedy", "beam", "sample"] = "greedy"
     beam_width: int = Field(4, ge=1)
     hypotheses: int = Field(1, ge=1, description="beam: hypotheses returned per row")
@@ -97,8 +106,6 @@ class CausalLMOptions(Options):
                                 "training target)")
     stop: list[str] = Field(default_factory=list, description="generation ends after any of "
                             "these strings")
-    embed_lm: bool | None = Field(None, description="copy the LM's files into the bundle; "
-                                  "default: when it is not a shipped package")
 
     @model_validator(mode="after")
     def _consistent(self) -> CausalLMOptions:
@@ -116,8 +123,9 @@ class CausalLMHead(Head):
     tokens (see the module docstring)."""
 
     traits = HeadTraits(generates=True, needs_teacher=True, reads_inputs=True)
+    needs_input_dims = True
 
-    def __init__(self, options: CausalLMOptions, in_dim: int, spec: TargetSpec,
+    def __init__(self, options: LMOptions, in_dim: int, spec: TargetSpec,
                  input_dims: dict[str, InputDims] | None = None) -> None:
         super().__init__()
         from ..encoders.base import reading_bundle
@@ -231,12 +239,15 @@ class CausalLMHead(Head):
                     parts.append(tokens[b][keep[b]])
         return parts
 
-    def _prompts(self, features: dict, inputs: dict, device: torch.device
-                 ) -> list[list[torch.Tensor]]:
+    def prompts(self, features: dict, inputs: dict, device: torch.device
+                ) -> list[torch.Tensor]:
+        """Each row's prompt as embeddings ``[n_b, H]`` (an empty prompt reads the end
+        token)."""
         projected = {name: proj(features[name].tokens, features[name].mask)
                      for name, proj in self.projectors.items()}
         batch = next(iter(features.values())).present.shape[0]
-        return [self._row_parts(b, features, inputs, projected, device) for b in range(batch)]
+        rows = [self._row_parts(b, features, inputs, projected, device) for b in range(batch)]
+        return [torch.cat(p) if p else self._embed([self.end_id], device) for p in rows]
 
     @staticmethod
     def _left_pad(rows: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,19 +274,22 @@ class CausalLMHead(Head):
     def forward(self, fused: torch.Tensor, features: dict, target: torch.Tensor | None = None,
                 inputs: dict | None = None):
         """Per-row teacher-forced statistics for ``target``, or the generated texts."""
-        device = fused.device
-        prompts = [torch.cat(p) if p else self._embed([self.end_id], device)
-                   for p in self._prompts(features, inputs or {}, device)]
+        prompts = self.prompts(features, inputs or {}, fused.device)
         if target is None:
             return self.generate(prompts)
-        answers = self.answer_ids(target)
+        return self.continuations(prompts, self.answer_ids(target))
+
+    def continuations(self, prompts: list[torch.Tensor], answers: list[list[int]]
+                      ) -> dict[str, torch.Tensor]:
+        """Teacher-forced statistics of each prompt followed by its answer (LM ids)."""
+        device = prompts[0].device
         rows = [torch.cat([p, self._embed(a, device)]) if a else p
                 for p, a in zip(prompts, answers, strict=True)]
         embeds, mask = self._left_pad(rows)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         hidden = self.base.get_decoder()(inputs_embeds=embeds, attention_mask=mask,
-                                 position_ids=positions, use_cache=False).last_hidden_state
-        return self._answer_stats(hidden, answers, device)
+                                         position_ids=positions, use_cache=False)
+        return self._answer_stats(hidden.last_hidden_state, answers, device)
 
     def _answer_stats(self, hidden: torch.Tensor, answers: list[list[int]],
                       device: torch.device) -> dict[str, torch.Tensor]:
@@ -390,11 +404,14 @@ class CausalLMHead(Head):
                 for ids, scores in zip(generated["tokens"].tolist(),
                                        generated["scores"].tolist(), strict=True)]
 
+    def describe_lm(self) -> dict:
+        """What ``GET /v1/model`` says about the LM under any head on it."""
+        o = self.options
+        return {"decoder": "causal_lm", "model": o.model, "lm": o.lm, "projector": o.projector}
+
     def describe(self) -> dict:
         o = self.options
-        return {"decoder": "causal_lm", "model": o.model, "lm": o.lm,
-                "projector": o.projector, "decoding": o.decoding,
-                "max_new_tokens": o.max_new_tokens}
+        return {**self.describe_lm(), "decoding": o.decoding, "max_new_tokens": o.max_new_tokens}
 
     def postprocess(self, generated: dict) -> list[dict]:
         """Per row: the text, its score, and with beam search the top hypotheses."""

@@ -199,6 +199,7 @@ class BinaryOutput(OutputType):
 
     preprocessor = BinaryTargetPreprocessor
     main_metric = "roc_auc"
+    causal_lm_head = "causal_lm_binary"
     report_metrics = ("roc_auc", "pr_auc", "f1", "accuracy")
     predictors = ("logistic", "random_forest", "gradient_boosting")
 

@@ -132,6 +132,7 @@ class CategoryOutput(OutputType):
 
     preprocessor = CategoryPreprocessor
     main_metric = "accuracy"
+    causal_lm_head = "causal_lm_category"
     report_metrics = ("accuracy", "top_k_accuracy", "majority_baseline")
     predictors = ("logistic", "random_forest", "gradient_boosting")
 

@@ -69,11 +69,14 @@ class OutputType:
     predictors: tuple[str, ...] = ()  # classic predictor types that fit it
     regression: bool = False  # its predictors are regressors (else classifiers)
     confidence: str = "probability"  # what the report's gallery calls an answer's confidence
+    causal_lm_head: str | None = None  # its head on a causal LM (decoder: causal_lm), if any
 
     def build_head(self, output: Any, in_dim: int, spec: TargetSpec,
                    dims: dict[str, InputDims]) -> nn.Module:
-        """The output's head, reading the fused vector of width ``in_dim`` (a head that also
-        reads the inputs' features, as a text decoder does, overrides this to get ``dims``)."""
+        """The output's head, reading the fused vector of width ``in_dim``; a head that also
+        reads the inputs' features (a causal LM scoring the labels) gets their ``dims``."""
+        if HEADS.get(output.head["type"]).builder.needs_input_dims:
+            return HEADS.build(output.head, in_dim, spec, dims)
         return HEADS.build(output.head, in_dim, spec)
 
     def scorer(self, head: nn.Module, raw: Any, target: np.ndarray, column: list,

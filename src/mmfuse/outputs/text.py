@@ -312,6 +312,7 @@ class TextOutput(OutputType):
 
     preprocessor = staticmethod(target_preprocessor)
     main_metric = "bleu"
+    causal_lm_head = "causal_lm"
     report_metrics = ("bleu", "chrf", "exact_match", "token_accuracy")
     confidence = "score"
 

@@ -222,7 +222,8 @@ def step(t: Training, inputs: dict, targets: dict) -> tuple[dict, torch.Tensor]:
         loss = batch_loss(t.pipeline, logits, targets, cfg.label_smoothing)
     t.optimizer.zero_grad(set_to_none=True)
     if not loss.requires_grad:  # nothing that trains reaches the loss (a frozen LM reading
-        return logits, loss     # text alone): the batch is scored, and nothing steps
+        t.optimizer.step()      # text alone): the batch is scored, and no weight changes
+        return logits, loss
     t.scaler.scale(loss).backward()
     if cfg.grad_clip:
         t.scaler.unscale_(t.optimizer)
