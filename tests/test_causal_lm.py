@@ -439,3 +439,61 @@ def test_a_number_output_cannot_take_a_causal_lm(tiny):
     config = label_config(str(tiny), "number")
     with pytest.raises(ConfigError, match="does not apply to number outputs.*category"):
         load_config(config)
+
+
+# --- device and dtype safety (as tests/test_device_safety.py checks the other heads) ---------
+
+
+def step_and_generate(net, inputs: dict, targets: dict) -> dict[str, torch.Tensor]:
+    """Every tensor a training step (forward, loss, backward) and generation give, by name."""
+    net.zero_grad(set_to_none=True)
+    net.train()
+    torch.manual_seed(1)
+    outputs = net(inputs, targets)
+    loss = sum(net.heads[n].loss(out, targets[n]) for n, out in outputs.items())
+    if loss.requires_grad:  # a frozen LM reading text alone has nothing to train
+        loss.backward()
+    found = {"loss": loss.detach()}
+    found |= {f"grad/{n}": p.grad for n, p in net.named_parameters() if p.grad is not None}
+    net.eval()
+    with torch.no_grad():
+        for name, value in net(inputs).items():
+            parts = value if isinstance(value, dict) else {"logits": value}
+            found |= {f"generate/{name}/{key}": v for key, v in parts.items()}
+    return found
+
+
+@pytest.mark.parametrize("kind", ["text", "category", "binary"])
+def test_no_tensor_is_made_on_the_default_device_and_bf16_runs(tiny, table, tmp_path, kind):
+    config = lm_config(str(tiny)) if kind == "text" else label_config(str(tiny), kind)
+    if kind == "binary":
+        config["outputs"][0]["name"] = "yes_no"
+        rows = [{"question": q, "yes_no": a} for q, a in
+                (("is it red?", "yes"), ("is it blue?", "no"))] * 4
+        table = write_table(tmp_path / "t.csv", rows)
+        config["inputs"] = [config["inputs"][1]]
+    model = trained(config, table, tmp_path / "run")
+    data = model.pipeline.encode(model_table(table))
+    inputs, targets = model.pipeline.batch(data, torch.arange(4).numpy())
+    net = model.pipeline.model
+    expected = step_and_generate(copy.deepcopy(net), inputs, targets)
+    with torch.device("meta"):  # a factory call without a device now makes a meta tensor
+        got = step_and_generate(net, inputs, targets)
+    assert got.keys() == expected.keys()
+    for name, value in got.items():
+        assert value.device.type == "cpu", f"{name} was made on {value.device}"
+        torch.testing.assert_close(value, expected[name], atol=1e-5, rtol=1e-4,
+                                   msg=lambda m, name=name: f"{name}: {m}")
+    net.eval()
+    with torch.no_grad():
+        plain = net(inputs, targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = net(inputs, targets)
+            generated = net(inputs)
+    name = config["outputs"][0]["name"]
+    if kind == "text":  # the same model under bf16: the loss within 5%
+        assert half[name]["loss_sum"].sum().item() == pytest.approx(
+            plain[name]["loss_sum"].sum().item(), rel=0.05)
+        assert torch.isfinite(generated[name]["scores"][:, 0]).all()
+    else:
+        torch.testing.assert_close(half[name].float(), plain[name], atol=0.1, rtol=0.05)

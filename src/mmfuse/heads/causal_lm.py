@@ -298,7 +298,7 @@ class CausalLMHead(Head):
         width = max(1, max(len(a) for a in answers))
         gold = torch.full((len(answers), width), IGNORE, dtype=torch.long, device=device)
         for b, a in enumerate(answers):
-            gold[b, : len(a)] = torch.tensor(a, dtype=torch.long)
+            gold[b, : len(a)] = torch.tensor(a, dtype=torch.long, device=device)
         length = hidden.shape[1]
         # the answer is the last len(a) positions; each token is predicted one position before
         start = torch.tensor([length - len(a) - 1 for a in answers], device=device)
@@ -352,19 +352,22 @@ class CausalLMHead(Head):
         if o.decoding == "beam":
             scores = out.sequences_scores.float()
         else:
-            steps = self.lm.compute_transition_scores(sequences, out.scores,
-                                                      normalize_logits=True)
+            # each generated token's log-probability under the (processed) step scores
+            chosen = sequences[:, -len(out.scores):].unsqueeze(-1)
+            steps = torch.stack(out.scores, 1).float().log_softmax(-1).gather(-1, chosen)
+            steps = steps.squeeze(-1)
             scores = self._real_sum(steps, sequences)
-        tokens = torch.full((batch * hyps, o.max_new_tokens + 1), PAD_ID, dtype=torch.long)
-        for i, row in enumerate(sequences.tolist()):
+        rows = []
+        for row in sequences.tolist():
             ids = []
             for t in row:
                 if t == self.end_id:
                     break
                 ids.append(t + SHIFT)
-            ids = ids[: o.max_new_tokens]
-            tokens[i, : len(ids) + 1] = torch.tensor([*ids, EOS_ID])
-        return {"tokens": tokens.view(batch, hyps, -1).to(sequences.device),
+            ids = [*ids[: o.max_new_tokens], EOS_ID]
+            rows.append(ids + [PAD_ID] * (o.max_new_tokens + 1 - len(ids)))
+        tokens = torch.tensor(rows, dtype=torch.long, device=sequences.device)
+        return {"tokens": tokens.view(batch, hyps, -1),
                 "scores": scores.view(batch, hyps)}
 
     def _real_sum(self, steps: torch.Tensor, sequences: torch.Tensor) -> torch.Tensor:
