@@ -497,3 +497,53 @@ def test_no_tensor_is_made_on_the_default_device_and_bf16_runs(tiny, table, tmp_
         assert torch.isfinite(generated[name]["scores"][:, 0]).all()
     else:
         torch.testing.assert_close(half[name].float(), plain[name], atol=0.1, rtol=0.05)
+
+
+def test_explain_attributes_the_generated_text_to_the_image_tokens_through_the_lm(frozen, table):
+    from mmfuse.explain.attribution import attribute_row
+    from mmfuse.outputs.text import generated_ids
+
+    model, _ = frozen
+    net = model.pipeline.model
+    encoded = model.pipeline.encode(model_table(table))
+    found = attribute_row(model.pipeline, encoded, 0, "auto", steps=64)
+    assert found["methods"]["image"] == "integrated_gradients"
+    values = found["scores"]["answer"]["image"]
+    ids = generated_ids(found["row_outputs"]["answer"]["tokens"][0, 0])
+
+    def log_probability(zeroed: bool) -> float:  # of the generated text, teacher-forced
+        hook = net.encoders["image"].token_features.register_forward_hook(
+            lambda module, args, out: torch.zeros_like(out) if zeroed else out)
+        try:
+            with torch.no_grad():
+                return -float(net(found["inputs"], {"answer": ids})["answer"]["loss_sum"][0])
+        finally:
+            hook.remove()
+
+    gap = log_probability(False) - log_probability(True)
+    assert abs(gap) > 1e-3  # the image moves the score
+    # complete: the image tokens' attributions sum to score(x) - score(0) (64 midpoints)
+    assert float(values.sum()) == pytest.approx(gap, rel=0.05, abs=0.01)
+
+
+def test_serve_answers_as_the_python_api_does(frozen, table):
+    import httpx
+
+    from serving import start_server, stop_server
+
+    model, out = frozen
+    image = table.parent / "img" / "train_0000.png"
+    question = "what colour is the shape?"
+    expected = model.predict([{"image": str(image), "question": question}])
+    process, url = start_server([str(out)])
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            got = client.post("/v1/predict", data={"question": question},
+                              files={"image": (image.name, image.read_bytes())})
+            broken = client.post("/v1/predict", data={"question": question},
+                                 files={"image": ("x.png", b"not an image")})
+    finally:
+        stop_server(process)
+    assert got.status_code == 200, got.text
+    assert got.json()["outputs"]["answer"]["prediction"] == expected[0]["answer"]["prediction"]
+    assert broken.status_code == 422 and "image" in broken.text  # named, not a crash
