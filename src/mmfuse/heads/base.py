@@ -23,6 +23,9 @@ class HeadTraits:
             when a classic predictor serves the output.
         reads_inputs: it also reads the inputs' tensors as preprocessed (a causal LM reads
             the text inputs' token ids in its prompt).
+        pretrained: a pretrained model answers (a causal LM): ``epochs: auto`` aims at
+            ``AUTO_PRETRAINED_STEPS`` steps, not a from-scratch model's ``AUTO_MIN_STEPS``
+            (training/loop.py ``resolve_epochs``).
     """
 
     generates: bool = False
@@ -30,6 +33,7 @@ class HeadTraits:
     needs_calibration: bool = False
     calibrates_logits: bool = False
     reads_inputs: bool = False
+    pretrained: bool = False
 
 
 class Head(nn.Module):

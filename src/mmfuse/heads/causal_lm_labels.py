@@ -92,7 +92,8 @@ class LMCategoryHead(LabelScoring):
 
     @property
     def traits(self) -> HeadTraits:
-        return HeadTraits(reads_inputs=True, needs_calibration=self.options.calibrate,
+        return HeadTraits(reads_inputs=True, pretrained=True,
+                          needs_calibration=self.options.calibrate,
                           calibrates_logits=True)
 
     def forward(self, fused: torch.Tensor, features: dict, target: torch.Tensor | None = None,
@@ -121,7 +122,8 @@ class LMBinaryHead(LabelScoring):
 
     @property
     def traits(self) -> HeadTraits:
-        return HeadTraits(reads_inputs=True, needs_calibration=self.options.threshold == "auto")
+        return HeadTraits(reads_inputs=True, pretrained=True,
+                          needs_calibration=self.options.threshold == "auto")
 
     def forward(self, fused: torch.Tensor, features: dict, target: torch.Tensor | None = None,
                 inputs: dict | None = None) -> torch.Tensor:

@@ -133,7 +133,8 @@ def setup(pipeline: Pipeline, data: EncodedTable, valid: EncodedTable | None,
     group = data.group_key() if cfg.group_rows_by_file is not False else None
     batch_size = max(1, cfg.batch_size // ranks.world)  # the global batch stays batch_size
     steps_per_epoch = math.ceil(math.ceil(len(data) / batch_size) / ranks.world)
-    epochs, patience = resolve_epochs(cfg, steps_per_epoch)
+    pretrained = any(h.traits.pretrained for h in model.heads.values())
+    epochs, patience = resolve_epochs(cfg, steps_per_epoch, pretrained)
     total, warmup = steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch)
     state = fresh_state() if resume is None else resume_state(resume, ranks)
     limits = Limits(Clock(cfg.max_minutes, state["elapsed"]), ranks)
@@ -309,23 +310,31 @@ def can_miss_inputs(data: EncodedTable, pipeline: Pipeline) -> bool:
 
 AUTO_MIN_STEPS = 2000  # ``epochs: auto`` trains for at least this many optimizer steps ...
 AUTO_MAX_EPOCHS = 200  # ... but for no more epochs than this
+# a pretrained LM answering: a few epochs suffice, and each is costly (benchmarks/lm.py: LoRA
+# on 130 rows has its best validation loss after 2 epochs, its training loss near 0 after 6)
+AUTO_PRETRAINED_STEPS, AUTO_PRETRAINED_EPOCHS, AUTO_PRETRAINED_PATIENCE = 150, (3, 20), 2
 
 
-def resolve_epochs(cfg: TrainingConfig, steps_per_epoch: int) -> tuple[int, int | None]:
+def resolve_epochs(cfg: TrainingConfig, steps_per_epoch: int, pretrained: bool = False
+                   ) -> tuple[int, int | None]:
     """Epochs and early-stopping patience for a table of ``steps_per_epoch`` batches.
 
     ``epochs: auto`` gives at least 10 epochs and enough of them for ``AUTO_MIN_STEPS`` steps
     (at most ``AUTO_MAX_EPOCHS``): a table of 300 rows has 5 batches an epoch, and 10 epochs
     of it are 50 steps, too few to learn anything. ``early_stopping_patience: auto`` waits a
     tenth of those epochs, at least 5, so the long runs of a small table are not cut by the
-    noise of its small validation split.
+    noise of its small validation split. With a ``pretrained`` head (a causal LM answers),
+    they aim at ``AUTO_PRETRAINED_STEPS`` steps in 3 to 20 epochs, and patience is 2.
     """
     epochs = cfg.epochs
-    if epochs == "auto":
+    if epochs == "auto" and pretrained:
+        low, high = AUTO_PRETRAINED_EPOCHS
+        epochs = min(high, max(low, math.ceil(AUTO_PRETRAINED_STEPS / steps_per_epoch)))
+    elif epochs == "auto":
         epochs = min(AUTO_MAX_EPOCHS, max(10, math.ceil(AUTO_MIN_STEPS / steps_per_epoch)))
     patience = cfg.early_stopping_patience
     if patience == "auto":
-        patience = max(5, epochs // 10)
+        patience = AUTO_PRETRAINED_PATIENCE if pretrained else max(5, epochs // 10)
     return epochs, patience
 
 
