@@ -184,9 +184,21 @@ def test_pixel_shuffle_merges_square_blocks_and_runs_of_a_sequence():
     grid = torch.arange(16.0).view(1, 16, 1)  # 4x4, row by row
     out, _ = projector(grid, torch.ones(1, 16, dtype=torch.bool))
     assert out[0, 0].tolist() == [0, 1, 4, 5]  # the top-left 2x2 block
-    seq = torch.arange(6.0).view(1, 6, 1)  # not a square: runs of four, zero-padded
-    out, keep = projector(seq, torch.ones(1, 6, dtype=torch.bool))
+    odd = torch.arange(1.0, 10.0).view(1, 9, 1)  # 3x3 (efficientnet's 7x7): padded to 4x4
+    mask = torch.ones(1, 9, dtype=torch.bool)
+    out, keep = projector(odd, mask)
+    assert out[0].tolist() == [[1, 2, 4, 5], [3, 0, 6, 0], [7, 8, 0, 0], [9, 0, 0, 0]]
+    assert keep.all()
+    mask[0, 8] = False  # a masked token is zeroed, and a block of masked tokens dropped
+    out, keep = projector(odd, mask)
+    assert out[0, 3].tolist() == [0, 0, 0, 0] and keep[0].tolist() == [True, True, True, False]
+    sequence = PROJECTORS["pixel_shuffle"](1, 4, scale=2, grid=False)
+    sequence.proj = torch.nn.Identity()
+    seq = torch.arange(6.0).view(1, 6, 1)  # audio, video: runs of four, zero-padded
+    out, keep = sequence(seq, torch.ones(1, 6, dtype=torch.bool))
     assert out[0].tolist() == [[0, 1, 2, 3], [4, 5, 0, 0]] and keep.all()
+    out, _ = sequence(torch.arange(16.0).view(1, 16, 1), torch.ones(1, 16, dtype=torch.bool))
+    assert out[0, 1].tolist() == [4, 5, 6, 7]  # a sequence of 16 is no grid
 
 
 # --- training, the loss and generation with a tiny LM -----------------------------------------

@@ -154,7 +154,8 @@ class CausalLMHead(Head):
         self.text_inputs = [n for n, d in dims.items() if d.modality == "text"]
         self.projectors = nn.ModuleDict({
             name: PROJECTORS[options.projector](d.token_dim, hidden, tokens=options.tokens,
-                                                scale=options.scale)
+                                                scale=options.scale,
+                                                grid=d.modality == "image")
             for name, d in dims.items() if d.modality != "text"})
         self._prepare_lm()
 

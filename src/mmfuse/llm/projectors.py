@@ -41,20 +41,27 @@ class MLPProjector(nn.Module):
 
 
 class PixelShuffleProjector(nn.Module):
-    def __init__(self, in_dim: int, out_dim: int, scale: int = 2, **_: int) -> None:
+    def __init__(self, in_dim: int, out_dim: int, scale: int = 2, grid: bool = True,
+                 **_: int) -> None:
         super().__init__()
-        self.scale = scale
+        self.scale, self.grid = scale, grid
         self.proj = nn.Linear(in_dim * scale * scale, out_dim)
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor):
         b, n, d = tokens.shape
         s = self.scale
         side = math.isqrt(n)
-        if side * side == n and side % s == 0:  # a square grid: merge s x s blocks
-            grid = tokens.view(b, side // s, s, side // s, s, d).permute(0, 1, 3, 2, 4, 5)
-            merged = grid.reshape(b, (side // s) ** 2, s * s * d)
-            keep = mask.view(b, side // s, s, side // s, s).permute(0, 1, 3, 2, 4)
-            keep = keep.reshape(b, (side // s) ** 2, s * s).any(-1)
+        if self.grid and side * side == n and side > 1:  # a square grid: merge s x s blocks
+            # an odd side (efficientnet's 7 x 7) is padded with masked zeros to a multiple of s
+            pad = -side % s
+            grid = F.pad((tokens * mask.unsqueeze(-1)).view(b, side, side, d),
+                         (0, 0, 0, pad, 0, pad))
+            keep = F.pad(mask.view(b, side, side), (0, pad, 0, pad))
+            cells = (side + pad) // s
+            grid = grid.view(b, cells, s, cells, s, d).permute(0, 1, 3, 2, 4, 5)
+            merged = grid.reshape(b, cells * cells, s * s * d)
+            keep = keep.view(b, cells, s, cells, s).permute(0, 1, 3, 2, 4)
+            keep = keep.reshape(b, cells * cells, s * s).any(-1)
         else:  # a sequence: merge s^2 consecutive tokens (padded with masked zeros)
             group = s * s
             pad = -n % group
