@@ -284,7 +284,8 @@ class TrainingConfig(StrictModel):
     valid_fraction: float = Field(0.1, ge=0, lt=1)
     early_stopping_patience: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         "auto", description="stop after this many epochs in which neither the validation loss "
-        "nor the validation accuracy improved; 'auto': a tenth of the epochs, at least 5; "
+        "nor the validation accuracy improved; 'auto': a tenth of the epochs, at least 5 (a "
+        "causal_lm decoder: 2 epochs or 30 steps, whichever is longer); "
         "null: never stop early")
     group_rows_by_file: bool | None = Field(
         None, description="keep rows that share a file in one batch; None = when files repeat"
