@@ -41,7 +41,6 @@ import argparse
 import csv
 import json
 import math
-import resource
 import tempfile
 import time
 from pathlib import Path
