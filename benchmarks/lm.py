@@ -382,6 +382,8 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
     if not (args.no_write or args.costs_only):
         results["args"] = vars(args) if not args.only_tasks else results["args"]
+        if results.get("tasks"):
+            results["tasks_command"] = command()
         write(results)
 
 
@@ -452,7 +454,8 @@ def write(results: dict) -> None:
           f"{g[f'ours_batch{b}'] / g[f'hf_batch{b}']:.2f}"] for b in (1, 8)])
     tasks = "Not run in this run (`--only-tasks` adds them)." if not results.get("tasks") \
         else "Scratch decoder against the default causal LM on each task's held-out rows (its " \
-        "minimal config, every other option at its default).\n\n" + markdown_table(
+        "minimal config, every other option at its default; " \
+        f"`{results.get('tasks_command') or command()}`).\n\n" + markdown_table(
         ["task", "decoder", "training rows", "epochs", "train s", "exact match", "BLEU", "chrF",
          "media dropped: exact match", "media dropped: BLEU"],
         [[TASKS[r["task"]][0], r["kind"], r["rows"], r["epochs"], r["seconds"],
