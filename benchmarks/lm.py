@@ -392,9 +392,8 @@ def image_qa(root: Path, args: argparse.Namespace) -> dict:
     results: dict = {"runs": [], "args": vars(args)}
     summary = generate_probe("image_qa", root / "data", args.train, args.test, args.seed)
     results["majority"] = summary["majority_baseline"]
-    results["blind"] = blind_baseline(read_rows(root / "data" / "train.csv"),
-                                      read_rows(root / "data" / "test.csv"))
     train_rows = read_rows(root / "data" / "train.csv")
+    results["blind"] = blind_baseline(train_rows, read_rows(root / "data" / "test.csv"))
     tests = {"test": root / "data" / "test.csv",
              "new": write_rows(root / "data" / "new.csv",
                                reworded(read_rows(root / "data" / "test.csv")))}
@@ -452,16 +451,17 @@ def write(results: dict) -> None:
         ["batch", "mmfuse tokens/s", "transformers generate tokens/s", "ratio"],
         [[b, g[f"ours_batch{b}"], g[f"hf_batch{b}"],
           f"{g[f'ours_batch{b}'] / g[f'hf_batch{b}']:.2f}"] for b in (1, 8)])
-    tasks = "Not run in this run (`--only-tasks` adds them)." if not results.get("tasks") \
-        else "Scratch decoder against the default causal LM on each task's held-out rows (its " \
-        "minimal config, every other option at its default; " \
-        f"`{results.get('tasks_command') or command()}`).\n\n" + markdown_table(
-        ["task", "decoder", "training rows", "epochs", "train s", "exact match", "BLEU", "chrF",
-         "media dropped: exact match", "media dropped: BLEU"],
-        [[TASKS[r["task"]][0], r["kind"], r["rows"], r["epochs"], r["seconds"],
-          f"{r['exact_match']:.3f}", f"{r['bleu']:.1f}", f"{r['chrf']:.1f}",
-          f"{r['dropped_exact_match']:.3f}", f"{r['dropped_bleu']:.1f}"]
-         for r in results["tasks"]])
+    tasks = "Not run in this run (`--only-tasks` adds them)."
+    if results.get("tasks"):
+        tasks = "Scratch decoder against the default causal LM on each task's held-out rows " \
+            "(its minimal config, every other option at its default; " \
+            f"`{results.get('tasks_command') or command()}`).\n\n" + markdown_table(
+            ["task", "decoder", "training rows", "epochs", "train s", "exact match", "BLEU", "chrF",
+             "media dropped: exact match", "media dropped: BLEU"],
+            [[TASKS[r["task"]][0], r["kind"], r["rows"], r["epochs"], r["seconds"],
+              f"{r['exact_match']:.3f}", f"{r['bleu']:.1f}", f"{r['chrf']:.1f}",
+              f"{r['dropped_exact_match']:.3f}", f"{r['dropped_bleu']:.1f}"]
+             for r in results["tasks"]])
     text = f"""# A pretrained LM as the decoder (issue 25)
 
 {__doc__.split('Writes')[0].strip()}

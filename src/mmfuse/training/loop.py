@@ -338,10 +338,11 @@ def resolve_epochs(cfg: TrainingConfig, steps_per_epoch: int, pretrained: bool =
     elif epochs == "auto":
         epochs = min(AUTO_MAX_EPOCHS, max(10, math.ceil(AUTO_MIN_STEPS / steps_per_epoch)))
     patience = cfg.early_stopping_patience
-    if patience == "auto":
+    if patience == "auto" and pretrained:
         patience = max(AUTO_PRETRAINED_PATIENCE,
-                       math.ceil(AUTO_PRETRAINED_PATIENCE_STEPS / steps_per_epoch)) \
-            if pretrained else max(5, epochs // 10)
+                       math.ceil(AUTO_PRETRAINED_PATIENCE_STEPS / steps_per_epoch))
+    elif patience == "auto":
+        patience = max(5, epochs // 10)
     return epochs, patience
 
 
