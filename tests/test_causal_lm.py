@@ -564,8 +564,15 @@ def test_serve_answers_as_the_python_api_does(frozen, table):
                               files={"image": (image.name, image.read_bytes())})
             broken = client.post("/v1/predict", data={"question": question},
                                  files={"image": ("x.png", b"not an image")})
+            # the LM reads what it is given: a text-only request is a plain prompt
+            text_only = client.post("/v1/predict", data={"question": question})
+            empty = client.post("/v1/predict/batch", json={"rows": [{}]})
     finally:
         stop_server(process)
     assert got.status_code == 200, got.text
     assert got.json()["outputs"]["answer"]["prediction"] == expected[0]["answer"]["prediction"]
+    assert text_only.status_code == 200, text_only.text
+    assert text_only.json()["outputs"]["answer"]["prediction"] == \
+        model.predict([{"question": question}])[0]["answer"]["prediction"]
+    assert empty.status_code == 422 and "no inputs given" in empty.text
     assert broken.status_code == 422 and "image" in broken.text  # named, not a crash

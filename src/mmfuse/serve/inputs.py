@@ -49,9 +49,12 @@ class RowChecker:
         self.pipeline = pipeline
         self.limits = limits
         self.types = {i.name: i.type for i in config.inputs}
-        # an input may be left out of a request when the model was trained to do without it
+        # an input may be left out of a request when the model was trained to do without it,
+        # or when every output is a causal LM that reads the inputs (a missing one leaves no
+        # block in its prompt: with no media it answers as the plain LM)
+        lm_only = all(head.traits.reads_inputs for head in pipeline.model.heads.values())
         self.optional = {i.name for i in config.inputs
-                         if i.missing == "placeholder" or i.modality_dropout > 0}
+                         if lm_only or i.missing == "placeholder" or i.modality_dropout > 0}
 
     def prepare(self, rows: list[dict[str, Any]], prefix: str = "") -> Prepared:
         """Check and decode rows of ``{input name: value}`` (text, bytes of a file, a number, a
