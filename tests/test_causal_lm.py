@@ -521,7 +521,10 @@ def test_no_tensor_is_made_on_the_default_device_and_bf16_runs(tiny, table, tmp_
         torch.testing.assert_close(half[name].float(), plain[name], atol=0.1, rtol=0.05)
 
 
-def test_explain_attributes_the_generated_text_to_the_image_tokens_through_the_lm(frozen, table):
+@pytest.mark.parametrize("name", ["image", "question"])
+def test_explain_attributes_the_generated_text_to_the_inputs_through_the_lm(frozen, table, name):
+    """The image's tokens (through the projector) and the question's words (the LM's own
+    embeddings of them) each get attributions that sum to what they move the score."""
     from mmfuse.explain.attribution import attribute_row
     from mmfuse.outputs.text import generated_ids
 
@@ -529,12 +532,14 @@ def test_explain_attributes_the_generated_text_to_the_image_tokens_through_the_l
     net = model.pipeline.model
     encoded = model.pipeline.encode(model_table(table))
     found = attribute_row(model.pipeline, encoded, 0, "auto", steps=64)
-    assert found["methods"]["image"] == "integrated_gradients"
-    values = found["scores"]["answer"]["image"]
+    assert found["methods"][name] == "integrated_gradients"
+    values = found["scores"]["answer"][name]
     ids = generated_ids(found["row_outputs"]["answer"]["tokens"][0, 0])
+    point = net.encoders["image"].token_features if name == "image" else \
+        net.heads["answer"].word_features["question"]
 
     def log_probability(zeroed: bool) -> float:  # of the generated text, teacher-forced
-        hook = net.encoders["image"].token_features.register_forward_hook(
+        hook = point.register_forward_hook(
             lambda module, args, out: torch.zeros_like(out) if zeroed else out)
         try:
             with torch.no_grad():
@@ -543,9 +548,13 @@ def test_explain_attributes_the_generated_text_to_the_image_tokens_through_the_l
             hook.remove()
 
     gap = log_probability(False) - log_probability(True)
-    assert abs(gap) > 1e-3  # the image moves the score
-    # complete: the image tokens' attributions sum to score(x) - score(0) (64 midpoints)
+    assert abs(gap) > 1e-3  # the input moves the score
+    # complete: the tokens' attributions sum to score(x) - score(0) (64 midpoints)
     assert float(values.sum()) == pytest.approx(gap, rel=0.05, abs=0.01)
+    if name == "question":  # one value per token of the LM's tokenizer, 0 on padding
+        real = found["inputs"]["question"]["mask"][0].numpy().astype(bool)
+        assert values.shape == real.shape and (values[~real] == 0).all()
+        assert (values[real] != 0).all()
 
 
 def test_serve_answers_as_the_python_api_does(frozen, table):

@@ -68,14 +68,27 @@ def prediction_scores(pipeline: Pipeline, row_outputs: dict) -> dict:
     return {"scores": scores, "targets": targets}
 
 
+def word_points(net, name: str) -> list:
+    """The modules through which causal LM heads read input ``name`` as words: one call per
+    row, on that row's word embeddings ``[n, H]`` (``heads/causal_lm.py``); empty when none
+    does."""
+    return [head.word_features[name] for head in net.heads.values()
+            if name in getattr(head, "word_features", {})]
+
+
 def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns: dict,
                          targets: dict, steps: int = 32) -> tuple[dict, torch.Tensor]:
     """Attributions ``{output: [N]}`` of input ``name``'s tokens for a one-row batch, and the
-    token mask ``[N]`` (padding False)."""
+    token mask ``[N]`` (padding False).
+
+    A text input that a causal LM reads as words is scaled where the LM embeds them too (copy
+    ``k`` of the row by the same ``alpha_k``), so its words get the attribution of the path
+    through the LM; a fusion that also reads the input adds its own."""
     net = pipeline.model
     encoder = net.encoders[name]
     alphas = (torch.arange(steps, dtype=torch.float32) + 0.5) / steps
     captured: dict = {}
+    words: list[tuple[torch.Tensor, torch.Tensor]] = []  # (x, z) per call: one row each
 
     def scale(module, args, output):
         x = output.detach()
@@ -83,11 +96,18 @@ def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns:
         captured.update(x=x[0], z=z)
         return z
 
+    def scale_words(module, args, output):  # rows come in order, so call k is copy k
+        x = output.detach()
+        z = (x * alphas[len(words) % steps].to(x.dtype)).requires_grad_(True)
+        words.append((x, z))
+        return z
+
     def keep_mask(module, args, output):
         captured["mask"] = output.mask[0].detach()
 
     handles = [encoder.token_features.register_forward_hook(scale),
                encoder.register_forward_hook(keep_mask)]
+    handles += [point.register_forward_hook(scale_words) for point in word_points(net, name)]
     try:
         with torch.enable_grad():
             rows = replicate(inputs, steps)
@@ -97,16 +117,32 @@ def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns:
                 raise MmfuseError(f"explain: the encoder of input {name!r} did not run")
             result = {}
             for out_name, fn in score_fns.items():
-                grad, = torch.autograd.grad(fn(outputs[out_name]).sum(), captured["z"],
+                zs = [captured["z"]] + [z for _, z in words]
+                grads = torch.autograd.grad(fn(outputs[out_name]).sum(), zs,
                                             retain_graph=True, allow_unused=True)
-                if grad is None:  # the output does not read this input's tokens
-                    grad = torch.zeros_like(captured["z"])
-                result[out_name] = (captured["x"] * grad.mean(0)).sum(-1)
+                # None: the output does not read this input's tokens that way
+                values = torch.zeros(captured["x"].shape[0]) if grads[0] is None else \
+                    (captured["x"] * grads[0].mean(0)).sum(-1)
+                if words:
+                    values = values + lm_word_attribution(inputs[name], words, grads[1:],
+                                                           steps)
+                result[out_name] = values
     finally:
         for handle in handles:
             handle.remove()
     mask = captured.get("mask", torch.ones(captured["x"].shape[0], dtype=torch.bool))
     return result, mask
+
+
+def lm_word_attribution(tensors: dict, words: list, grads: tuple, steps: int) -> torch.Tensor:
+    """``[N]``: each real token's ``sum_d x[d] * mean_alpha(d score / d z[d])`` on the LM's
+    word embeddings (``steps`` calls per head that reads them), 0 on padding."""
+    total = torch.zeros(tensors["ids"].shape[1])
+    real = tensors["mask"][0].bool()
+    for (x, _), grad in zip(words, grads, strict=True):
+        if grad is not None:  # None: another head's call
+            total[real] += (x * grad).sum(-1).float() / steps
+    return total
 
 
 def attribute_row(pipeline: Pipeline, data: EncodedTable, row: int, method: str,

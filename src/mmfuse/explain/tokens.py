@@ -8,7 +8,8 @@ One describer per modality (the encoder's ``modality``), each returning one dict
   cells (``hf_image``: its patch grid); the class token before the patches gets
   ``{"token": "[class]"}``, register tokens ``{"token": "[register]"}``. A centre crop
   is mapped back to the uncropped image.
-- text: ``{"token": word}``, the tokenizer's token.
+- text: ``{"token": word}``, the tokenizer's token (a byte-level BPE token as the text it
+  stands for: " the", not "Ġthe").
 - audio: ``{"time": t}``, the centre of the token's span in seconds from the clip's start.
 - video: ``{"time": t}``, the time its frame was sampled at.
 - number, category, binary (one token): ``{"value": cell}``, the row's cell as the table wrote
@@ -68,6 +69,8 @@ def _text(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: d
           count: int) -> list[dict]:
     tokenizer = pipeline.inputs[name].tokenizer
     ids = inputs[name]["ids"][0].tolist()
+    if type(tokenizer.decoder).__name__ == "ByteLevel":  # an LM's BPE: "Ġthe" reads " the"
+        return [{"token": tokenizer.decode([int(i)])} for i in ids[:count]]
     return [{"token": tokenizer.id_to_token(int(i)) or "[UNK]"} for i in ids[:count]]
 
 

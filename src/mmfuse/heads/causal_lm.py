@@ -152,6 +152,8 @@ class CausalLMHead(Head):
         self.pieces = prompt_pieces(options.prompt or "", self.tokenizer,
                                     options.chat_template, options.system)
         self.text_inputs = [n for n, d in dims.items() if d.modality == "text"]
+        # each text input's word embeddings pass here (explain scales them: attribution)
+        self.word_features = nn.ModuleDict({n: nn.Identity() for n in self.text_inputs})
         self.projectors = nn.ModuleDict({
             name: PROJECTORS[options.projector](d.token_dim, hidden, tokens=options.tokens,
                                                 scale=options.scale,
@@ -249,7 +251,7 @@ class CausalLMHead(Head):
                 if item >= 0:
                     tensors = inputs[piece.input]
                     ids = tensors["ids"][item][tensors["mask"][item]]
-                    parts.append(self._embed(ids, device))
+                    parts.append(self.word_features[piece.input](self._embed(ids, device)))
             else:
                 tokens, keep = projected[piece.input]
                 if bool(features[piece.input].present[b]):
