@@ -90,6 +90,7 @@ def reworded(rows: list[dict]) -> list[dict]:
     return out
 
 
+COST_ROWS = 96  # training rows of the speed and memory measurements
 LM_KINDS = {"lora": {}, "frozen": {"lm": "frozen"}, "full": {"lm": "full"}}
 
 
@@ -396,11 +397,16 @@ def main() -> None:
         write(results)
 
 
+def costs_table(root: Path, train_rows: list[dict]) -> Path:
+    """The first ``COST_ROWS`` training rows, on which the costs are measured."""
+    return write_rows(root / "data" / "costs.csv", train_rows[:COST_ROWS])
+
+
 def remeasure_rss(root: Path, args: argparse.Namespace) -> None:
     """The peak RSS of training on the costs' rows, into the committed results."""
     results = json.loads((RESULTS / "lm.json").read_text())
     generate_probe("image_qa", root / "data", args.train, args.test, args.seed)
-    costs = write_rows(root / "data" / "costs.csv", read_rows(root / "data" / "train.csv")[:96])
+    costs = costs_table(root, read_rows(root / "data" / "train.csv"))
     results["training_peak_rss_gb"] = training_rss(costs, args, root / "rss")
     results["rss_command"] = command()
     print(json.dumps({"training_peak_rss_gb": results["training_peak_rss_gb"]}), flush=True)
@@ -412,11 +418,10 @@ def image_qa(root: Path, args: argparse.Namespace) -> dict:
     results: dict = {"runs": [], "args": vars(args)}
     summary = generate_probe("image_qa", root / "data", args.train, args.test, args.seed)
     results["majority"] = summary["majority_baseline"]
-    train_rows = read_rows(root / "data" / "train.csv")
-    results["blind"] = blind_baseline(train_rows, read_rows(root / "data" / "test.csv"))
+    train_rows, test_rows = (read_rows(root / "data" / f"{s}.csv") for s in ("train", "test"))
+    results["blind"] = blind_baseline(train_rows, test_rows)
     tests = {"test": root / "data" / "test.csv",
-             "new": write_rows(root / "data" / "new.csv",
-                               reworded(read_rows(root / "data" / "test.csv")))}
+             "new": write_rows(root / "data" / "new.csv", reworded(test_rows))}
     for fraction in [] if args.costs_only else [float(f) for f in args.fractions.split(",")]:
         rows = train_rows[: max(1, round(fraction * len(train_rows)))]
         train = write_rows(root / "data" / f"train_{fraction}.csv", rows)
@@ -429,7 +434,7 @@ def image_qa(root: Path, args: argparse.Namespace) -> dict:
             results["runs"].append(row)
     if args.no_costs:
         return results
-    costs = write_rows(root / "data" / "costs.csv", train_rows[:96])
+    costs = costs_table(root, train_rows)
     results["training_speed"], model = training_speed(costs, args, root / "speed")
     print(json.dumps(results["training_speed"]), flush=True)
     results["generation"] = generation_speed(model)

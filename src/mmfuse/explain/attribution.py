@@ -116,8 +116,8 @@ def integrated_gradients(pipeline: Pipeline, inputs: dict, name: str, score_fns:
             if "z" not in captured:
                 raise MmfuseError(f"explain: the encoder of input {name!r} did not run")
             result = {}
+            zs = [captured["z"]] + [z for _, z in words]
             for out_name, fn in score_fns.items():
-                zs = [captured["z"]] + [z for _, z in words]
                 grads = torch.autograd.grad(fn(outputs[out_name]).sum(), zs,
                                             retain_graph=True, allow_unused=True)
                 # None: the output does not read this input's tokens that way

@@ -67,9 +67,11 @@ def _image(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: 
 
 def _text(pipeline: Pipeline, data: EncodedTable, row: int, name: str, inputs: dict,
           count: int) -> list[dict]:
+    from tokenizers import decoders
+
     tokenizer = pipeline.inputs[name].tokenizer
     ids = inputs[name]["ids"][0].tolist()
-    if type(tokenizer.decoder).__name__ == "ByteLevel":  # an LM's BPE: "Ġthe" reads " the"
+    if isinstance(tokenizer.decoder, decoders.ByteLevel):  # an LM's BPE: "Ġthe" is " the"
         return [{"token": tokenizer.decode([int(i)])} for i in ids[:count]]
     return [{"token": tokenizer.id_to_token(int(i)) or "[UNK]"} for i in ids[:count]]
 
