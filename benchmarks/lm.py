@@ -106,6 +106,9 @@ def config(kind: str, args: argparse.Namespace) -> dict:
             cfg["training"] = {"epochs": args.lm_epochs}
         if args.image_encoder:
             cfg["inputs"][0]["encoder"] = json.loads(args.image_encoder)
+    training = json.loads(getattr(args, "training", None) or "{}")
+    if training:  # every kind, e.g. {"seed": 1} to see how far a run's score is from another's
+        cfg["training"] = {**cfg.get("training", {}), **training}
     return cfg
 
 
@@ -356,6 +359,8 @@ def main() -> None:
                         "lora (the default), frozen, full")
     parser.add_argument("--full-fractions", default="0.1", help="fractions with a full run")
     parser.add_argument("--decoder", default="{}", help="causal_lm options (JSON)")
+    parser.add_argument("--training", default=None, help="training options of every run "
+                        "(JSON), e.g. '{\"seed\": 1}'")
     parser.add_argument("--image-encoder", default=None, help="the LM runs' image encoder "
                         "(JSON); default: the default one")
     parser.add_argument("--speed-epochs", type=int, default=2, help="epochs timed against "
