@@ -576,8 +576,15 @@ def test_serve_answers_as_the_python_api_does(frozen, table):
             # the LM reads what it is given: a text-only request is a plain prompt
             text_only = client.post("/v1/predict", data={"question": question})
             empty = client.post("/v1/predict/batch", json={"rows": [{}]})
+        chat = chat_answers(url, out.name, image, question, expected[0]["answer"]["prediction"])
     finally:
         stop_server(process)
+    assert chat["plain"] == expected[0]["answer"]["prediction"]
+    assert chat["sampled"][0] == chat["sampled"][1]  # seeded
+    assert chat["streamed"] == chat["sampled"][0], chat
+    assert chat["pieces"] > 1, chat  # the LM's text arrives token by token
+    assert chat["stop"] not in chat["clipped"] and chat["sampled"][0].startswith(
+        chat["clipped"]), chat
     assert got.status_code == 200, got.text
     assert got.json()["outputs"]["answer"]["prediction"] == expected[0]["answer"]["prediction"]
     assert text_only.status_code == 200, text_only.text
@@ -585,3 +592,31 @@ def test_serve_answers_as_the_python_api_does(frozen, table):
         model.predict([{"question": question}])[0]["answer"]["prediction"]
     assert empty.status_code == 422 and "no inputs given" in empty.text
     assert broken.status_code == 422 and "image" in broken.text  # named, not a crash
+
+
+def chat_answers(url: str, name: str, image: Path, question: str, expected: str) -> dict:
+    """The causal LM through OpenAI's chat API (the official client): plain, streamed,
+    sampled with a seed, and cut at a stop string."""
+    import base64
+
+    import openai
+
+    client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+    data = base64.b64encode(image.read_bytes()).decode()
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{data}"}},
+        {"type": "text", "text": question}]}]
+    plain = client.chat.completions.create(model=name, messages=messages)
+    seeded = {"temperature": 0.9, "seed": 11}  # the tiny LM's greedy answer may be empty
+    sampled = [client.chat.completions.create(model=name, messages=messages, **seeded)
+               .choices[0].message.content for _ in range(2)]
+    pieces = [c.choices[0].delta.content for c in client.chat.completions.create(
+        model=name, messages=messages, stream=True, **seeded)
+        if c.choices and c.choices[0].delta.content]
+    text = sampled[0]
+    stop = text[len(text) // 2:][:3] or "x"
+    clipped = client.chat.completions.create(model=name, messages=messages, stop=[stop],
+                                             **seeded)
+    return {"plain": plain.choices[0].message.content, "streamed": "".join(pieces),
+            "pieces": len(pieces), "sampled": sampled, "stop": stop,
+            "clipped": clipped.choices[0].message.content}

@@ -101,7 +101,8 @@ def test_fuzzing_finds_no_server_error(every_type_server):
 
     for result in schema.get_all_operations():
         fuzzer(result.ok())()
-    assert {"POST /v1/predict", "POST /v1/predict/batch", "GET /v1/model"} <= set(calls)
+    assert {"POST /v1/predict", "POST /v1/predict/batch", "GET /v1/model",
+            "POST /v1/chat/completions", "GET /v1/models"} <= set(calls)
     assert all(code < 500 for codes in calls.values() for code in codes)
     # the generated requests reach the model, not only the validation
     assert 200 in calls["POST /v1/predict/batch"] or 200 in calls["POST /v1/predict"]

@@ -230,6 +230,9 @@ def serve(
         min=1, help="rows of one /v1/predict/batch request")]
     = SERVE_DEFAULTS.limits.max_batch_rows,
     device: DeviceOption = None,
+    data_root: Annotated[Path | None, typer.Option(
+        help="chat requests may name files under this folder as file: URLs (else they send "
+        "data: URLs only)")] = None,
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn) with dynamic batching."""
     from .serve import serve as run_server
@@ -244,7 +247,8 @@ def serve(
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, timeout_s=timeout, api_key=api_key,
                              limits=limits, decode_threads=decode_threads, workers=workers,
-                             device=device)
+                             device=device,
+                             data_root=str(data_root.resolve()) if data_root else None)
     err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
               f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"
               + ("; API key required" if api_key else ""), soft_wrap=True)

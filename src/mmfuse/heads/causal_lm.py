@@ -55,6 +55,7 @@ from ..outputs.text import BOS_ID, EOS_ID, PAD_ID
 from ..registry import HEADS
 from ..specs import InputDims, TargetSpec
 from .base import Head, HeadTraits
+from .control import control_for, listener_for, options_for
 
 SHIFT = 4  # output ids are LM ids + 4: [PAD] [UNK] [BOS] [EOS] come first
 IGNORE = -100
@@ -113,6 +114,8 @@ class CausalLMOptions(LMOptions):
                                 "training target)")
     stop: list[str] = Field(default_factory=list, description="generation ends after any of "
                             "these strings")
+    min_tokens: int = Field(0, ge=0, description="hold the end token back for this many "
+                            "tokens")
 
     @model_validator(mode="after")
     def _consistent(self) -> CausalLMOptions:
@@ -333,9 +336,17 @@ class CausalLMHead(Head):
     @torch.no_grad()
     def generate(self, prompts: list[torch.Tensor]) -> dict[str, torch.Tensor]:
         """Generated texts as ``{"tokens" [B, H, max_new_tokens + 1], "scores" [B, H]}``."""
-        o = self.options
+        o = options_for(self)  # with this call's updates (heads/control.py)
+        control = control_for(self)
+        if control is not None:
+            control.prompt_tokens = [p.shape[0] for p in prompts]
         embeds, mask = self._left_pad(prompts)
-        settings = self.generation_settings()
+        settings = self.generation_settings(o)
+        listener = listener_for(self)
+        if listener is not None and o.decoding != "beam":  # generate streams no beams
+            ended = torch.zeros(len(prompts), dtype=torch.bool, device=embeds.device)
+            settings["streamer"] = _Streamer(listener, ended, self.end_id)
+            settings["stopping_criteria"] = [_EndedRows(ended)]
         seed = contextlib.nullcontext()
         if o.decoding == "sample" and o.seed is not None:
             seed = torch.random.fork_rng(devices=[] if embeds.device.type == "cpu"
@@ -344,14 +355,15 @@ class CausalLMHead(Head):
             if o.decoding == "sample" and o.seed is not None:
                 torch.manual_seed(o.seed)
             out = self.lm.generate(inputs_embeds=embeds, attention_mask=mask, **settings)
-        return self._pack(out, len(prompts))
+        return self._pack(out, len(prompts), o)
 
-    def generation_settings(self) -> dict:
-        """``generate``'s arguments for the configured decoding."""
-        o = self.options
+    def generation_settings(self, o: CausalLMOptions | None = None) -> dict:
+        """``generate``'s arguments for the configured decoding (or for ``o``)."""
+        o = o or self.options
         transformers = require("transformers", "llm", "a causal_lm decoder")
         config = transformers.GenerationConfig(
-            max_new_tokens=o.max_new_tokens, do_sample=o.decoding == "sample",
+            max_new_tokens=o.max_new_tokens, min_new_tokens=o.min_tokens or None,
+            do_sample=o.decoding == "sample",
             num_beams=o.beam_width if o.decoding == "beam" else 1,
             num_return_sequences=o.hypotheses if o.decoding == "beam" else 1,
             temperature=o.temperature if o.decoding == "sample" else None,
@@ -362,10 +374,9 @@ class CausalLMHead(Head):
         return {"generation_config": config,
                 **({"tokenizer": self.tokenizer} if o.stop else {})}
 
-    def _pack(self, out, batch: int) -> dict[str, torch.Tensor]:
+    def _pack(self, out, batch: int, o: CausalLMOptions) -> dict[str, torch.Tensor]:
         """generate's output in the output's id space, with each text's log-probability
         (beam search: its length-normalised beam score)."""
-        o = self.options
         hyps = o.hypotheses if o.decoding == "beam" else 1
         sequences = out.sequences
         if o.decoding == "beam":
@@ -440,7 +451,7 @@ class CausalLMHead(Head):
         rows = []
         for hypotheses in self.texts(generated):
             row = {"prediction": hypotheses[0][0], "score": round(hypotheses[0][1], 6)}
-            if self.options.decoding == "beam":
+            if options_for(self).decoding == "beam":
                 row["hypotheses"] = [{"text": t, "score": round(s, 6)} for t, s in hypotheses]
             rows.append(row)
         return rows
@@ -475,3 +486,41 @@ def _after_loading(module: CausalLMHead, incompatible) -> None:
 
 
 __all__ = ["CausalLMHead", "CausalLMOptions", "Piece"]
+
+
+class _Streamer:
+    """transformers' streamer protocol (``put`` / ``end``): hands each generated token to the
+    call's listener (:mod:`.control`) in output ids, and marks the rows it ends."""
+
+    def __init__(self, listener, ended: torch.Tensor, end_id: int) -> None:
+        self.listener, self.ended, self.end_id = listener, ended, end_id
+        self.finished = [False] * ended.shape[0]
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # the first call holds the prompt's ids (none: embeddings)
+            self.prompt_seen = True
+            return
+        tokens = []
+        for row, token in enumerate(value.view(-1).tolist()):
+            if self.finished[row] or token == self.end_id:
+                self.finished[row] = True
+                tokens.append(None)
+            else:
+                tokens.append(token + SHIFT)
+        for row in self.listener(tokens):
+            self.ended[row] = True
+            self.finished[row] = True
+
+    def end(self) -> None:
+        pass
+
+
+class _EndedRows:
+    """A stopping criterion: rows the listener ended stop (one step after it said so)."""
+
+    def __init__(self, ended: torch.Tensor) -> None:
+        self.ended = ended
+
+    def __call__(self, input_ids: torch.Tensor, scores, **_) -> torch.Tensor:
+        return self.ended.clone()

@@ -1,4 +1,4 @@
-"""Turning a decoder into text: greedy search and beam search.
+"""Turning a decoder into text: greedy search, sampling and beam search.
 
 A decoder offers ``start(memory, mask) -> state``, ``step(state, last, memory, mask) ->
 (log_probs [B, V], state)`` and ``reorder(state, index) -> state``; these functions only pick
@@ -24,10 +24,12 @@ decoder runs in (autocast), so a long text's log-probability keeps its digits.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 
 from ..outputs.text import BOS_ID, EOS_ID, PAD_ID
+from .control import OnStep
 
 
 def length_penalty(length: int, alpha: float) -> float:
@@ -36,9 +38,15 @@ def length_penalty(length: int, alpha: float) -> float:
 
 
 @torch.no_grad()
-def greedy(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: int
+def greedy(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: int,
+           pick: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           on_step: OnStep | None = None, min_tokens: int = 0
            ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The most likely token at every step; the score is the text's log-probability."""
+    """The most likely token at every step (or ``pick``'s choice from the step's
+    log-probabilities ``[B, V]``: :func:`sampler`); the score is the text's log-probability.
+
+    ``on_step`` (:mod:`.control`) hears each step's tokens and may end rows early; the end
+    token is not picked before ``min_tokens`` tokens."""
     batch, device = memory.shape[0], memory.device
     tokens = torch.full((batch, 1, max_length + 1), PAD_ID, dtype=torch.long, device=device)
     scores = torch.zeros(batch, 1, dtype=torch.float32, device=device)
@@ -48,17 +56,51 @@ def greedy(decoder, memory: torch.Tensor, mask: torch.Tensor, max_length: int
     for t in range(max_length + 1):
         log_probs, state = decoder.step(state, last, memory, mask)
         if t == max_length:  # out of room: end every text here
-            best, best_lp = torch.full_like(last, EOS_ID), log_probs[:, EOS_ID]
+            best = torch.full_like(last, EOS_ID)
         else:
-            best_lp, best = log_probs.max(-1)
+            allowed = log_probs
+            if t < min_tokens:
+                allowed = log_probs.clone()
+                allowed[:, EOS_ID] = -math.inf
+            best = allowed.argmax(-1) if pick is None else pick(allowed)
+        best_lp = log_probs.gather(1, best.unsqueeze(1)).squeeze(1).float()
         best = torch.where(done, PAD_ID, best)
         scores[:, 0] += torch.where(done, 0.0, best_lp)
         tokens[:, 0, t] = best
+        ended = set()
+        if on_step is not None and t < max_length:
+            ended = on_step([None if d or i == EOS_ID else i
+                             for d, i in zip(done.tolist(), best.tolist(), strict=True)])
         done |= best == EOS_ID
+        for row in ended:  # ended from outside: the text stops after this token
+            done[row] = True
         last = best
         if bool(done.all()):
             break
     return tokens, scores
+
+
+def sampler(temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+            generator: torch.Generator | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Draw each step's token from ``softmax(log_probs / temperature)``, kept to the ``top_k``
+    most likely tokens (0: all) and to the smallest set whose probability reaches ``top_p``
+    (nucleus sampling, Holtzman et al. 2020)."""
+
+    def pick(log_probs: torch.Tensor) -> torch.Tensor:
+        logits = log_probs.float() / temperature
+        if top_k:
+            kth = logits.topk(min(top_k, logits.shape[-1]), -1).values[:, -1:]
+            logits = logits.masked_fill(logits < kth, -math.inf)
+        if top_p < 1.0:
+            ordered, order = logits.sort(-1, descending=True)
+            before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)
+            ordered = ordered.masked_fill(before >= top_p, -math.inf)  # the first always stays
+            logits = torch.full_like(logits, -math.inf).scatter(-1, order, ordered)
+        probs = logits.softmax(-1)
+        return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(
+            log_probs.device)
+
+    return pick
 
 
 @torch.no_grad()

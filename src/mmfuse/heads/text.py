@@ -19,7 +19,7 @@ Decoders (``decoder:``):
 
 Training uses teacher forcing: the decoder reads ``[BOS] y_1 .. y_n`` and is trained with
 cross-entropy to write ``y_1 .. y_n [EOS]`` (padding is left out of the loss). Generation is
-greedy or beam search (:mod:`.decoding`).
+greedy search, sampling or beam search (:mod:`.decoding`).
 
 Shapes: fused ``[B, D]`` and the inputs' Features -> teacher-forced logits ``[B, T, V]``, or
 generated ``{"tokens": [B, H, max_length + 1], "scores": [B, H]}``.
@@ -41,7 +41,8 @@ from ..outputs.text import PAD_ID, decode_ids
 from ..registry import HEADS
 from ..specs import InputDims, TargetSpec
 from .base import Head, HeadTraits
-from .decoding import beam_search, greedy
+from .control import listener_for, options_for
+from .decoding import beam_search, greedy, sampler
 
 
 class TextHeadOptions(Options):
@@ -53,8 +54,14 @@ class TextHeadOptions(Options):
     memory: Literal["inputs", "fused"] = Field(
         "inputs", description="attend over the fused vector and every input's tokens, or over "
         "the fused vector alone")
-    decoding: Literal["greedy", "beam"] = "greedy"
+    decoding: Literal["greedy", "beam", "sample"] = "greedy"
     beam_width: int = Field(4, ge=1)
+    temperature: float = Field(1.0, gt=0, description="sample: divides the log-probabilities")
+    top_p: float = Field(1.0, gt=0, le=1, description="sample: nucleus (1 keeps every token)")
+    top_k: int = Field(0, ge=0, description="sample: 0 keeps every token")
+    seed: int | None = Field(None, description="sample: the generator's seed per call")
+    min_tokens: int = Field(0, ge=0, description="hold the end token back for this many "
+                            "tokens (greedy and sample)")
     max_length: int = Field(48, ge=1, description="most tokens generated (and kept per "
                             "training target)")
     length_penalty: float = Field(0.0, ge=0, description="beam: GNMT alpha; 0 ranks by "
@@ -209,13 +216,26 @@ class TextHead(Head):
         memory, mask = self.memory(fused, features)
         if target is not None:
             return self.decoder(target[:, :-1], memory, mask)
-        o = self.options
+        o = options_for(self)  # with this call's updates (heads/control.py)
         if o.decoding == "beam":
             tokens, scores = beam_search(self.decoder, memory, mask, o.max_length,
                                          o.beam_width, o.length_penalty, o.hypotheses)
         else:
-            tokens, scores = greedy(self.decoder, memory, mask, o.max_length)
+            pick = None
+            if o.decoding == "sample":
+                generator = torch.Generator()
+                if o.seed is not None:
+                    generator.manual_seed(o.seed)
+                else:
+                    generator.seed()
+                pick = sampler(o.temperature, o.top_p, o.top_k, generator)
+            tokens, scores = greedy(self.decoder, memory, mask, o.max_length, pick,
+                                    listener_for(self), o.min_tokens)
         return {"tokens": tokens, "scores": scores}
+
+    def decode(self, ids: list[int]) -> str:
+        """Output ids (up to ``[EOS]``) as text."""
+        return decode_ids(self.labels, ids)
 
     @staticmethod
     def loss(logits: torch.Tensor, target: torch.Tensor, label_smoothing: float = 0.0):
@@ -255,7 +275,7 @@ class TextHead(Head):
         rows = []
         for hypotheses in self.texts(generated):
             row = {"prediction": hypotheses[0][0], "score": round(hypotheses[0][1], 6)}
-            if self.options.decoding == "beam":
+            if options_for(self).decoding == "beam":
                 row["hypotheses"] = [{"text": t, "score": round(s, 6)} for t, s in hypotheses]
             rows.append(row)
         return rows

@@ -7,10 +7,13 @@ Where each part lives:
   ``request_bodies.py``);
 - ``routes_model.py``: ``GET /health`` (200 once the model is loaded, 503 before),
   ``GET /v1/model``, ``GET /openapi.json`` (``openapi.py``) and ``GET /metrics`` (Prometheus);
+- ``routes_chat.py``: OpenAI's ``POST /v1/chat/completions`` (plain or streamed) and
+  ``GET /v1/models``, on any model (requests mapped to its inputs by ``chat.py``);
 - ``page.py``: ``GET /``, the web page;
 - ``state.py``: what the routes share, and the API key check;
 - ``error_handlers.py`` and ``body_limit.py``: every refusal is JSON
-  ``{"error": {"status", "field", "message"}}`` with a 4xx status;
+  ``{"error": {"status", "field", "message"}}`` with a 4xx status (OpenAI's error shape on
+  the OpenAI routes);
 - ``settings.py``: every default.
 
 The model is loaded in the background so ``/health`` can say when it is ready.
@@ -23,7 +26,7 @@ from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 
-from . import page, routes_model, routes_predict
+from . import page, routes_chat, routes_model, routes_predict
 from .body_limit import BodyLimit
 from .error_handlers import add_error_handlers
 from .metrics import MetricsMiddleware
@@ -55,6 +58,6 @@ def create_app(load: Service | Callable[[], Service],
     app.add_middleware(BodyLimit, max_bytes=server.settings.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics)  # outermost: sees every status
     add_error_handlers(app)
-    for routes in (routes_model, routes_predict, page):
+    for routes in (routes_model, routes_predict, routes_chat, page):
         app.include_router(routes.router)
     return app

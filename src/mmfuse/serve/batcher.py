@@ -175,6 +175,9 @@ class DynamicBatcher:
         self._note_open()
         try:
             return await asyncio.wait_for(asyncio.shield(future), max(timeout, 0.0))
+        except asyncio.CancelledError:  # the client left: a queued job is skipped
+            job.abandoned = True
+            raise
         except asyncio.TimeoutError:
             job.abandoned = True
             raise TimedOut(f"no answer within {timeout:.1f} s; the server is busy, "
@@ -245,8 +248,9 @@ class DynamicBatcher:
                     break
             else:
                 job = self._queue.get_nowait()
-            if rows + job.prepared.rows > self.max_batch_size:
-                self._carry = job
+            full = rows + job.prepared.rows > self.max_batch_size
+            if full or job.prepared.key != first.prepared.key:  # other generation settings
+                self._carry = job  # it goes first in the next batch
                 break
             batch.append(job)
             rows += job.prepared.rows

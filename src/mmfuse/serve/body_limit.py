@@ -5,6 +5,7 @@ from __future__ import annotations
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .chat import refusal_body
 from .inputs import RequestError
 
 
@@ -29,7 +30,8 @@ class BodyLimit:
                                "--max-body-mb")
         length = dict(scope["headers"]).get(b"content-length", b"")
         if length.isdigit() and int(length) > self.max_bytes:
-            await JSONResponse(refusal.body(), status_code=413)(scope, receive, send)
+            await JSONResponse(refusal_body(scope["path"], refusal),
+                               status_code=413)(scope, receive, send)
             return
         received, started = 0, False
 
@@ -51,4 +53,5 @@ class BodyLimit:
             await self.app(scope, counted, watched)
         except BodyTooLarge:
             if not started:
-                await JSONResponse(refusal.body(), status_code=413)(scope, receive, send)
+                await JSONResponse(refusal_body(scope["path"], refusal),
+                               status_code=413)(scope, receive, send)

@@ -40,6 +40,12 @@ class Prepared:
     values: dict[str, list[Any]]
     rows: int
     seconds: float = 0.0  # time spent checking and decoding
+    steering: Any = None  # a chat request's generation settings (service.Steering)
+
+    @property
+    def key(self) -> tuple:
+        """Jobs share a forward pass only when their keys are equal (same generation)."""
+        return () if self.steering is None else self.steering.key
 
 
 class RowChecker:

@@ -11,7 +11,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 128)
-ROUTES = ("/", "/health", "/metrics", "/v1/model", "/v1/predict", "/v1/predict/batch")
+ROUTES = ("/", "/health", "/metrics", "/v1/model", "/v1/predict", "/v1/predict/batch",
+          "/v1/chat/completions", "/v1/models")
 
 
 class Metrics:
@@ -39,6 +40,10 @@ class Metrics:
         self.forward = Histogram("mmfuse_forward_seconds",
                                  "time of one batched forward pass (encode, model, postprocess)",
                                  buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.generated = Counter("mmfuse_chat_generated_tokens", "tokens written for chat "
+                                 "answers", registry=self.registry)
+        self.abandoned = Counter("mmfuse_chat_streams_abandoned", "streamed chat answers whose "
+                                 "client left before the end", registry=self.registry)
         self.decode = Histogram("mmfuse_decode_seconds", "time to check and decode a request",
                                 buckets=LATENCY_BUCKETS, registry=self.registry)
 

@@ -27,6 +27,29 @@ ERRORS = {str(code): {"description": why, "content": {"application/json": {"sche
               (413, "over a size limit"), (415, "wrong content type"),
               (422, "a field is missing, unknown or unreadable"), (429, "the queue is full"),
               (503, "the model is loading, or the request timed out"))}
+OPENAI_ERROR = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+PART = {"type": "object", "required": ["type"], "properties": {
+    "type": {"enum": ["text", "image_url", "input_audio", "video_url"]},
+    "text": {"type": "string"},
+    "image_url": {"type": "object", "properties": {"url": {"type": "string"}}},
+    "video_url": {"type": "object", "properties": {"url": {"type": "string"}}},
+    "input_audio": {"type": "object", "properties": {"data": {"type": "string"},
+                                                      "format": {"type": "string"}}}}}
+CHAT = {"type": "object", "required": ["model", "messages"], "properties": {
+    "model": {"type": "string"},
+    "messages": {"type": "array", "minItems": 1, "items": {
+        "type": "object", "required": ["role", "content"], "properties": {
+            "role": {"enum": ["system", "developer", "user", "assistant"]},
+            "content": {"anyOf": [{"type": "string"},
+                                  {"type": "array", "items": PART}]}}}},
+    "temperature": {"type": "number"}, "top_p": {"type": "number"},
+    "max_tokens": {"type": "integer"}, "max_completion_tokens": {"type": "integer"},
+    "stop": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    "seed": {"type": "integer"}, "n": {"type": "integer"}, "stream": {"type": "boolean"},
+    "min_tokens": {"type": "integer"}, "mmfuse_inputs": {"type": "object"}}}
 HEALTH = {"200": {"description": "the model is loaded", "content": {
               "application/json": {"schema": {"type": "object"}}}},
           "503": {"description": "loading, or failed", "content": {
@@ -77,6 +100,15 @@ def openapi_schema(service: Service, secured: bool = False) -> dict:
                                "properties": {"rows": rows}}}}},
                 "responses": json_answer({"type": "object", "required": ["rows"], "properties": {
                     "rows": {"type": "array", "items": answer}}}, "predictions per row")}},
+            "/v1/chat/completions": {"post": {
+                "operationId": "chat_completions", "security": security,
+                "description": "OpenAI's chat API (serve/chat.py: how a message maps to the "
+                "inputs); stream: true answers as server-sent events",
+                "requestBody": {"required": True, "content": {"application/json": {
+                    "schema": CHAT}}},
+                "responses": openai_answer("a chat completion, or its chunks as events")}},
+            "/v1/models": {"get": {"operationId": "models", "security": security,
+                                   "responses": openai_answer("the served model")}},
         },
     }
 
@@ -94,6 +126,19 @@ def request_fields(service: Service) -> tuple[dict, dict, list[str]]:
         row[spec.name] = {"anyOf": [kind.schema(prep, limits, True), {"type": "null"}],
                           "description": f"{spec.type} input {spec.name!r} (null: missing)"}
     return form, row, required
+
+
+def openai_answer(what: str) -> dict:
+    """An OpenAI route's responses: refusals in OpenAI's error shape."""
+    errors = {code: {"description": e["description"], "content": {"application/json": {
+        "schema": OPENAI_ERROR}}} for code, e in ERRORS.items()}
+    return {"200": {"description": what, "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "text/event-stream": {"schema": {"type": "string"}}}},
+        "404": {"description": "no such model", "content": {"application/json": {
+            "schema": OPENAI_ERROR}}}, "403": {"description": "a file: URL outside "
+                                                 "--data-root", "content": {
+            "application/json": {"schema": OPENAI_ERROR}}}, **errors}
 
 
 def json_answer(schema: dict, what: str) -> dict:

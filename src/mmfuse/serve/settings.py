@@ -46,6 +46,7 @@ class ServeSettings:
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     device: str = "cpu"  # where the torch runtime's model runs (auto, cpu, cuda, cuda:N)
+    data_root: str | None = None  # chat requests may read file: URLs under it (else none)
 
 
 DEFAULTS = ServeSettings()

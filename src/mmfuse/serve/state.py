@@ -52,7 +52,13 @@ class ServerState:
                                            thread_name_prefix="mmfuse-decode")
 
     def _run(self, jobs: list[Prepared]) -> list[list[dict]]:
-        return self.service().run(jobs)
+        results = self.service().run(jobs)
+        steered = [job.steering for job in jobs if job.steering is not None]
+        written = sum(c for s in steered for _, c in s.usage)
+        if written and self.service().model.pipeline.model.heads[
+                steered[0].output].traits.generates:
+            self.metrics.generated.inc(written)
+        return results
 
     async def start(self) -> None:
         """Start the batcher, and load the model in the background if it is not loaded."""
@@ -97,17 +103,31 @@ class ServerState:
         """Run ``function(*args)`` on a decoding thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.decoders, function, *args)
 
-    async def infer(self, rows: list[dict], prefix: str = "") -> list[dict]:
+    async def infer(self, rows: list[dict], prefix: str = "", steering: Any = None
+                    ) -> list[dict]:
         """The outputs of request rows: decoded on a decoding thread, then batched; the whole
         takes at most ``timeout_s`` (else :class:`TimedOut`)."""
-        svc, timeout = self.service(), self.settings.timeout_s
         started = time.perf_counter()
+        prepared = await self.prepare(rows, prefix, steering)
+        return await self.submit(prepared, started)
+
+    async def prepare(self, rows: list[dict], prefix: str = "", steering: Any = None
+                      ) -> Prepared:
+        """Check and decode request rows on a decoding thread (a 4xx names what is wrong)."""
+        svc, timeout = self.service(), self.settings.timeout_s
         with self.batcher.admit():
             try:
                 prepared = await asyncio.wait_for(self.decode(svc.prepare, rows, prefix), timeout)
             except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 raise TimedOut(f"decoding took over {timeout:g} s") from None
         self.metrics.decode.observe(prepared.seconds)
+        prepared.steering = steering
+        return prepared
+
+    async def submit(self, prepared: Prepared, started: float) -> list[dict]:
+        """Queue decoded rows for a batch; what is left of ``timeout_s`` since ``started``
+        bounds the wait."""
+        timeout = self.settings.timeout_s
         remaining = timeout - (time.perf_counter() - started)
         if remaining <= 0:
             raise TimedOut(f"decoding took over {timeout:g} s; send smaller files")
