@@ -8,7 +8,9 @@ question), wait for the answer, and send the next. Every answer is held to exact
 ``--tokens`` tokens (``min_tokens`` = ``max_tokens``, as vLLM's benchmarks use ``ignore_eos``),
 so the figure counts decoding steps rather than how soon a model says its one-word answer.
 It reports written tokens per second, over ``--seconds`` after a warm-up, at concurrency 1
-and 8, and their ratio (target >= 3: concurrent requests share decoding steps).
+and 8, and their ratio (target >= 3: concurrent requests share decoding steps), for several
+answer lengths: the shorter the answer, the more each request's own costs (HTTP, JSON, the
+image's decoding and encoding) weigh against its decoding steps.
 
     python benchmarks/serve_chat.py            # writes benchmarks/results/serve_chat.md and .json
     python benchmarks/serve_chat.py --models scratch --seconds 10
@@ -21,6 +23,7 @@ import asyncio
 import base64
 import csv
 import json
+import re
 import sys
 import tempfile
 import time
@@ -30,8 +33,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import RESULTS, command, machine, markdown_table  # noqa: E402
+from serve import LOOPBACK, read_response, request_bytes  # noqa: E402
 
 from serving import start_server, stop_server  # noqa: E402
+
+USAGE = re.compile(rb'"completion_tokens":\s*(\d+)')
 
 MODELS = {
     # the default from-scratch decoder (a GRU) on the probe's minimal config
@@ -81,28 +87,35 @@ def bodies(name: str, rows: list[dict], tokens: int) -> list[bytes]:
 
 async def load(url: str, requests: list[bytes], concurrency: int, seconds: float,
                warmup: float) -> dict:
-    """Closed-loop clients for ``warmup + seconds``; tokens counted after the warm-up."""
-    import httpx
-
+    """Closed-loop clients on keep-alive sockets for ``warmup + seconds`` (pre-built requests,
+    so the clients, on the same cores as the server, cost little); tokens counted after the
+    warm-up."""
+    host, port = url.removeprefix("http://").split(":")
+    if host not in LOOPBACK:
+        raise SystemExit(f"refusing to load {host}: this benchmark only targets loopback")
+    wire = [request_bytes(host, int(port), "/v1/chat/completions", body, "application/json")
+            for body in requests]
     written, answered, errors = 0, 0, 0
-    start = time.perf_counter()
-    measuring_from = start + warmup
+    measuring_from = time.perf_counter() + warmup
     end = measuring_from + seconds
 
     async def client(k: int) -> None:
         nonlocal written, answered, errors
-        async with httpx.AsyncClient(base_url=url, timeout=120) as http:
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
             i = k
             while time.perf_counter() < end:
-                response = await http.post("/v1/chat/completions", content=requests[
-                    i % len(requests)], headers={"content-type": "application/json"})
+                writer.write(wire[i % len(wire)])
+                await writer.drain()
+                status, body = await read_response(reader)
                 i += concurrency
-                if response.status_code != 200:
+                if status != 200:
                     errors += 1
-                    continue
-                if time.perf_counter() >= measuring_from:
-                    written += response.json()["usage"]["completion_tokens"]
+                elif time.perf_counter() >= measuring_from:
+                    written += int(USAGE.search(body).group(1))
                     answered += 1
+        finally:
+            writer.close()
 
     await asyncio.gather(*(client(k) for k in range(concurrency)))
     elapsed = time.perf_counter() - measuring_from
@@ -110,45 +123,54 @@ async def load(url: str, requests: list[bytes], concurrency: int, seconds: float
             "answers": answered, "errors": errors, "seconds": round(elapsed, 1)}
 
 
-def run(kind: str, work: Path, args: argparse.Namespace) -> dict:
+def run(kind: str, work: Path, args: argparse.Namespace) -> list[dict]:
+    """Each answer length of ``kind`` at concurrency 1 and 8, on one server."""
     out, rows = train(kind, work)
+    lengths = args.lm_tokens if kind == "causal_lm" else args.tokens
     process, url = start_server([str(out)], timeout=180)
+    results = []
     try:
-        requests = bodies(out.name, rows, args.tokens)
-        results = [asyncio.run(load(url, requests, c, args.seconds, args.warmup))
-                   for c in (1, 8)]
+        for tokens in (int(t) for t in lengths.split(",")):
+            requests = bodies(out.name, rows, tokens)
+            runs = [asyncio.run(load(url, requests, c, args.seconds, args.warmup))
+                    for c in (1, 8)]
+            ratio = runs[1]["tokens_per_s"] / max(runs[0]["tokens_per_s"], 1e-9)
+            results.append({"model": kind, "tokens": tokens, "runs": runs,
+                            "ratio_8_to_1": round(ratio, 2)})
     finally:
         stop_server(process)
-    ratio = results[1]["tokens_per_s"] / max(results[0]["tokens_per_s"], 1e-9)
-    return {"model": kind, "tokens": args.tokens, "runs": results, "ratio_8_to_1": round(ratio, 2)}
+    return results
 
 
 def report(results: list[dict]) -> str:
     rows = []
     for r in results:
         one, eight = r["runs"]
-        rows.append([r["model"], one["tokens_per_s"], eight["tokens_per_s"],
+        rows.append([r["model"], r["tokens"], one["tokens_per_s"], eight["tokens_per_s"],
                      f"**{r['ratio_8_to_1']}x**", one["errors"] + eight["errors"]])
     return "\n".join([
         "# Generation under load: OpenAI's chat API", "",
         f"Reproduce: `{command()}` · {machine()}", "",
-        f"Closed-loop clients send chat requests (image + question); every answer is held to "
-        f"{results[0]['tokens']} tokens (`min_tokens` = `max_tokens`). Written tokens per "
-        "second, all clients together, after a warm-up:", "",
-        markdown_table(["model", "concurrency 1", "concurrency 8", "8 / 1 (target >= 3)",
-                        "errors"], rows), ""])
+        "Closed-loop clients send chat requests (image + question) to a real `mmfuse serve`; "
+        "every answer is held to the given number of tokens (`min_tokens` = `max_tokens`). "
+        "Written tokens per second, all clients together, after a warm-up:", "",
+        markdown_table(["model", "tokens per answer", "concurrency 1", "concurrency 8",
+                        "8 / 1 (target >= 3)", "errors"], rows), ""])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", default="scratch,causal_lm")
-    parser.add_argument("--tokens", type=int, default=24, help="tokens per answer")
+    parser.add_argument("--tokens", default="24,48,96", help="tokens per answer of the "
+                        "scratch decoder (48: the text decoders' default max_length)")
+    parser.add_argument("--lm-tokens", default="24,48", help="tokens per answer of the LM")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured per run")
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        results = [run(kind, Path(tmp), args) for kind in args.models.split(",") if kind]
+        results = [r for kind in args.models.split(",") if kind
+                   for r in run(kind, Path(tmp), args)]
     text = report(results)
     print(text)
     if not args.no_write:

@@ -35,7 +35,8 @@ def chat_run(tmp_path_factory):
     mmfuse.Model.from_config(config).fit(train, out=folder / "qa")
     process, url = start_server([str(folder / "qa"), "--api-key", KEY,
                                  "--data-root", str(folder / "data")])
-    yield {"url": url, "run": folder / "qa", "data": folder / "data", "test": test}
+    yield {"url": url, "run": folder / "qa", "data": folder / "data", "test": test,
+           "pid": process.pid}
     stop_server(process)
 
 
@@ -239,3 +240,23 @@ def test_streamed_text_holds_back_what_may_begin_a_stop_string():
     held = StreamedText(lambda ids: "".join(["ab", "c", "E", "N"][i] for i in ids), ["END"])
     assert [held.add(i) for i in range(4)] == ["ab", "c", "", ""]  # "E", "EN" may begin END
     assert held.take("abcEN") == "EN"  # the answer ended without it: the rest is sent
+
+
+def test_a_mixed_load_gets_no_server_error_and_memory_settles(chat_run):
+    """A short soak (``benchmarks/serve_soak.py`` runs 60 s): chat, streamed chat, form
+    predictions and malformed requests at once; nothing gets a 5xx or the wrong answer, and
+    resident memory grows at most 10% after the warm-up."""
+    import asyncio
+
+    from serving import rss_bytes, soak, soak_requests
+
+    row = held_out_rows(chat_run)[0]
+    requests = soak_requests("qa", open(row["image"], "rb").read(), row["question"])
+    headers = {"Authorization": f"Bearer {KEY}"}
+    warm = asyncio.run(soak(chat_run["url"], requests, 16, 3, headers))
+    settled = rss_bytes(chat_run["pid"])
+    run = asyncio.run(soak(chat_run["url"], requests, 16, 8, headers))
+    grown = rss_bytes(chat_run["pid"]) / settled - 1
+    assert not warm["wrong"] and not run["wrong"], run["wrong"][:5]
+    assert all(run["statuses"][kind] for kind in requests)  # every kind was sent
+    assert grown <= 0.10, f"RSS grew {grown:.1%} after the warm-up"

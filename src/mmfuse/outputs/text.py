@@ -80,8 +80,9 @@ def has_cjk(text: str) -> bool:
 
 
 def normalize(text: str, lowercase: bool = False) -> str:
-    """The form a generated text takes: whitespace runs become one space, ends stripped."""
-    text = " ".join(str(text).split())
+    """The form a generated text takes: whitespace runs become one space, ends stripped. The
+    space marker ``▁`` counts as a space: tokens carry it, so no token can hold it as text."""
+    text = " ".join(str(text).replace(SPACE, " ").split())
     return text.lower() if lowercase else text
 
 

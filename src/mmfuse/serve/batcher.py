@@ -92,8 +92,15 @@ class DynamicBatcher:
         self._running = 0  # forward passes in progress
         self._slots: asyncio.Semaphore | None = None
         self._batches: set[asyncio.Task] = set()
-        self._executor = ThreadPoolExecutor(max_workers=workers,
-                                            thread_name_prefix="mmfuse-forward")
+        # one thread per worker, and a pass goes to the first idle one: a lone pass always
+        # runs on the first thread, so its wide OpenMP team is not idle (and spinning) on
+        # one thread while a second wide team starts on another. Alternating threads made
+        # a generating model's passes twice as slow (benchmarks/results/serve_chat.md).
+        self._executors = [ThreadPoolExecutor(max_workers=1,
+                                              thread_name_prefix=f"mmfuse-forward-{i}")
+                           for i in range(workers)]
+        self._busy = [False] * workers
+        self._executor = self._executors[0]
 
     @property
     def pending(self) -> int:
@@ -129,7 +136,8 @@ class DynamicBatcher:
         for job in left:
             if not job.future.done():
                 job.future.set_exception(TimedOut("the server is shutting down"))
-        self._executor.shutdown(wait=True)
+        for executor in self._executors:
+            executor.shutdown(wait=True)
 
     async def in_forward_thread(self, function: Callable[[], Any]) -> Any:
         """Run ``function`` on a forward thread. Loading the model there keeps torch off other
@@ -203,14 +211,18 @@ class DynamicBatcher:
         started = time.perf_counter()
         waits = [started - j.queued_at for j in batch]
         self._running += 1
+        worker = self._busy.index(False)  # a slot was free, so a thread is
+        self._busy[worker] = True
         try:
             results = await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._run_safely, [j.prepared for j in batch], self._running)
+                self._executors[worker], self._run_safely, [j.prepared for j in batch],
+                self._running)
         except Exception:  # the executor itself failed: no job may be left waiting
             log.exception("running a batch failed")
             results = [RuntimeError("the model failed on this request")] * len(batch)
         finally:
             self._running -= 1
+            self._busy[worker] = False
             self._slots.release()
         for job, result in zip(batch, results, strict=True):
             if job.future.done():
