@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import copy
 import csv
+import json
 import time
 
 import httpx
@@ -260,3 +261,22 @@ def test_a_mixed_load_gets_no_server_error_and_memory_settles(chat_run):
     assert not warm["wrong"] and not run["wrong"], run["wrong"][:5]
     assert all(run["statuses"][kind] for kind in requests)  # every kind was sent
     assert grown <= 0.10, f"RSS grew {grown:.1%} after the warm-up"
+
+
+def test_a_chat_request_that_changes_nothing_shares_passes_with_predictions(chat_run):
+    """Unset parameters mean no generation updates, so the batcher may put a chat request and
+    a /v1/predict request in one forward pass."""
+    from mmfuse.serve import load_service
+    from mmfuse.serve.chat import parse_chat
+    from mmfuse.serve.inputs import Prepared
+    from mmfuse.serve.service import Steering
+
+    service = load_service(chat_run["run"])
+    row = held_out_rows(chat_run)[0]
+    body = json.dumps({"model": "qa", "messages": message(row["question"], row["image"])})
+    chat = parse_chat(body.encode(), service, None)
+    assert chat.options == {}
+    assert Prepared({}, 1, steering=Steering(chat.output, chat.options)).key == Prepared({}, 1).key
+    sampled = parse_chat(json.dumps({"model": "qa", "temperature": 0.5, "messages": message(
+        row["question"], row["image"])}).encode(), service, None)
+    assert Prepared({}, 1, steering=Steering(sampled.output, sampled.options)).key != ()

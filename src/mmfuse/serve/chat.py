@@ -224,8 +224,8 @@ def _generation(chat: ChatRequest, head, temperature: float | None, top_p: float
             raise RequestError(400, "min_tokens", "min_tokens is more than the most tokens "
                                "the answer may have (max_tokens)")
         updates["min_tokens"] = min_tokens
-    if (updates.get("decoding") or head.options.decoding) != "beam":
-        updates["hypotheses"] = 1
+    if head.options.decoding == "beam" and updates.get("decoding") in ("greedy", "sample"):
+        updates["hypotheses"] = 1  # one text per row once the beam is off
     return updates
 
 
