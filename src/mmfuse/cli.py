@@ -231,8 +231,7 @@ def serve(
     = SERVE_DEFAULTS.limits.max_batch_rows,
     device: DeviceOption = None,
     data_root: Annotated[Path | None, typer.Option(
-        help="chat requests may name files under this folder as file: URLs (else they send "
-        "data: URLs only)")] = None,
+        help="folder whose files chat requests may name as file: URLs")] = None,
 ) -> None:
     """Serve a trained model over HTTP (FastAPI + uvicorn) with dynamic batching."""
     from .serve import serve as run_server

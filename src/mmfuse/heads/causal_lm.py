@@ -55,7 +55,7 @@ from ..outputs.text import BOS_ID, EOS_ID, PAD_ID
 from ..registry import HEADS
 from ..specs import InputDims, TargetSpec
 from .base import Head, HeadTraits
-from .control import control_for, listener_for, options_for
+from .control import EndedRows, TokenStreamer, control_for, listener_for, options_for
 
 SHIFT = 4  # output ids are LM ids + 4: [PAD] [UNK] [BOS] [EOS] come first
 IGNORE = -100
@@ -345,8 +345,8 @@ class CausalLMHead(Head):
         listener = listener_for(self)
         if listener is not None and o.decoding != "beam":  # generate streams no beams
             ended = torch.zeros(len(prompts), dtype=torch.bool, device=embeds.device)
-            settings["streamer"] = _Streamer(listener, ended, self.end_id)
-            settings["stopping_criteria"] = [_EndedRows(ended)]
+            settings["streamer"] = TokenStreamer(listener, ended, self.end_id, SHIFT)
+            settings["stopping_criteria"] = [EndedRows(ended)]
         seed = contextlib.nullcontext()
         if o.decoding == "sample" and o.seed is not None:
             seed = torch.random.fork_rng(devices=[] if embeds.device.type == "cpu"
@@ -486,41 +486,3 @@ def _after_loading(module: CausalLMHead, incompatible) -> None:
 
 
 __all__ = ["CausalLMHead", "CausalLMOptions", "Piece"]
-
-
-class _Streamer:
-    """transformers' streamer protocol (``put`` / ``end``): hands each generated token to the
-    call's listener (:mod:`.control`) in output ids, and marks the rows it ends."""
-
-    def __init__(self, listener, ended: torch.Tensor, end_id: int) -> None:
-        self.listener, self.ended, self.end_id = listener, ended, end_id
-        self.finished = [False] * ended.shape[0]
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # the first call holds the prompt's ids (none: embeddings)
-            self.prompt_seen = True
-            return
-        tokens = []
-        for row, token in enumerate(value.view(-1).tolist()):
-            if self.finished[row] or token == self.end_id:
-                self.finished[row] = True
-                tokens.append(None)
-            else:
-                tokens.append(token + SHIFT)
-        for row in self.listener(tokens):
-            self.ended[row] = True
-            self.finished[row] = True
-
-    def end(self) -> None:
-        pass
-
-
-class _EndedRows:
-    """A stopping criterion: rows the listener ended stop (one step after it said so)."""
-
-    def __init__(self, ended: torch.Tensor) -> None:
-        self.ended = ended
-
-    def __call__(self, input_ids: torch.Tensor, scores, **_) -> torch.Tensor:
-        return self.ended.clone()

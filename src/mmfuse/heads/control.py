@@ -11,7 +11,8 @@ A :class:`Control` names one generating head and carries, for the forward pass i
 
 The control lives in a context variable, so it reaches the head through the model's forward
 without a new argument on every layer, and a call on another thread is not touched.
-Heads read it through :func:`options_for` and :func:`listener_for`.
+Heads read it through :func:`options_for` and :func:`listener_for`; a causal LM hands its
+tokens over through transformers' streamer protocol (:class:`TokenStreamer`, :class:`EndedRows`).
 """
 
 from __future__ import annotations
@@ -67,3 +68,41 @@ def listener_for(head: Any) -> OnStep | None:
     """Who listens to ``head``'s tokens in this call."""
     control = control_for(head)
     return control.on_step if control is not None else None
+
+
+class TokenStreamer:
+    """transformers' streamer protocol (``put`` / ``end``): hands each generated token to the
+    call's listener in output ids (LM ids + ``shift``), and marks the rows it ends."""
+
+    def __init__(self, listener: OnStep, ended: Any, end_id: int, shift: int) -> None:
+        self.listener, self.ended, self.end_id, self.shift = listener, ended, end_id, shift
+        self.finished = [False] * ended.shape[0]
+        self.prompt_seen = False
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call holds the prompt's ids (none: embeddings)
+            self.prompt_seen = True
+            return
+        tokens = []
+        for row, token in enumerate(value.view(-1).tolist()):
+            if self.finished[row] or token == self.end_id:
+                self.finished[row] = True
+                tokens.append(None)
+            else:
+                tokens.append(token + self.shift)
+        for row in self.listener(tokens):
+            self.ended[row] = True
+            self.finished[row] = True
+
+    def end(self) -> None:
+        pass
+
+
+class EndedRows:
+    """A stopping criterion: rows the listener ended stop (one step after it said so)."""
+
+    def __init__(self, ended: Any) -> None:
+        self.ended = ended
+
+    def __call__(self, input_ids: Any, scores: Any, **_: Any) -> Any:
+        return self.ended.clone()

@@ -27,8 +27,6 @@ OpenAI's error shape (:func:`openai_error`).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import secrets
 import time
@@ -37,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..modalities.kind import modality
-from .inputs import RequestError
+from .inputs import RequestError, decode_base64
 
 MEDIA_PARTS = {"image_url": "image", "input_audio": "audio", "video_url": "video"}
 MAX_TOKENS = 4096  # the most new tokens one request may ask for
@@ -388,15 +386,7 @@ def read_url(url: str, where: str, data_root: str | None) -> bytes:
 
 
 def _base64(value: Any, where: str) -> bytes:
-    if not isinstance(value, str):
-        raise RequestError(400, where, "expected base64 text")
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(400, where, "not valid base64; encode the file's bytes with "
-                           "base64 (RFC 4648)") from None
+    return decode_base64(value, where, status=400)  # OpenAI's status for a bad request
 
 
 # --- the answer ------------------------------------------------------------------------------

@@ -10,6 +10,8 @@ HTTP status, the field and the reason.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -102,3 +104,18 @@ class RowChecker:
         if not given:
             raise RequestError(422, where.rstrip(".") or None,
                                f"no inputs given; send at least one of: {', '.join(self.types)}")
+
+
+def decode_base64(value: object, field_name: str, status: int = 422) -> bytes:
+    """Decode a base64 file value (a ``data:...;base64,`` prefix is allowed); a bad one is
+    refused with ``status``."""
+    if not isinstance(value, str):
+        raise RequestError(status, field_name, f"expected the file as a base64 string, got "
+                           f"{type(value).__name__}")
+    if value.startswith("data:") and "," in value:
+        value = value.split(",", 1)[1]
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise RequestError(status, field_name, "not valid base64; encode the file's bytes with "
+                           "base64 (RFC 4648)") from None

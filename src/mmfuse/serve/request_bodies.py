@@ -7,8 +7,6 @@ Each value is then checked and decoded by :class:`~mmfuse.serve.inputs.RowChecke
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 
 from starlette.datastructures import UploadFile
@@ -17,7 +15,7 @@ from starlette.requests import Request
 
 from ..modalities.kind import modality
 from .body_limit import BodyTooLarge
-from .inputs import RequestError
+from .inputs import RequestError, decode_base64
 from .service import Service
 from .settings import Limits
 
@@ -77,20 +75,6 @@ def parse_batch(body: bytes, service: Service, limits: Limits) -> list[dict]:
         out = dict(row)
         for name, value in row.items():
             if name in files and value is not None:
-                out[name] = _base64(value, f"rows[{r}].{name}")
+                out[name] = decode_base64(value, f"rows[{r}].{name}")
         decoded.append(out)
     return decoded
-
-
-def _base64(value: object, field_name: str) -> bytes:
-    """Decode a base64 file value (a ``data:...;base64,`` prefix is allowed)."""
-    if not isinstance(value, str):
-        raise RequestError(422, field_name, f"expected the file as a base64 string, got "
-                           f"{type(value).__name__}")
-    if value.startswith("data:") and "," in value:
-        value = value.split(",", 1)[1]
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise RequestError(422, field_name, "not valid base64; encode the file's bytes with "
-                           "base64 (RFC 4648)") from None
