@@ -117,14 +117,15 @@ async def load(host: str, port: int, requests: list[bytes], concurrency: int,
             "statuses": dict(sorted(statuses.items())), "latencies_ms": ms}
 
 
-def prepare_run(work: Path, runtime: str, config_path: Path) -> tuple[Path, Path]:
+def prepare_run(work: Path, runtime: str, config_path: Path, n_test: int = 50
+                ) -> tuple[Path, Path]:
     """Generate a small Sort-of-CLEVR set, train the demo architecture briefly; the served
     folder (run or export) and the data folder."""
     import mmfuse
     from mmfuse.datasets.sort_of_clevr import generate_sort_of_clevr
 
     data = work / "soc"
-    generate_sort_of_clevr(data, n_train=400, n_test=50, seed=0)
+    generate_sort_of_clevr(data, n_train=400, n_test=n_test, seed=0)
     config = yaml.safe_load(config_path.read_text())
     config = copy.deepcopy(config)
     config["training"].update(epochs=1, max_minutes=None, valid_fraction=0)

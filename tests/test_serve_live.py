@@ -173,3 +173,81 @@ def test_curl_a_client_that_is_not_ours(live_server, served_run):
     status, body = curl("-H", "Content-Type: application/json", "-d", '{"rows": "x"}',
                         live_server + "/v1/predict/batch")
     assert status == 422 and body["error"]["field"] == "rows"
+
+
+def _children(pid: int) -> list[int]:
+    return [int(p) for p in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+
+
+def _wait_for(condition, seconds: float = 30.0):
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError("timed out")
+
+
+def test_processes_share_the_port_the_metrics_and_replace_a_dead_one(served_run):
+    """--processes 2: two forked servers on one port, each pinned to its own CPU, both
+    answering as the Python API does; /metrics sums both; a killed one is replaced; Ctrl-C
+    stops them all."""
+    import os
+    import signal
+    from pathlib import Path
+
+    import mmfuse
+    from serving import start_server, stop_server
+
+    images = sorted((served_run["data"] / "img").glob("test_*.png"))[:8]
+    model = mmfuse.Model.load(served_run["run"])
+    expected = [model.predict([{"image": str(p), "question": SHAPE_Q}])[0]["answer"]
+                ["prediction"] for p in images]
+    bodies = [{"rows": [{"image": base64.b64encode(p.read_bytes()).decode(),
+                         "question": SHAPE_Q}]} for p in images]
+    process, url = start_server([str(served_run["run"]), "--processes", "2"])
+    try:
+        children = _wait_for(lambda: len(_children(process.pid)) == 2 and
+                             _children(process.pid))
+        if os.cpu_count() >= 2 and len(os.sched_getaffinity(0)) >= 2:
+            allowed = [open(f"/proc/{c}/status").read().split("Cpus_allowed_list:")[1].split()[0]
+                       for c in children]
+            assert allowed[0] != allowed[1], allowed
+
+        def call(i: int) -> str:  # a new connection each time: the kernel spreads them
+            response = httpx.post(url + "/v1/predict/batch", json=bodies[i % 8], timeout=30)
+            assert response.status_code == 200, response.text
+            return response.json()["rows"][0]["outputs"]["answer"]["prediction"]
+
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(call, range(96)))
+        assert answers == [expected[i % 8] for i in range(96)]
+        # each process maps its counters' file in the shared folder
+        files = {c: [Path(line.split()[-1]) for line in open(f"/proc/{c}/maps")
+                     if "/counter_" in line] for c in children}
+        assert all(files.values()), "both processes answered requests"
+        shared = files[children[0]][0].parent
+        writers = {int(f.stem.rsplit("_", 1)[1]) for f in shared.glob("counter_*.db")}
+        assert set(children) <= writers, "both processes answered requests"
+        metrics = httpx.get(url + "/metrics").text
+        line = next(x for x in metrics.splitlines() if x.startswith("mmfuse_requests_total{")
+                    and 'route="/v1/predict/batch"' in x and 'status="200"' in x)
+        assert float(line.split()[-1]) == 96, "one /metrics sums every process"
+
+        os.kill(children[0], signal.SIGKILL)
+        replaced = _wait_for(lambda: len(_children(process.pid)) == 2 and
+                             _children(process.pid) != children and _children(process.pid))
+        assert children[1] in replaced and children[0] not in replaced
+        with ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(call, range(16))) == [expected[i % 8] for i in range(16)]
+    finally:
+        log = stop_server(process)
+    assert process.returncode == 0, log
+    assert "died" in log and "starting another" in log
+    assert not shared.exists(), "the metrics folder is removed on exit"
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or \
+            "zombie" in open(f"/proc/{child}/status").read()

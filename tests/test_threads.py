@@ -115,3 +115,30 @@ def test_configure_threads_defaults_to_available_cpus(restore_threads, monkeypat
 def test_path_is_the_real_pathlib_path():
     # The fake_sys fixture replaces threads.Path; make sure the module really uses pathlib.
     assert threads.Path is Path
+
+
+def test_server_processes_split_the_allowed_cpus(monkeypatch):
+    """--processes N pins each process to an even slice of the allowed CPUs (one each when
+    there are more processes than CPUs), and pins none under a cgroup quota."""
+    import os
+
+    from mmfuse.serve import processes
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {2, 3, 4, 5, 6, 7})
+    monkeypatch.setattr(processes, "available_cpus", lambda: 6)
+    assert processes.cpu_slices(4) == [[2, 3], [4, 5], [6], [7]]
+    assert processes.cpu_slices(2) == [[2, 3, 4], [5, 6, 7]]
+    assert processes.cpu_slices(8) == [[2], [3], [4], [5], [6], [7], [2], [3]]
+    monkeypatch.setattr(processes, "available_cpus", lambda: 2)  # a quota of 2 CPUs
+    assert processes.cpu_slices(2) == [None, None]
+
+
+def test_cap_cpus_limits_what_a_process_uses():
+    from mmfuse.threads import available_cpus, cap_cpus
+
+    try:
+        cap_cpus(1)
+        assert available_cpus() == 1
+    finally:
+        cap_cpus(None)
+    assert available_cpus() >= 1

@@ -215,10 +215,13 @@ def serve(
         "MMFUSE_API_KEY)")] = SERVE_DEFAULTS.api_key,
     runtime: Annotated[str, typer.Option(help="torch, or onnx for an export")] = RUNTIME,
     decode_threads: Annotated[int, typer.Option(
-        min=1, help="threads that check and decode requests")] = SERVE_DEFAULTS.decode_threads,
+        min=0, help="threads that check and decode requests (0: the forward thread)")]
+    = SERVE_DEFAULTS.decode_threads,
     workers: Annotated[int, typer.Option(
         min=1, help="forward passes at once, splitting the cores between them")]
     = SERVE_DEFAULTS.workers,
+    processes: Annotated[int, typer.Option(
+        min=1, help="server processes sharing the model")] = SERVE_DEFAULTS.processes,
     max_body_mb: Annotated[float, typer.Option(
         min=0.001, help="largest request body")] = SERVE_DEFAULTS.limits.max_body_mb,
     max_image_pixels: Annotated[int, typer.Option(min=1)]
@@ -246,7 +249,7 @@ def serve(
     settings = ServeSettings(max_batch_size=max_batch_size, max_wait_ms=max_wait_ms,
                              max_queue=max_queue, timeout_s=timeout, api_key=api_key,
                              limits=limits, decode_threads=decode_threads, workers=workers,
-                             device=device,
+                             processes=processes, device=device,
                              data_root=str(data_root.resolve()) if data_root else None)
     err.print(f"serving {run_dir} ({runtime}) on http://{host}:{port}/ "
               f"(batches of up to {max_batch_size}, waiting up to {max_wait_ms:g} ms)"

@@ -217,7 +217,8 @@ class Pipeline:
             return {}
         served = self.served if predictors and not teacher else []
         with_fused = fused or bool(served)
-        self.model.eval()
+        if self.model.training:  # eval() walks every module: a small model's served batches
+            self.model.eval()     # spent a tenth of their time there
         parts: dict[str, list] = {}
         for batch in sequential_batches(len(chosen), batch_size):
             inputs, targets = self.batch(data, chosen[batch])

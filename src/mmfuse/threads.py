@@ -30,8 +30,19 @@ def _cgroup_quota() -> float | None:
     return None
 
 
+_cap: int | None = None  # set by cap_cpus
+
+
+def cap_cpus(count: int | None) -> None:
+    """Use at most ``count`` CPUs in this process (None: no cap), e.g. one of several server
+    processes that share a cgroup quota."""
+    global _cap
+    _cap = count
+
+
 def available_cpus() -> int:
-    """CPUs this process may use: the affinity mask, capped by a cgroup quota (at least 1)."""
+    """CPUs this process may use: the affinity mask, capped by a cgroup quota and by
+    :func:`cap_cpus` (at least 1)."""
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -39,6 +50,8 @@ def available_cpus() -> int:
     quota = _cgroup_quota()
     if quota is not None:
         count = min(count, max(1, math.floor(quota)))
+    if _cap is not None:
+        count = min(count, _cap)
     return max(1, count)
 
 

@@ -73,6 +73,8 @@ class OnnxModel:
             results.pop(FUSED, None)
         return {name: torch.from_numpy(np.asarray(out)) for name, out in results.items()}
 
+    training = False  # as torch modules say it
+
     def eval(self) -> OnnxModel:
         """Nothing to switch: an export always runs in inference mode."""
         return self

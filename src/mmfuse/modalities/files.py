@@ -27,7 +27,6 @@ then in memory).
 
 from __future__ import annotations
 
-import io
 import logging
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -242,8 +241,9 @@ class FileModality(Modality):
                                "send a shorter clip", 413)
             return self.decode(prep, path)
 
-    def decode(self, prep: FilePreprocessor, source: Path | io.BytesIO) -> Any:
-        """``prep.decode(source)``, its failures turned into a BadValue."""
+    def decode(self, prep: FilePreprocessor, source: Any) -> Any:
+        """``prep.decode(source)`` (a path, a file object, or what the modality opened), its
+        failures turned into a BadValue."""
         try:
             return prep.decode(source)
         except UnreadableFile as exc:

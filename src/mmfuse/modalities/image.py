@@ -72,27 +72,34 @@ def output_size(options: ImageOptions) -> tuple[int, int]:
     return pair(options.crop if options.crop is not None else options.size)
 
 
-def load_image(path: Path | BinaryIO, options: ImageOptions) -> np.ndarray:
-    """Decode one image (a file, or its bytes in a file object) to uint8 ``[H, W, 3]`` after
-    resizing and optional centre crop.
+def load_image(source: Path | BinaryIO | Image.Image, options: ImageOptions) -> np.ndarray:
+    """Decode one image (a file, its bytes in a file object, or an image Pillow has opened)
+    to uint8 ``[H, W, 3]`` after resizing and optional centre crop.
 
     Raises:
         OSError, UnidentifiedImageError: the file is missing or not an image.
     """
-    with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img)
-        if img.mode.startswith("I;16") or img.mode == "I":
-            # convert("RGB") would clip 16-bit values at 255 instead of scaling them
-            wide = np.asarray(img, dtype=np.float64)
-            scale = 65535.0 if wide.max(initial=0) > 255 else 255.0
-            img = Image.fromarray(np.round(wide / scale * 255).astype(np.uint8), "L")
-        if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
-            rgba = img.convert("RGBA")
-            img = Image.new("RGB", rgba.size, (255, 255, 255))
-            img.paste(rgba, mask=rgba.split()[-1])
-        else:
-            img = img.convert("RGB")
-        return fit_image(img, options)
+    if isinstance(source, Image.Image):
+        return _rgb_fitted(source, options)
+    with Image.open(source) as img:
+        return _rgb_fitted(img, options)
+
+
+def _rgb_fitted(img: Image.Image, options: ImageOptions) -> np.ndarray:
+    """An opened image, turned upright by its EXIF orientation, as RGB, fitted to size."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode.startswith("I;16") or img.mode == "I":
+        # convert("RGB") would clip 16-bit values at 255 instead of scaling them
+        wide = np.asarray(img, dtype=np.float64)
+        scale = 65535.0 if wide.max(initial=0) > 255 else 255.0
+        img = Image.fromarray(np.round(wide / scale * 255).astype(np.uint8), "L")
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        img = Image.new("RGB", rgba.size, (255, 255, 255))
+        img.paste(rgba, mask=rgba.split()[-1])
+    else:
+        img = img.convert("RGB")
+    return fit_image(img, options)
 
 
 def fit_image(img: Image.Image, options: ImageOptions) -> np.ndarray:
@@ -133,7 +140,7 @@ class ImagePreprocessor(FilePreprocessor):
     def item_shape(self) -> tuple[int, ...]:
         return (*output_size(self.options), 3)
 
-    def decode(self, path: Path | BinaryIO) -> np.ndarray:
+    def decode(self, path: Path | BinaryIO | Image.Image) -> np.ndarray:
         try:
             return load_image(path, self.options)
         except (OSError, UnidentifiedImageError, ValueError) as exc:
@@ -210,8 +217,8 @@ class ImageModality(FileModality):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(io.BytesIO(data)) as img:  # reads the header only
-                    width, height = img.size
+                img = Image.open(io.BytesIO(data))  # reads the header only
+                width, height = img.size
         except (Image.DecompressionBombError, Image.DecompressionBombWarning):
             raise BadValue(f"image over the limit of {cap} pixels (a decompression bomb?); "
                            "send a smaller image", 413) from None
@@ -220,10 +227,11 @@ class ImageModality(FileModality):
                            "JPEG, GIF, BMP, TIFF, WebP, ...)") from None
         except Exception as exc:  # a crafted header may break Pillow's parser in any way
             raise BadValue(f"not a readable image file ({exc})") from None
-        if width * height > cap:
-            raise BadValue(f"image of {width}x{height} pixels is over the limit of {cap} pixels; "
-                           "send a smaller image", 413)
-        return self.decode(prep, io.BytesIO(data))
+        with img:  # decoded from the image whose header was read: one parse, not two
+            if width * height > cap:
+                raise BadValue(f"image of {width}x{height} pixels is over the limit of {cap} "
+                               "pixels; send a smaller image", 413)
+            return self.decode(prep, img)
 
     def limits(self, limits: Any) -> dict:
         return {"max_pixels": limits.max_image_pixels}

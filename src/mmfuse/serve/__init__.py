@@ -2,7 +2,8 @@
 
 :func:`create_app` builds the FastAPI app (``app.py`` lists where each route lives; batching
 in ``batcher.py``, request checks in ``inputs.py``, every default in ``settings.py``);
-:func:`serve` runs it with uvicorn.
+:func:`serve` runs it with uvicorn, in one process or in several that share the loaded model
+(``processes.py``).
 """
 
 from __future__ import annotations
@@ -72,8 +73,16 @@ def serve(source: str | Path, host: str = HOST, port: int = PORT, runtime: str =
     uvicorn = require("uvicorn", "serve", "serving a model over HTTP")
     settings = settings or DEFAULTS
     keep_freed_memory()
-    app = create_app(lambda: load_service(source, runtime, settings.limits, settings.device),
-                     settings)
+
+    def load() -> Service:
+        return load_service(source, runtime, settings.limits, settings.device)
+
+    if settings.processes > 1:
+        from .processes import serve_processes
+
+        serve_processes(load, host, port, settings, log_level)
+        return
+    app = create_app(load, settings)
     # connections beyond the queue's room get uvicorn's 503 before their bodies are read, which
     # bounds the memory that request bodies can take
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,

@@ -58,6 +58,7 @@ def create_app(load: Service | Callable[[], Service],
     app.add_middleware(BodyLimit, max_bytes=server.settings.limits.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=server.metrics)  # outermost: sees every status
     add_error_handlers(app)
-    for routes in (routes_model, routes_predict, routes_chat, page):
+    app.router.routes.extend(routes_predict.ROUTES)
+    for routes in (routes_model, routes_chat, page):
         app.include_router(routes.router)
     return app

@@ -100,7 +100,7 @@ class DynamicBatcher:
                                               thread_name_prefix=f"mmfuse-forward-{i}")
                            for i in range(workers)]
         self._busy = [False] * workers
-        self._executor = self._executors[0]
+        self.forward_executor = self._executors[0]
 
     @property
     def pending(self) -> int:
@@ -143,7 +143,7 @@ class DynamicBatcher:
         """Run ``function`` on a forward thread. Loading the model there keeps torch off other
         threads: each thread that calls torch gets its own OpenMP team, and idle teams on the
         same cores slow every forward pass down."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, function)
+        return await asyncio.get_running_loop().run_in_executor(self.forward_executor, function)
 
     @contextlib.contextmanager
     def admit(self) -> Iterator[None]:

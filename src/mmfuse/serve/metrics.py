@@ -1,10 +1,14 @@
 """Prometheus metrics of one server: requests by status, latency, queue wait, batch sizes.
 
 Each app has its own registry, so two servers in one process (tests) keep separate counts.
+Under ``mmfuse serve --processes N`` (``processes.py``) every process writes its values to
+files in ``PROMETHEUS_MULTIPROC_DIR`` (prometheus_client's multiprocess mode) and ``/metrics``
+sums them all.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -27,6 +31,8 @@ class Metrics:
         )
 
         disable_created_metrics()  # the *_created series only repeat the start time
+        # several server processes: the folder where prometheus_client keeps their values
+        self.shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
         self.registry = CollectorRegistry()
         self.requests = Counter("mmfuse_requests", "HTTP requests by route, method and status",
                                 ["route", "method", "status"], registry=self.registry)
@@ -57,7 +63,13 @@ class Metrics:
         """The text exposition format and its content type."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if self.shared is None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        from prometheus_client import CollectorRegistry, multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, self.shared)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
 
 
 class MetricsMiddleware:

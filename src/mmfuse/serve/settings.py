@@ -39,10 +39,13 @@ class ServeSettings:
     max_wait_ms: float = 5.0  # longest a batch waits for more requests
     max_queue: int = 256  # requests admitted (decoding or queued) before 429
     timeout_s: float = 30.0  # per request, from arrival to answer, else 503
-    decode_threads: int = 2  # threads that check and decode requests
+    decode_threads: int = 2  # threads that check and decode requests; 0: the forward thread
     # forward passes at once, splitting the cores between them: on few cores two one-thread
     # passes beat one two-thread pass, and neither stalls when the other's core is borrowed
     workers: int = 2
+    # server processes forked after the model loads, each on its share of the CPUs: for small
+    # models, whose speed HTTP and JSON decide (benchmarks/results/serve_small.md)
+    processes: int = 1
     api_key: str | None = None
     limits: Limits = field(default_factory=Limits)
     device: str = "cpu"  # where the torch runtime's model runs (auto, cpu, cuda, cuda:N)

@@ -25,6 +25,7 @@ from .service import Service
 from .settings import ServeSettings
 
 log = logging.getLogger("mmfuse.serve")
+Rows = list[dict] | Callable[[Service], list[dict]]  # request rows, or how to read them
 
 
 class ServerState:
@@ -49,7 +50,8 @@ class ServerState:
         # a few decoding threads, not a thread per request: more would only fight over the
         # cores and the GIL with the event loop and the forward pass
         self.decoders = ThreadPoolExecutor(settings.decode_threads,
-                                           thread_name_prefix="mmfuse-decode")
+                                           thread_name_prefix="mmfuse-decode") \
+            if settings.decode_threads else self.batcher.forward_executor
 
     def _run(self, jobs: list[Prepared]) -> list[list[dict]]:
         results = self.service().run(jobs)
@@ -103,21 +105,26 @@ class ServerState:
         """Run ``function(*args)`` on a decoding thread, off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.decoders, function, *args)
 
-    async def infer(self, rows: list[dict], prefix: str = "", steering: Any = None
-                    ) -> list[dict]:
+    async def infer(self, rows: Rows, prefix: str = "", steering: Any = None) -> list[dict]:
         """The outputs of request rows: decoded on a decoding thread, then batched; the whole
         takes at most ``timeout_s`` (else :class:`TimedOut`)."""
         started = time.perf_counter()
         prepared = await self.prepare(rows, prefix, steering)
         return await self.submit(prepared, started)
 
-    async def prepare(self, rows: list[dict], prefix: str = "", steering: Any = None
-                      ) -> Prepared:
-        """Check and decode request rows on a decoding thread (a 4xx names what is wrong)."""
+    async def prepare(self, rows: Rows, prefix: str = "", steering: Any = None) -> Prepared:
+        """Check and decode request rows on a decoding thread (a 4xx names what is wrong).
+
+        ``rows`` may be a function that reads them from the body (given the service), so
+        parsing and decoding take one trip to the decoding thread."""
         svc, timeout = self.service(), self.settings.timeout_s
+
+        def work() -> Prepared:
+            return svc.prepare(rows(svc) if callable(rows) else rows, prefix)
+
         with self.batcher.admit():
             try:
-                prepared = await asyncio.wait_for(self.decode(svc.prepare, rows, prefix), timeout)
+                prepared = await asyncio.wait_for(self.decode(work), timeout)
             except asyncio.TimeoutError:  # not the builtin TimeoutError before 3.11
                 raise TimedOut(f"decoding took over {timeout:g} s") from None
         self.metrics.decode.observe(prepared.seconds)
