@@ -38,10 +38,14 @@ def cache_dir() -> Path:
     return Path(base) / "mmfuse"
 
 
-def cache_key(kind: str, settings: dict, files: list[Path]) -> str:
-    """A hash of the settings and of each file's resolved path, size and mtime."""
+def cache_key(kind: str, settings: dict, files: list[Path | str]) -> str:
+    """A hash of the settings and of each file's resolved path, size and mtime (a file held in
+    a table: its content key, ``sha256:...``)."""
     digest = hashlib.sha256(json.dumps([kind, settings], sort_keys=True).encode())
     for path in files:
+        if isinstance(path, str):
+            digest.update(f"\0{path}".encode())
+            continue
         stat = path.stat()
         digest.update(f"\0{path}\0{stat.st_size}\0{stat.st_mtime_ns}".encode())
     return f"{kind}-{digest.hexdigest()[:32]}"

@@ -1,4 +1,9 @@
-"""Reading tables of examples (CSV, JSONL, Parquet) and resolving the file paths they hold."""
+"""Reading tables of examples and resolving the file paths they hold.
+
+A table is a CSV, JSONL, Parquet or Arrow file, a folder of Parquet (or Arrow) shards read in
+name order, or a folder written by Hugging Face ``datasets``' ``save_to_disk``. A file input's
+cell holds a path, or the file itself (``data/media.py``).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from typing import Any
 
 from ..errors import DataError
 
-TABLE_FORMATS = (".csv", ".jsonl", ".parquet")
+TABLE_FORMATS = (".csv", ".jsonl", ".parquet", ".arrow")
 
 
 @dataclass
@@ -75,22 +80,54 @@ def read_table(path: str | Path, data_root: str | Path | None = None) -> Table:
         DataError: the file is missing, of an unknown format, or malformed (with its line).
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"table {str(path)!r} not found; pass a CSV, JSONL or Parquet file")
-    suffix = path.suffix.lower()
-    if suffix == ".csv":
-        rows = _read_csv(path)
-    elif suffix in (".jsonl", ".ndjson"):
-        rows = _read_jsonl(path)
-    elif suffix == ".parquet":
-        rows = _read_parquet(path)
+    if path.is_dir():
+        rows = _read_folder(path)
+    elif not path.is_file():
+        raise DataError(f"table {str(path)!r} not found; pass a CSV, JSONL, Parquet or Arrow "
+                        "file, or a folder of Parquet shards")
     else:
-        raise DataError(f"table {str(path)!r}: unknown format {suffix!r}; use one of "
-                        f"{', '.join(TABLE_FORMATS)}")
+        rows = _read_file(path)
     if not rows:
         raise DataError(f"table {str(path)!r} has no rows")
-    root = Path(data_root) if data_root is not None else path.parent
+    root = Path(data_root) if data_root is not None else path if path.is_dir() else path.parent
     return Table(rows, root.resolve(), str(path))
+
+
+def _read_file(path: Path) -> list[dict]:
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        return _read_csv(path)
+    if suffix in (".jsonl", ".ndjson"):
+        return _read_jsonl(path)
+    if suffix in (".parquet", ".arrow"):
+        return _read_arrow_table(path).to_pylist()
+    raise DataError(f"table {str(path)!r}: unknown format {suffix!r}; use one of "
+                    f"{', '.join(TABLE_FORMATS)}, or a folder of Parquet shards")
+
+
+def _read_folder(path: Path) -> list[dict]:
+    """The rows of every shard of a folder: a ``save_to_disk`` folder's Arrow files in its
+    own order, else the Parquet (or Arrow) files in name order."""
+    if (path / "dataset_dict.json").is_file():
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        raise DataError(f"{str(path)!r} holds a DatasetDict; pass one split's folder: "
+                        + ", ".join(str(path / s) for s in splits))
+    state = path / "state.json"
+    if state.is_file():  # datasets.Dataset.save_to_disk
+        try:
+            files = [path / f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"{state}: not a datasets save_to_disk state ({exc})") from None
+    else:
+        files = sorted(path.glob("*.parquet")) or sorted(path.glob("*.arrow"))
+    if not files:
+        raise DataError(f"folder {str(path)!r} holds no Parquet or Arrow files; pass a table "
+                        "file, a folder of .parquet shards, or a folder that "
+                        "datasets.Dataset.save_to_disk wrote")
+    rows: list[dict] = []
+    for file in files:
+        rows.extend(_read_arrow_table(file).to_pylist())
+    return rows
 
 
 def _read_csv(path: Path) -> list[dict]:
@@ -120,15 +157,27 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_parquet(path: Path) -> list[dict]:
+def _read_arrow_table(path: Path):
+    """A Parquet file, or an Arrow IPC file (stream or file format, as ``save_to_disk``
+    writes), as a pyarrow Table."""
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError:
-        raise DataError("reading Parquet needs pyarrow: pip install 'mmfuse[parquet]'") from None
+        raise DataError("reading Parquet and Arrow needs pyarrow: pip install "
+                        "'mmfuse[parquet]'") from None
     try:
-        return pq.read_table(path).to_pylist()
+        if path.suffix.lower() == ".parquet":
+            return pq.read_table(path)
+        with pa.memory_map(str(path)) as source:
+            try:
+                return pa.ipc.open_stream(source).read_all()
+            except pa.ArrowInvalid:
+                source.seek(0)
+                return pa.ipc.open_file(source).read_all()
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
+        kind = "Parquet" if path.suffix.lower() == ".parquet" else "Arrow"
+        raise DataError(f"{path}: not a readable {kind} file ({exc})") from None
 
 
 def as_table(data: str | Path | list[dict] | Table, data_root: str | Path | None = None) -> Table:

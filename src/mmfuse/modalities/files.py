@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..data.cache import Allocate, cache_key, cached_arrays
+from ..data.media import Embedded, cell_media
 from ..data.table import Table, resolve_file
 from ..errors import DataError
 from ..threads import available_cpus
@@ -106,24 +107,57 @@ class FilePreprocessor(Preprocessor):
         self.mean, self.std = list(state["mean"]), list(state["std"])
 
     def encode(self, table: Table) -> Column:
-        values = table.column(self.column)
-        unique, index = unique_values([None if v is None else str(v) for v in values])
+        cells = self._cells(table)
+        keys = [c.key if isinstance(c, Embedded) else c for c in cells]
+        unique, index = unique_values(keys)
         if not unique:
             raise DataError(f"{table.source}: column {self.column!r} is empty in every row; "
                             f"give at least one {self.kind} file or remove this input")
         first_rows = np.unique(index[index >= 0], return_index=True)[1]
         present_rows = np.flatnonzero(index >= 0)
         first_row = {value: int(present_rows[first_rows[i]]) for i, value in enumerate(unique)}
-        paths = [resolve_file(v, table, first_row[v], self.column) for v in unique]
+        sources = [cells[first_row[v]] for v in unique]
+        sources = [s if isinstance(s, Embedded) else
+                   resolve_file(s, table, first_row[v], self.column)
+                   for v, s in zip(unique, sources, strict=True)]
         missing = [(first_row[v], v, "file not found")
-                   for v, p in zip(unique, paths, strict=True) if not p.is_file()]
+                   for v, p in zip(unique, sources, strict=True)
+                   if isinstance(p, Path) and not p.is_file()]
         if missing:
             self._raise_unreadable(table, missing)
-        key = cache_key(self.kind, self.settings(), paths)
+        names = [s.describe() if isinstance(s, Embedded) else v
+                 for v, s in zip(unique, sources, strict=True)]
+        key = cache_key(self.kind, self.settings(),
+                        [s.key if isinstance(s, Embedded) else s for s in sources])
         arrays = cached_arrays(
-            key, lambda allocate: self._decode_all(table, unique, paths, first_row, allocate),
+            key, lambda allocate: self._decode_all(table, names, sources, first_row, allocate),
             self.use_cache)
         return Column(self.unpack(arrays), index, is_file=True, key=key)
+
+    def _cells(self, table: Table) -> list[str | Embedded | None]:
+        """Each row's file: a path, an embedded file (``data/media.py``) or None."""
+        cells = []
+        for row, value in enumerate(table.column(self.column)):
+            try:
+                cells.append(cell_media(value))
+            except ValueError as exc:
+                raise DataError(f"{table.source}, row {table.row_number(row)}, column "
+                                f"{self.column!r}: {exc}") from None
+        return cells
+
+    def decode_source(self, source: Path | Embedded) -> Any:
+        """Decode a file on disk or held in the table."""
+        if isinstance(source, Embedded):
+            return self.decode_embedded(source)
+        return self.decode(source)
+
+    def decode_embedded(self, file: Embedded) -> Any:
+        """Decode a file held in the table from a temporary file (FFmpeg and libsndfile probe
+        files; images override this to decode from memory)."""
+        with tempfile.NamedTemporaryFile(prefix="mmfuse-embedded-", suffix=file.suffix) as tmp:
+            tmp.write(file.data)
+            tmp.flush()
+            return self.decode(Path(tmp.name))
 
     def column_of(self, values: list[np.ndarray | None]) -> Column:
         """The column of already decoded files (one per row; None where the row misses the
@@ -134,18 +168,20 @@ class FilePreprocessor(Preprocessor):
         items = self.unpack(self.stack(present)) if present else None
         return Column(items, index, is_file=True)
 
-    def _decode_all(self, table: Table, values: list[str], paths: list[Path],
+    def _decode_all(self, table: Table, names: list[str], paths: list[Path | Embedded],
                     first_row: dict[str, int], allocate: Allocate) -> tuple[np.ndarray, ...]:
-        """Decode every file into arrays from ``allocate`` (see the module's docstring)."""
+        """Decode every file into arrays from ``allocate`` (see the module's docstring);
+        ``names`` are how errors name them, in the order of ``first_row``'s keys."""
+        values = list(first_row)
         items = allocate((len(paths), *self.item_shape()), self.dtype)
         lengths = None if self.pad_axis is None else allocate((len(paths),), np.int64)
         errors: list[tuple[int, str, str]] = []
 
         def run(i: int) -> None:
             try:
-                item = self.decode(paths[i])
+                item = self.decode_source(paths[i])
             except UnreadableFile as exc:
-                errors.append((first_row[values[i]], values[i], str(exc).split("\n")[0]))
+                errors.append((first_row[values[i]], names[i], str(exc).split("\n")[0]))
                 return
             if lengths is None:
                 items[i] = item

@@ -21,6 +21,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pydantic import Field, PositiveFloat, PositiveInt, model_validator
 
 from ..config_base import StrictModel
+from ..data.media import Embedded
 from ..registry import MODALITIES
 from ..specs import EncoderSpec
 from .files import FileModality, FilePreprocessor, UnreadableFile
@@ -139,6 +140,10 @@ class ImagePreprocessor(FilePreprocessor):
 
     def item_shape(self) -> tuple[int, ...]:
         return (*output_size(self.options), 3)
+
+    def decode_embedded(self, file: Embedded) -> np.ndarray:
+        """Images decode from memory."""
+        return self.decode(io.BytesIO(file.data))
 
     def decode(self, path: Path | BinaryIO | Image.Image) -> np.ndarray:
         try:
