@@ -66,8 +66,8 @@ def cell_media(value: Any) -> str | Embedded | None:
         ValueError: a ``data:`` URL that is not base64, or a value of another type (the
             caller names the cell).
     """
-    if value is None:
-        return None
+    if value is None or isinstance(value, Embedded):
+        return value
     if isinstance(value, (bytes, bytearray, memoryview)):
         return Embedded.of(bytes(value)) if len(value) else None
     if isinstance(value, dict):

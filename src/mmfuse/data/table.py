@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import DataError
+from .remote import is_url, local_copy, open_url, remote_cache
+from .shards import expand_braces, is_shards, read_shard
 
 TABLE_FORMATS = (".csv", ".jsonl", ".parquet", ".arrow")
 
@@ -58,6 +60,13 @@ class Table:
         error messages."""
         return self.numbers[index] if self.numbers is not None else index + 1
 
+    def where(self, index: int) -> str:
+        """How messages name row ``index``: its number, or a shard's sample by its key."""
+        row = self.rows[index]
+        if "__key__" in row:
+            return f"shard {row.get('__shard__')}, sample {row['__key__']!r}"
+        return f"row {self.row_number(index)}"
+
     def subset(self, indices: list[int]) -> Table:
         """A table with the given rows (same root), which keep their numbers in the file."""
         return Table([self.rows[i] for i in indices], self.root, self.source, self.restrict,
@@ -79,6 +88,13 @@ def read_table(path: str | Path, data_root: str | Path | None = None) -> Table:
     Raises:
         DataError: the file is missing, of an unknown format, or malformed (with its line).
     """
+    text = str(path)
+    if is_shards(text):
+        return _read_shards(text, data_root)
+    if is_url(text):
+        rows = _read_file(local_copy(text), Path(text.split("?")[0]).suffix)
+        root = Path(data_root) if data_root is not None else remote_cache()
+        return Table(rows, root.resolve(), text)
     path = Path(path)
     if path.is_dir():
         rows = _read_folder(path)
@@ -93,14 +109,33 @@ def read_table(path: str | Path, data_root: str | Path | None = None) -> Table:
     return Table(rows, root.resolve(), str(path))
 
 
-def _read_file(path: Path) -> list[dict]:
-    suffix = path.suffix.lower()
+def _read_shards(pattern: str, data_root: str | Path | None) -> Table:
+    """Every sample of WebDataset shards (``data/shards.py``), local or at URLs, in order."""
+    names = expand_braces(pattern)
+    missing = [n for n in names if not is_url(n) and not Path(n).is_file()]
+    if missing:  # before reading any: a typo in the pattern should not cost a long read
+        raise DataError(f"{len(missing)} of {len(names)} shards not found (from {pattern!r}), "
+                        f"e.g. {missing[0]!r}; check the pattern, e.g. "
+                        "'shards/train-{000000..000009}.tar'")
+    rows: list[dict] = []
+    for name in names:
+        with open_url(name) if is_url(name) else Path(name).open("rb") as stream:
+            rows.extend(read_shard(stream, name))
+    if not rows:
+        raise DataError(f"{pattern!r}: the shards hold no samples")
+    local = Path(names[0]).parent if not is_url(names[0]) else remote_cache()
+    root = Path(data_root) if data_root is not None else local
+    return Table(rows, root.resolve(), pattern)
+
+
+def _read_file(path: Path, suffix: str | None = None) -> list[dict]:
+    suffix = (suffix or path.suffix).lower()
     if suffix == ".csv":
         return _read_csv(path)
     if suffix in (".jsonl", ".ndjson"):
         return _read_jsonl(path)
     if suffix in (".parquet", ".arrow"):
-        return _read_arrow_table(path).to_pylist()
+        return _read_arrow_table(path, suffix).to_pylist()
     raise DataError(f"table {str(path)!r}: unknown format {suffix!r}; use one of "
                     f"{', '.join(TABLE_FORMATS)}, or a folder of Parquet shards")
 
@@ -157,9 +192,10 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
-def _read_arrow_table(path: Path):
+def _read_arrow_table(path: Path, suffix: str | None = None):
     """A Parquet file, or an Arrow IPC file (stream or file format, as ``save_to_disk``
     writes), as a pyarrow Table."""
+    suffix = (suffix or path.suffix).lower()
     try:
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -167,7 +203,7 @@ def _read_arrow_table(path: Path):
         raise DataError("reading Parquet and Arrow needs pyarrow: pip install "
                         "'mmfuse[parquet]'") from None
     try:
-        if path.suffix.lower() == ".parquet":
+        if suffix == ".parquet":
             return pq.read_table(path)
         with pa.memory_map(str(path)) as source:
             try:
@@ -176,7 +212,7 @@ def _read_arrow_table(path: Path):
                 source.seek(0)
                 return pa.ipc.open_file(source).read_all()
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        kind = "Parquet" if path.suffix.lower() == ".parquet" else "Arrow"
+        kind = "Parquet" if suffix == ".parquet" else "Arrow"
         raise DataError(f"{path}: not a readable {kind} file ({exc})") from None
 
 
@@ -202,7 +238,7 @@ def resolve_file(value: Any, table: Table, row: int, column: str) -> Path:
     full = (path if path.is_absolute() else table.root / path).resolve()
     if table.restrict and not full.is_relative_to(table.root):
         raise DataError(
-            f"{table.source}, row {table.row_number(row)}, column {column!r}: path {str(value)!r} "
+            f"{table.source}, {table.where(row)}, column {column!r}: path {str(value)!r} "
             "resolves "
             f"outside the table's folder {str(table.root)!r}; move the file there or pass "
             "--data-root with a folder that contains it"

@@ -141,7 +141,7 @@ class FilePreprocessor(Preprocessor):
             try:
                 cells.append(cell_media(value))
             except ValueError as exc:
-                raise DataError(f"{table.source}, row {table.row_number(row)}, column "
+                raise DataError(f"{table.source}, {table.where(row)}, column "
                                 f"{self.column!r}: {exc}") from None
         return cells
 
@@ -199,7 +199,7 @@ class FilePreprocessor(Preprocessor):
         return trim_padding(items, lengths, self.pad_axis, allocate), lengths
 
     def _raise_unreadable(self, table: Table, errors: list[tuple[int, str, str]]) -> None:
-        lines = [f"  row {table.row_number(row)}: {value!r}: {why}"
+        lines = [f"  {table.where(row)}: {value!r}: {why}"
                  for row, value, why in errors[:10]]
         more = f"\n  ... and {len(errors) - 10} more" if len(errors) > 10 else ""
         raise DataError(

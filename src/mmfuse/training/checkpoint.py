@@ -18,6 +18,7 @@ import re
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -184,11 +185,18 @@ def clear_run(run: Path) -> None:
             target.unlink(missing_ok=True)
 
 
+def _cell_text(value: Any) -> str:
+    """A cell JSON cannot write: a file's bytes by their hash, anything else as text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return hashlib.sha256(value).hexdigest()
+    return str(value)
+
+
 def table_digest(rows: list[dict]) -> str:
     """A digest of a table's rows (the data a resumed run must see again)."""
     digest = hashlib.sha256()
     for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, default=str).encode("utf-8"))
+        digest.update(json.dumps(row, sort_keys=True, default=_cell_text).encode("utf-8"))
     return digest.hexdigest()[:16]
 
 

@@ -23,6 +23,8 @@ import torch
 from ..atomic import write_text
 from ..config import Config, TrainingConfig
 from ..data.features import cache_frozen_features, check_cache_settings
+from ..data.media import Embedded, cell_media
+from ..data.remote import is_url
 from ..data.table import Table, as_table
 from ..device import resolve_device, resolve_precision
 from ..errors import DataError
@@ -139,7 +141,7 @@ def hold_out(table: Table, config: Config) -> tuple[Table, Table, list[int]]:
     """Split off ``valid_fraction`` of the rows; rows that share a file stay together."""
     fraction, seed = config.training.valid_fraction, config.training.seed
     file_columns = [i.column for i in config.inputs if modality(i.type).value == "file"]
-    keys = [f"{row.get(file_columns[0])}" if file_columns and row.get(file_columns[0])
+    keys = [_file_key(row.get(file_columns[0])) if file_columns and row.get(file_columns[0])
             else f"\0{i}" for i, row in enumerate(table.rows)]
     unique = sorted(set(keys))
     rng = np.random.default_rng(seed)
@@ -151,6 +153,15 @@ def hold_out(table: Table, config: Config) -> tuple[Table, Table, list[int]]:
     valid_rows = [i for i, k in enumerate(keys) if k in chosen]
     train_rows = [i for i, k in enumerate(keys) if k not in chosen]
     return table.subset(train_rows), table.subset(valid_rows), valid_rows
+
+
+def _file_key(value: Any) -> str:
+    """A file cell as the split groups it: its path, or an embedded file's content hash."""
+    try:
+        cell = cell_media(value)
+    except ValueError:
+        return str(value)  # reported, with its row, when the column is read
+    return cell.key if isinstance(cell, Embedded) else str(cell)
 
 
 def preprocess(model: Model, run: Run) -> None:
@@ -194,8 +205,13 @@ def open_run_folder(run: Run) -> None:
 
 
 def _path_of(table: Any) -> str | None:
-    """The absolute path of a table given as a path (None for rows)."""
-    return str(Path(table).resolve()) if isinstance(table, str | Path) else None
+    """The absolute path of a table given as a path, a URL or a shard pattern as given
+    (None for rows)."""
+    if not isinstance(table, str | Path):
+        return None
+    if isinstance(table, str) and (is_url(table) or "{" in table):
+        return table
+    return str(Path(table).resolve())
 
 
 def train_epochs(model: Model, run: Run) -> dict:

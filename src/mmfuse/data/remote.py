@@ -1,0 +1,75 @@
+"""Data behind a URL, read through fsspec: ``http(s)://`` with the ``remote`` extra, and
+``s3://``, ``gs://`` and ``hf://`` where their fsspec backends are installed (the ``s3``,
+``gcs`` and ``hf`` extras).
+
+A URL may name a table, WebDataset shards, or a file in a table's cell. Each file is copied
+once into a local cache folder (``remote/`` in the preprocessing cache, ``data/cache.py``) the
+first time it is read, and read from there afterwards; shards are fetched one at a time as they
+are read, never all before training starts.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import IO
+
+from ..errors import DataError
+from .cache import cache_dir
+
+SCHEME = re.compile(r"^([a-z][a-z0-9+.-]*)://", re.IGNORECASE)
+EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "hf": "hf",
+          "http": "remote", "https": "remote"}
+
+
+def is_url(text: str) -> bool:
+    """Whether ``text`` is a URL (``scheme://...``) rather than a local path."""
+    match = SCHEME.match(text)
+    return bool(match) and match.group(1).lower() != "file"
+
+
+def remote_cache() -> Path:
+    """Where fetched files are kept."""
+    return cache_dir() / "remote"
+
+
+def _fsspec():
+    try:
+        import fsspec
+    except ImportError:
+        raise DataError("reading data at URLs needs fsspec: pip install 'mmfuse[remote]'") from None
+    return fsspec
+
+
+def local_copy(url: str) -> Path:
+    """A local copy of the file at ``url``, fetched on first use."""
+    fsspec = _fsspec()
+    try:
+        return Path(fsspec.open_local(f"filecache::{url}",
+                                      filecache={"cache_storage": str(remote_cache())}))
+    except Exception as exc:  # fsspec backends raise their own types
+        raise _error(url, exc) from None
+
+
+def open_url(url: str) -> IO[bytes]:
+    """The file at ``url``, opened for reading (from the local copy, fetched on first use)."""
+    return local_copy(url).open("rb")
+
+
+def fetch_bytes(url: str) -> bytes:
+    """The bytes of the file at ``url`` (a table cell that names a file by URL)."""
+    return local_copy(url).read_bytes()
+
+
+def _error(url: str, exc: Exception) -> DataError:
+    scheme = SCHEME.match(url).group(1).lower()
+    text = str(exc)
+    if isinstance(exc, ImportError) or any(s in text for s in ("not registered", "Install",
+                                                               "Protocol not known")):
+        extra = EXTRAS.get(scheme)
+        fix = f"pip install 'mmfuse[{extra}]'" if extra else \
+            f"install the fsspec backend for {scheme}://"
+        return DataError(f"{url}: cannot read {scheme}:// URLs here ({exc}); {fix}")
+    if isinstance(exc, FileNotFoundError):
+        return DataError(f"{url}: not found; check the URL")
+    return DataError(f"{url}: could not be read ({type(exc).__name__}: {exc})")

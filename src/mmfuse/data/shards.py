@@ -1,0 +1,130 @@
+"""WebDataset shards: tar files whose members, grouped by key, are the rows of a table.
+
+``--data "shards/train-{000000..000099}.tar"`` names shards with brace ranges (zero-padded as
+written) and lists (``{a,b}``), as WebDataset and ``braceexpand`` read them. Within a shard, a
+sample is the consecutive members that share a key (the member's path up to the first dot of
+its file name). A member ``KEY.NAME.EXT`` becomes column ``NAME``; ``KEY.EXT`` becomes column
+``EXT``; the top-level keys of ``KEY.json`` become columns. The value comes from the
+extension: ``txt`` and ``text`` are text, ``cls`` a category (its text, stripped), ``json``
+columns, anything else the member's bytes as a file (png/jpg/webp images, wav/flac/mp3 audio,
+mp4/webm video are recognised by their content when decoded, like every file). Each row also
+gets ``__key__`` and ``__shard__``, which name it in error messages.
+
+This is a small reader of that layout rather than the ``webdataset`` library: it needs only
+``tarfile`` (in streaming mode, so a shard is read front to back, also over HTTP), it yields
+plain rows that the rest of mmfuse reads as any table, and it reports a truncated or corrupt
+shard by name and key. The tests check it against shards written by ``webdataset``'s own
+``ShardWriter`` and against what ``webdataset.WebDataset`` reads from them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import tarfile
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+from ..errors import DataError
+from .media import Embedded
+
+TEXT = {"txt", "text"}
+CATEGORY = {"cls", "cls2", "index", "label"}
+BRACES = re.compile(r"\{([^{}]*)\}")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """Every name a brace pattern stands for, in order: ``{000..099}`` (zero-padded to the
+    first bound's width), ``{a,b,c}``; several braces multiply."""
+    parts: list[list[str]] = []
+    position = 0
+    for match in BRACES.finditer(pattern):
+        parts.append([pattern[position:match.start()]])
+        parts.append(_alternatives(match.group(1), pattern))
+        position = match.end()
+    parts.append([pattern[position:]])
+    return ["".join(p) for p in itertools.product(*parts)]
+
+
+def _alternatives(body: str, pattern: str) -> list[str]:
+    if ".." in body and "," not in body:
+        low, _, high = body.partition("..")
+        if not (low.isdigit() and high.isdigit()):
+            raise DataError(f"{pattern!r}: a range must be of numbers, like {{000..099}}")
+        width = len(low) if low.startswith("0") else 0
+        step = 1 if int(high) >= int(low) else -1
+        return [str(n).zfill(width) for n in range(int(low), int(high) + step, step)]
+    return body.split(",")
+
+
+def is_shards(source: str) -> bool:
+    """Whether a ``--data`` value names WebDataset shards (``.tar``, maybe with braces)."""
+    return expand_braces(source)[0].lower().endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def split_member(name: str) -> tuple[str, str]:
+    """A member's (key, field): ``dir/0001.image.png`` -> (``dir/0001``, ``image.png``)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, field = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), (field if dot else "")
+
+
+def sample_row(fields: dict[str, bytes], key: str, shard: str) -> dict[str, Any]:
+    """One sample's members as a row of columns (see the module's docstring)."""
+    row: dict[str, Any] = {"__key__": key, "__shard__": shard}
+    for field, data in fields.items():
+        name, _, ext = field.rpartition(".")
+        column = name or ext
+        ext = ext.lower()
+        if ext == "json":
+            try:
+                value = json.loads(data)
+            except ValueError:
+                raise DataError(f"{shard}, sample {key!r}: {key}.{field} is not valid "
+                                "JSON") from None
+            if isinstance(value, dict) and not name:
+                row.update(value)
+            else:
+                row[column] = value
+        elif ext in TEXT:
+            row[column] = data.decode("utf-8")
+        elif ext in CATEGORY:
+            row[column] = data.decode("utf-8").strip()
+        else:
+            row[column] = Embedded.of(data, f"{key}.{field}")
+    return row
+
+
+def read_shard(stream: IO[bytes], shard: str,
+               skipped: Callable[[str, str], None] | None = None) -> Iterator[dict[str, Any]]:
+    """The rows of one shard, read front to back.
+
+    Args:
+        stream: the shard's bytes (a file or a remote file object).
+        shard: its name, for error messages.
+        skipped: called with (key, why) for a sample lost to a truncated or corrupt shard;
+            without it that raises a DataError naming the shard and key.
+    """
+    key, fields = None, {}
+    try:
+        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                member_key, field = split_member(member.name)
+                if member_key != key and fields:
+                    yield sample_row(fields, key, shard)
+                    fields = {}
+                key = member_key
+                if field:
+                    fields[field] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        why = f"the shard is truncated or corrupt ({exc})"
+        if skipped is None:
+            raise DataError(f"{shard}: {why}, at sample {key!r}; rewrite the shard or leave it "
+                            "out") from None
+        skipped(str(key), why)
+        return
+    if fields:
+        yield sample_row(fields, key, shard)
