@@ -31,6 +31,12 @@ $(STAMP): pyproject.toml Makefile
 # The test tools (pytest, hypothesis, ruff, librosa, httpx, playwright, the reference
 # EfficientNet) are the dev extra: make test and make lint add it; make demo does not need it.
 $(DEV_STAMP): $(STAMP)
+	# PostgreSQL is the shared study database that tests/test_tune_shared.py starts and stops
+	# (Debian package; the test runs it as the postgres user).
+	ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1 \
+		|| (apt-get update -q && apt-get install -y -q --no-install-recommends postgresql) \
+		|| (sudo apt-get update -q && sudo apt-get install -y -q --no-install-recommends \
+			postgresql)
 	$(PY) -m pip install --quiet -e '.[all,dev]'
 	touch $(DEV_STAMP)
 

@@ -40,9 +40,10 @@ DeviceOption = Annotated[str | None, typer.Option(
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="model config (YAML)")],
-    data: Annotated[Path, typer.Option("--data", help="training table (CSV, JSONL, Parquet)")],
+    data: Annotated[str, typer.Option("--data", help="training table (CSV, JSONL, Parquet, "
+                                      "a folder of shards, WebDataset shards, a URL)")],
     out_dir: Annotated[Path, typer.Option("--out", help="run directory to write")],
-    valid: Annotated[Path | None, typer.Option("--valid", help="validation table")] = None,
+    valid: Annotated[str | None, typer.Option("--valid", help="validation table")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
     threads: Annotated[int | None, typer.Option(
         help="torch threads per process (default: usable CPUs / processes)")] = None,
@@ -102,7 +103,7 @@ def train(
 @app.command()
 def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
-    data: Annotated[Path | None, typer.Option("--data", help="labelled table")] = None,
+    data: Annotated[str | None, typer.Option("--data", help="labelled table")] = None,
     by: Annotated[str | None, typer.Option("--by", help="also report per value of COLUMN")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
     drop: Annotated[list[str] | None, typer.Option(
@@ -321,20 +322,29 @@ def datasets(
         "--missing", metavar="FRACTION",
         help="av-digits only: share of rows missing the image or the audio (default 0.1)")]
     = None,
+    form: Annotated[str, typer.Option(
+        "--format", help="csv (tables of paths beside the files), parquet (the files inside, "
+        "Hugging Face layout) or webdataset (tar shards)")] = "csv",
+    shard_size: Annotated[int, typer.Option(min=1, help="samples per WebDataset shard")] = 1000,
     as_json: JsonFlag = False,
 ) -> None:
     """Generate a built-in dataset: sort-of-clevr, av-digits, moving-shapes, spoken-numbers,
     photo-views or products."""
     from .datasets import DATASETS, generate_dataset
+    from .datasets.formats import FORMATS, convert
 
     if name not in DATASETS:
         raise MmfuseError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
     if missing is not None and name != "av-digits":
         raise MmfuseError(f"--missing applies only to av-digits, not {name}; drop --missing")
+    if form not in FORMATS:
+        raise MmfuseError(f"--format {form!r}: use one of {', '.join(FORMATS)}")
     try:
         summary, line = generate_dataset(name, out_dir, train_size, test_size, seed, missing)
     except ValueError as exc:
         raise MmfuseError(str(exc)) from None
+    summary["tables"] = convert(Path(out_dir), form, shard_size)
+    line += f"; tables: {', '.join(summary['tables'])}"
     if as_json:
         _print_json(summary)
     else:
@@ -383,36 +393,45 @@ def list_components(
 @app.command()
 def tune(
     config: Annotated[Path, typer.Argument(help="model config (YAML) with a tune: section")],
-    data: Annotated[Path, typer.Option("--data", help="training table")],
+    data: Annotated[str, typer.Option("--data", help="training table")],
     out_dir: Annotated[Path, typer.Option("--out", help="study folder (rerun to resume)")],
     trials: Annotated[int, typer.Option(
         "--trials", min=1, help="the study's total trials, finished, pruned and failed alike")],
-    valid: Annotated[Path | None, typer.Option("--valid", help="validation table")] = None,
+    valid: Annotated[str | None, typer.Option("--valid", help="validation table")] = None,
     minutes: Annotated[float | None, typer.Option(
         "--minutes", min=0.01, help="time budget of the whole study")] = None,
     jobs: Annotated[int, typer.Option(
         "--jobs", min=1, help="trials in parallel, splitting the cores between them")] = 1,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
+    storage: Annotated[str | None, typer.Option(
+        help="database URL of a study shared by workers on several machines (SQLAlchemy, "
+        "e.g. postgresql+psycopg://user:pw@host/db)")] = None,
+    study: Annotated[str, typer.Option(help="the study's name in --storage")] = "mmfuse-tune",
+    heartbeat: Annotated[int, typer.Option(
+        min=1, help="seconds between a trial's heartbeats in --storage (a trial silent for "
+        "twice that is failed and retried)")] = 60,
     as_json: JsonFlag = False,
 ) -> None:
     """Search the config's tune: space with Optuna; writes trials.csv, best.yaml and best/."""
     from .tuning import run_tune
+    from .tuning.shared import SharedStudy
 
+    shared = SharedStudy(storage, study, heartbeat) if storage else None
     summary = run_tune(config, data, out_dir, trials, valid=valid, minutes=minutes, jobs=jobs,
-                       data_root=data_root, live=not as_json)
+                       data_root=data_root, live=not as_json, shared=shared)
     if as_json:
         _print_json(summary)
         return
     out.print(f"{summary['trials']} trial(s) in {out_dir}: best {summary['metric']} "
               f"{summary['best_value']:.4f} (trial {summary['best_trial']}); "
-              f"config: {out_dir / 'best.yaml'}, run: {out_dir / 'best'}")
+              f"config: {out_dir / 'best.yaml'}, run: {summary['best_run']}")
 
 
 @app.command()
 def report(
     run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
     out_path: Annotated[Path, typer.Option("--out", help="HTML file to write")],
-    data: Annotated[Path | None, typer.Option(
+    data: Annotated[str | None, typer.Option(
         "--data", help="labelled table (default: the run's validation data)")] = None,
     by: Annotated[str | None, typer.Option("--by", help="also report per value of COLUMN")] = None,
     data_root: Annotated[Path | None, typer.Option(help="folder file paths start from")] = None,
@@ -433,7 +452,7 @@ def report(
 @app.command()
 def explain(
     run_dir: Annotated[Path, typer.Argument(help="what 'mmfuse train --out' wrote")],
-    data: Annotated[Path, typer.Option("--data", help="labelled table")],
+    data: Annotated[str, typer.Option("--data", help="labelled table")],
     rows: Annotated[str | None, typer.Option(
         "--rows", help="rows to attribute, e.g. 0,5,9 (default: the first 5)")] = None,
     out_dir: Annotated[Path | None, typer.Option(

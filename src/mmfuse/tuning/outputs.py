@@ -24,6 +24,7 @@ from rich.table import Table
 from ..atomic import replace_folder, write_text
 from ..config import load_config
 from ..errors import MmfuseError
+from .shared import best_location
 from .space import ChoiceSpace, TuneConfig, apply_params
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
@@ -58,7 +59,7 @@ def best_row(rows: list[dict], tune: TuneConfig) -> dict | None:
 
 
 def write_outputs(study: Any, raw: dict, resolved: dict, tune: TuneConfig, out: Path,
-                  started: float) -> dict:
+                  started: float, shared: Any = None) -> dict:
     """Write ``trials.csv``, then ``best/`` and ``best.yaml``; return the summary.
 
     The summary (what ``mmfuse tune --json`` prints) is ``{"trials", "complete", "pruned",
@@ -77,11 +78,15 @@ def write_outputs(study: Any, raw: dict, resolved: dict, tune: TuneConfig, out: 
     if best is None:
         raise MmfuseError(no_best_message(rows, out))
     params = {name: decode(tune, name, best[name]) for name in tune.parameters}
-    keep_best_run(out, best["number"], params)
+    if shared is None:
+        best_run = str(keep_best_run(out, best["number"], params))
+    else:  # the worker that ran the best trial keeps its run (shared.keep_if_best)
+        here = best_trial_number(out / "best") == best["number"]
+        best_run = str(out / "best") if here else best_location(study, best["number"])
     write_best_config(out / "best.yaml", apply_params(raw, params, resolved))
     return {"trials": len(rows), **counts, "metric": tune.metric, "direction": tune.direction,
             "best_trial": best["number"], "best_value": best[tune.metric], "best_params": params,
-            "best_config": str(out / "best.yaml"), "best_run": str(out / "best"),
+            "best_config": str(out / "best.yaml"), "best_run": best_run,
             "seconds": round(time.time() - started, 2)}
 
 

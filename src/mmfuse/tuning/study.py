@@ -25,13 +25,15 @@ import numpy as np
 import yaml
 
 from ..config import Config, load_config
+from ..data.remote import is_url
+from ..data.shards import is_shards
 from ..errors import ConfigError, DataError, MmfuseError, require
 from ..threads import available_cpus
 from .outputs import TrialTable, write_outputs
+from .shared import STUDY_NAME, SharedStudy, worker_id
 from .space import TuneConfig
 from .trial import Search, run_share
 
-STUDY_NAME = "mmfuse-tune"
 EXAMPLE = """tune:
   metric: valid_accuracy        # or valid_loss (the default)
   parameters:
@@ -42,7 +44,8 @@ EXAMPLE = """tune:
 
 def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, trials: int, *,
              valid: str | Path | None = None, minutes: float | None = None, jobs: int = 1,
-             data_root: str | Path | None = None, live: bool = True) -> dict:
+             data_root: str | Path | None = None, live: bool = True,
+             shared: SharedStudy | None = None) -> dict:
     """Run (or resume) the study of ``config``'s ``tune:`` section until it has ``trials``.
 
     Args:
@@ -55,6 +58,8 @@ def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, t
         jobs: worker processes; each trains with ``usable CPUs // jobs`` threads.
         data_root: folder that relative file paths in the tables start from.
         live: show a live table of the trials.
+        shared: the database of a study shared by workers on several machines
+            (``shared.py``); ``trials`` is then the study's total over all of them.
 
     Returns:
         The summary ``mmfuse tune --json`` prints (see outputs.py ``write_outputs``).
@@ -67,21 +72,24 @@ def run_tune(config: str | Path | dict, data: str | Path, out_dir: str | Path, t
     check_inputs(config, data, valid)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    study, done = resume_study(optuna, tune, raw, out)
+    study, done = resume_study(optuna, tune, raw, out, shared)
     remaining = trials_left(tune, trials, done)
     workers = min(jobs, remaining)
     search = Search(raw={k: v for k, v in raw.items() if k != "tune"},
                     resolved=config.model_dump(mode="json", exclude={"tune"}), tune=tune,
-                    train=Path(data), valid=Path(valid) if valid else None,
+                    train=data, valid=valid,
                     data_root=Path(data_root) if data_root else None, out=out,
                     deadline=started + 60 * minutes if minutes else math.inf,
-                    threads=max(1, available_cpus() // max(1, workers)), done=done)
+                    threads=max(1, available_cpus() // max(1, workers)), done=done,
+                    shared=shared, total=trials)
     return run_trials(study, search, remaining, workers, started, live)
 
 
-def resume_study(optuna: Any, tune: TuneConfig, raw: dict, out: Path) -> tuple[Any, int]:
-    """Open (or create) the study in ``out/study.db`` for this config, mark the trials an
-    interrupted run left RUNNING as failed, and seed the sampler so a resume draws anew.
+def resume_study(optuna: Any, tune: TuneConfig, raw: dict, out: Path,
+                 shared: SharedStudy | None = None) -> tuple[Any, int]:
+    """Open (or create) the study in ``out/study.db`` (or the shared database) for this
+    config, mark the trials an interrupted run left RUNNING as failed (in a shared study the
+    heartbeats find those), and seed the sampler so a resume draws anew.
 
     Returns:
         The study and the number of trials it already holds.
@@ -89,12 +97,16 @@ def resume_study(optuna: Any, tune: TuneConfig, raw: dict, out: Path) -> tuple[A
     Raises:
         ConfigError: the study there searches another config.
     """
-    storage = open_storage(optuna, out)
-    study = open_study(optuna, storage, tune, worker=0)
-    check_same_search(study, raw, out)
-    fail_interrupted(optuna, storage, study)
+    storage = shared.storage(optuna) if shared else open_storage(optuna, out)
+    worker = worker_id() if shared else 0
+    study = open_study(optuna, storage, tune, worker,
+                       name=shared.name if shared else STUDY_NAME)
+    check_same_search(study, raw, f"study {shared.name!r} in --storage" if shared
+                      else str(out / "study.db"))
+    if shared is None:
+        fail_interrupted(optuna, storage, study)
     done = len(study.get_trials(deepcopy=False))
-    study.sampler = make_sampler(optuna, tune, 0, done)
+    study.sampler = make_sampler(optuna, tune, worker, done)
     return study, done
 
 
@@ -125,14 +137,17 @@ def run_trials(study: Any, search: Search, remaining: int, workers: int, started
                 crashed = run_workers(search, shares(remaining, workers), table)
     except KeyboardInterrupt:  # the workers' trials ended failed: still write what ended
         with contextlib.suppress(MmfuseError):
-            write_outputs(study, search.raw, search.resolved, search.tune, search.out, started)
+            write_outputs(study, search.raw, search.resolved, search.tune, search.out, started,
+                          search.shared)
         raise
     if crashed:  # a bug, not a user error: report it even when no trial completed
         with contextlib.suppress(MmfuseError):
-            write_outputs(study, search.raw, search.resolved, search.tune, search.out, started)
+            write_outputs(study, search.raw, search.resolved, search.tune, search.out, started,
+                          search.shared)
         raise RuntimeError(f"{', '.join(crashed)}; its traceback is above (trials.csv lists "
                            "the trials that ended)")
-    return write_outputs(study, search.raw, search.resolved, search.tune, search.out, started)
+    return write_outputs(study, search.raw, search.resolved, search.tune, search.out, started,
+                         search.shared)
 
 
 def read_config(source: str | Path | dict) -> tuple[dict, Config]:
@@ -150,7 +165,8 @@ def read_config(source: str | Path | dict) -> tuple[dict, Config]:
 def check_inputs(config: Config, data: str | Path, valid: str | Path | None) -> None:
     """Fail before any trial when no trial could run: a missing table, no validation split."""
     for name, table in (("--data", data), ("--valid", valid)):
-        if table is not None and not Path(table).exists():
+        local = table is not None and not is_url(str(table)) and not is_shards(str(table))
+        if local and not Path(table).exists():
             raise DataError(f"{name} {str(table)!r}: no such file")
     tunes_fraction = "training.valid_fraction" in config.tune.parameters
     if valid is None and config.training.valid_fraction == 0 and not tunes_fraction:
@@ -164,10 +180,11 @@ def open_storage(optuna: Any, out: Path) -> Any:
                                       engine_kwargs={"connect_args": {"timeout": 60}})
 
 
-def open_study(optuna: Any, storage: Any, tune: TuneConfig, worker: int, done: int = 0) -> Any:
+def open_study(optuna: Any, storage: Any, tune: TuneConfig, worker: int, done: int = 0,
+               name: str = STUDY_NAME) -> Any:
     """The study in ``storage`` (created on first use) with this worker's sampler."""
     return optuna.create_study(
-        storage=storage, study_name=STUDY_NAME, direction=tune.direction,
+        storage=storage, study_name=name, direction=tune.direction,
         sampler=make_sampler(optuna, tune, worker, done), pruner=make_pruner(optuna, tune),
         load_if_exists=True)
 
@@ -196,7 +213,7 @@ def make_pruner(optuna: Any, tune: TuneConfig) -> Any:
     return optuna.pruners.NopPruner()
 
 
-def check_same_search(study: Any, raw: dict, out: Path) -> None:
+def check_same_search(study: Any, raw: dict, where: str) -> None:
     """Record the config a new study searches; refuse to resume a study of another one.
 
     The sampler, its seed and the pruner may change between runs (they do not change what a
@@ -214,9 +231,9 @@ def check_same_search(study: Any, raw: dict, out: Path) -> None:
     changed += [k for k in sorted({*recorded, *fingerprint} - {"tune"})
                 if recorded.get(k) != fingerprint.get(k)]
     if changed:
-        raise ConfigError(f"{out / 'study.db'} holds a study of another config (changed: "
+        raise ConfigError(f"{where} holds a study of another config (changed: "
                           f"{', '.join(changed)}); rerun with the config it started with, or "
-                          "tune into a new --out folder")
+                          "tune into a new --out folder (or --study name)")
 
 
 def fail_interrupted(optuna: Any, storage: Any, study: Any) -> None:
@@ -256,6 +273,8 @@ def worker_main(search: Search, count: int, worker: int) -> None:
     """A worker process: open the study with its own sampler and run ``count`` trials."""
     optuna = require("optuna", "tune", "mmfuse tune")
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = open_study(optuna, open_storage(optuna, search.out), search.tune, worker,
-                       search.done)
+    shared = search.shared
+    storage = shared.storage(optuna) if shared else open_storage(optuna, search.out)
+    study = open_study(optuna, storage, search.tune, worker_id() if shared else worker,
+                       search.done, name=shared.name if shared else STUDY_NAME)
     run_share(study, search, count, worker)

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import MmfuseError
+from .shared import SharedStudy, keep_if_best, settle, where
 from .space import ChoiceSpace, IntSpace, LogUniformSpace, TuneConfig, apply_params
 
 
@@ -28,13 +29,15 @@ class Search:
     raw: dict  # the config as written, without tune:
     resolved: dict  # the same config validated, every option filled in
     tune: TuneConfig
-    train: Path
-    valid: Path | None
+    train: str | Path  # a table path, URL or shard pattern
+    valid: str | Path | None
     data_root: Path | None
     out: Path
     deadline: float  # time.time() by which the study ends; inf without --minutes
     threads: int
     done: int  # trials the study had when this run started (seeds the samplers)
+    shared: SharedStudy | None = None  # a study in a database shared with other machines
+    total: int = 0  # --trials: a shared study's total over all its workers
 
 
 def run_share(study: Any, search: Search, count: int, worker: int,
@@ -46,10 +49,31 @@ def run_share(study: Any, search: Search, count: int, worker: int,
         return
     import torch
 
-    # a user error or a combination too large for memory fails its trial, not the study
-    study.optimize(lambda trial: objective(trial, search, worker), n_trials=count, timeout=timeout,
-                   catch=(MmfuseError, torch.OutOfMemoryError, MemoryError),
-                   callbacks=[lambda _study, _trial: on_trial()] if on_trial else None)
+    callbacks = [lambda _study, _trial: on_trial()] if on_trial else []
+    if search.shared:  # keep the best's run, delete the others'
+        callbacks.append(lambda study, trial: keep_if_best(study, trial, search.out,
+                                                           trial_params(search.tune, trial)))
+
+    def run(n: int, stop_at_total: bool) -> None:
+        import optuna
+
+        total = [optuna.study.MaxTrialsCallback(search.total, states=None)] \
+            if stop_at_total else []  # a shared study ends at its total over every worker
+        # a user error or a combination too large for memory fails its trial, not the study
+        study.optimize(lambda trial: objective(trial, search, worker), n_trials=n,
+                       timeout=timeout, catch=(MmfuseError, torch.OutOfMemoryError, MemoryError),
+                       callbacks=callbacks + total)
+
+    run(count, stop_at_total=search.shared is not None)
+    if search.shared:  # trials still running elsewhere end, or are run again here
+        settle(study, search.shared.heartbeat, lambda n: run(n, stop_at_total=False))
+
+
+def trial_params(tune: TuneConfig, trial: Any) -> dict[str, Any]:
+    """A trial's values as the config takes them (a choice may be stored as JSON text)."""
+    return {name: space.value(trial.params[name]) if isinstance(space, ChoiceSpace)
+            else trial.params[name]
+            for name, space in tune.parameters.items() if name in trial.params}
 
 
 def objective(trial: Any, search: Search, worker: int) -> float:
@@ -59,6 +83,9 @@ def objective(trial: Any, search: Search, worker: int) -> float:
     import optuna
 
     trial.set_user_attr("worker", worker)
+    if search.shared:  # where its run lands, for the other workers' summaries
+        for key, value in where(search.out).items():
+            trial.set_user_attr(key, value)
     params = {name: suggest(trial, name, space) for name, space in search.tune.parameters.items()}
     try:
         return train_trial(trial, search, params)
