@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,12 @@ def cell_media(value: Any) -> str | Embedded | None:
         return Embedded.of(bytes(value)) if len(value) else None
     if isinstance(value, dict):
         return _feature_struct(value)
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if isinstance(value, float) and value != value:  # NaN: pandas' empty cell
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        value = str(value)  # a file named by a number
     if isinstance(value, str):
         if value.startswith("data:"):
             return _data_url(value)

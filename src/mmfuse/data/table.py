@@ -62,7 +62,7 @@ class Table:
 
     def where(self, index: int) -> str:
         """How messages name row ``index``: its number, or a shard's sample by its key."""
-        row = self.rows[index]
+        row = self.rows[index] if 0 <= index < len(self.rows) else {}
         if "__key__" in row:
             return f"shard {row.get('__shard__')}, sample {row['__key__']!r}"
         return f"row {self.row_number(index)}"
