@@ -83,7 +83,11 @@ def test_image_encoders_at_their_defaults_keep_colour_shape_and_side(tmp_path, e
     if encoder:
         config["inputs"][0]["encoder"] = {"type": encoder}
     model = mmfuse.Model.from_config(config)
-    model.fit(tmp_path / "train.csv", threads=2)
+    # one thread: two-thread training is not bit-reproducible (the order of parallel sums), and
+    # this table is small enough that it moved a score below its floor in 2 of 3 full slow
+    # runs; on one thread two runs gave the same scores (cnn: colour 1.0, shape 1.0, side
+    # 0.956; efficientnet_lite0: 0.885, 0.953, 0.978)
+    model.fit(tmp_path / "train.csv", threads=1)
     groups = model.evaluate(tmp_path / "test.csv", by="qtype")["groups"]
     scores = {g: v["outputs"]["answer"]["exact_match"] for g, v in groups.items()}
     assert all(scores[q] >= floor for q, floor in PHOTO_QA_FLOORS[encoder].items()), scores
