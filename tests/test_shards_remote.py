@@ -187,3 +187,34 @@ def test_urls_without_a_backend_or_a_file_say_what_to_do(tmp_path, monkeypatch):
         with pytest.raises(DataError, match=r"cannot read s3:// URLs here .*pip install "
                            r"'mmfuse\[s3\]'"):
             read_table("s3://bucket/table.parquet")
+
+
+def test_file_cells_may_be_urls(served_run, tmp_path, monkeypatch):
+    """A CSV whose image cells are http URLs evaluates as the CSV of paths; the images are
+    fetched once, so a second evaluation works with the server gone; a missing one is named
+    with its row."""
+    import mmfuse
+
+    monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    with served_run["test"].open() as f:
+        rows = list(csv.DictReader(f))
+    server = Server(served_run["data"])
+    table = tmp_path / "urls.csv"
+    try:
+        with table.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows({**r, "image": f"{server.url}/{r['image']}"} for r in rows)
+        model = mmfuse.Model.load(served_run["run"])
+        expected = model.evaluate(served_run["test"])["outputs"]["answer"]
+        assert model.evaluate(table)["outputs"]["answer"] == expected
+        bad = tmp_path / "bad.csv"
+        bad.write_text(f"image,question,answer\n{server.url}/img/none.png,q,a\n")
+        with pytest.raises(DataError, match=r"row 1: '.*/img/none.png': not found"):
+            model.evaluate(bad)
+    finally:
+        server.stop()
+    for entry in (tmp_path / "cache").iterdir():  # drop the decoded arrays, keep remote/:
+        if entry.name != "remote":  # the images decode again from their fetched copies
+            entry.unlink()
+    assert mmfuse.Model.load(served_run["run"]).evaluate(table)["outputs"]["answer"] == expected

@@ -1,6 +1,7 @@
 """Media held inside a table's cells rather than in files beside it.
 
-A file input's cell is a path, or the file itself:
+A file input's cell is a path, a URL (fetched through fsspec when decoded,
+``data/remote.py``), or the file itself:
 
 - raw bytes: a Parquet or Arrow ``binary`` column;
 - the Hugging Face ``datasets`` struct ``{"bytes": ..., "path": ...}`` of its ``Image``,

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..data.cache import Allocate, cache_key, cached_arrays
 from ..data.media import Embedded, cell_media
+from ..data.remote import fetch_bytes, is_url
 from ..data.table import Table, resolve_file
 from ..errors import DataError
 from ..threads import available_cpus
@@ -117,8 +118,8 @@ class FilePreprocessor(Preprocessor):
         present_rows = np.flatnonzero(index >= 0)
         first_row = {value: int(present_rows[first_rows[i]]) for i, value in enumerate(unique)}
         sources = [cells[first_row[v]] for v in unique]
-        sources = [s if isinstance(s, Embedded) else
-                   resolve_file(s, table, first_row[v], self.column)
+        sources = [s if isinstance(s, Embedded) or is_url(s) else  # a URL is fetched when
+                   resolve_file(s, table, first_row[v], self.column)  # decoded, in the pool
                    for v, s in zip(unique, sources, strict=True)]
         missing = [(first_row[v], v, "file not found")
                    for v, p in zip(unique, sources, strict=True)
@@ -145,8 +146,15 @@ class FilePreprocessor(Preprocessor):
                                 f"{self.column!r}: {exc}") from None
         return cells
 
-    def decode_source(self, source: Path | Embedded) -> Any:
-        """Decode a file on disk or held in the table."""
+    def decode_source(self, source: Path | Embedded | str) -> Any:
+        """Decode a file on disk, held in the table, or at a URL (``data/remote.py``: fetched
+        once into the local cache; its content is taken not to change)."""
+        if isinstance(source, str):
+            try:
+                data = fetch_bytes(source)
+            except DataError as exc:
+                raise UnreadableFile(str(exc).removeprefix(f"{source}: ")) from None
+            source = Embedded.of(data, source.split("?", 1)[0])
         if isinstance(source, Embedded):
             return self.decode_embedded(source)
         return self.decode(source)
