@@ -129,19 +129,21 @@ def test_export_cli_and_onnx_runtime_serve_the_same_answers(served_run, tmp_path
                check=False).returncode == 2
     model = mmfuse.Model.load(served_run["run"])
     images = sorted((served_run["data"] / "img").glob("test_*.png"))[:6]
-    process, url = start_server([str(out), "--runtime", "onnx"])
-    try:
-        assert httpx.get(url + "/v1/model").json()["runtime"] == "onnx"
-        for image in images:
-            expected = model.predict([{"image": str(image), "question": SHAPE_Q}])[0]
-            response = httpx.post(url + "/v1/predict", data={"question": SHAPE_Q},
-                                  files={"image": (image.name, image.read_bytes())}, timeout=30)
-            got = response.json()["outputs"]["answer"]
-            assert got["prediction"] == expected["answer"]["prediction"]
-            for label, p in expected["answer"]["probabilities"].items():
-                assert got["probabilities"][label] == pytest.approx(p, abs=1e-4)
-    finally:
-        stop_server(process)
+    for extra in ([], ["--processes", "2"]):  # also forked from one loaded export
+        process, url = start_server([str(out), "--runtime", "onnx", *extra])
+        try:
+            assert httpx.get(url + "/v1/model").json()["runtime"] == "onnx"
+            for image in images:
+                expected = model.predict([{"image": str(image), "question": SHAPE_Q}])[0]
+                response = httpx.post(url + "/v1/predict", data={"question": SHAPE_Q},
+                                      files={"image": (image.name, image.read_bytes())},
+                                      timeout=30)
+                got = response.json()["outputs"]["answer"]
+                assert got["prediction"] == expected["answer"]["prediction"]
+                for label, p in expected["answer"]["probabilities"].items():
+                    assert got["probabilities"][label] == pytest.approx(p, abs=1e-4)
+        finally:
+            stop_server(process)
 
 
 def test_curl_a_client_that_is_not_ours(live_server, served_run):

@@ -106,8 +106,10 @@ def serve_processes(load: Callable[[], Service], host: str, port: int,
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="mmfuse-metrics-")
     reserved = listening_socket(host, port)  # a port of 0 becomes a free one for all
     try:
-        torch.set_num_threads(1)  # no OpenMP pool before the fork
-        service = load()
+        torch.set_num_threads(1)  # no OpenMP pool before the fork, and an ONNX export's
+        cap_cpus(1)  # onnxruntime session gets no thread pool either (each process runs it
+        service = load()  # on one thread); every child sets its own share
+        cap_cpus(None)
         # what the load made is never freed: kept out of the collector's sweeps, whose
         # reference-count writes would otherwise copy the shared pages into every process
         gc.collect()
