@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -83,28 +84,33 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
 
 
 async def load(host: str, port: int, requests: list[bytes], concurrency: int,
-               time_limit: float) -> dict:
-    """Send ``requests`` (cycled in order) over ``concurrency`` keep-alive connections."""
+               time_limit: float, cycle: bool = False,
+               check: Callable[[int, int, bytes], bool] | None = None) -> dict:
+    """Send ``requests`` in order (with ``cycle``, round and round until ``time_limit``) over
+    ``concurrency`` keep-alive connections; ``check(index, status, body)`` false counts a
+    wrong answer."""
     if host not in LOOPBACK:
         raise SystemExit(f"refusing to load {host}: this benchmark only targets loopback")
     latencies: list[float] = []
     statuses: dict[int, int] = {}
-    next_index = 0
+    next_index = wrong = 0
     deadline = time.perf_counter() + time_limit
 
     async def worker() -> None:
-        nonlocal next_index
+        nonlocal next_index, wrong
         reader, writer = await asyncio.open_connection(host, port)
         try:
-            while next_index < len(requests) and time.perf_counter() < deadline:
-                payload = requests[next_index]
+            while (cycle or next_index < len(requests)) and time.perf_counter() < deadline:
+                index = next_index % len(requests)
                 next_index += 1
                 started = time.perf_counter()
-                writer.write(payload)
+                writer.write(requests[index])
                 await writer.drain()
-                status, _ = await read_response(reader)
+                status, body = await read_response(reader)
                 latencies.append(time.perf_counter() - started)
                 statuses[status] = statuses.get(status, 0) + 1
+                if check is not None and not check(index, status, body):
+                    wrong += 1
         finally:
             writer.close()
 
@@ -113,7 +119,7 @@ async def load(host: str, port: int, requests: list[bytes], concurrency: int,
     seconds = time.perf_counter() - began
     ms = np.array(latencies) * 1000
     return {"concurrency": concurrency, "requests": len(latencies), "seconds": seconds,
-            "throughput": len(latencies) / seconds, **percentiles(ms),
+            "throughput": len(latencies) / seconds, **percentiles(ms), "wrong": wrong,
             "statuses": dict(sorted(statuses.items())), "latencies_ms": ms}
 
 

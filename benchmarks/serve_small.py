@@ -39,13 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from common import RESULTS, command, machine, markdown_table  # noqa: E402
-from serve import LOOPBACK, percentiles, prepare_run, read_response, request_bytes  # noqa: E402
+from serve import load, prepare_run, request_bytes  # noqa: E402
 
 from serving import start_server, stop_server  # noqa: E402
 
@@ -87,43 +85,15 @@ def raw_round(model, rows: list[dict]) -> dict:
     return rates
 
 
-async def closed_loop(host: str, port: int, wire: list[bytes], expected: list[str],
-                      concurrency: int, seconds: float) -> dict:
+def closed_loop(host: str, port: int, wire: list[bytes], expected: list[str],
+                concurrency: int, seconds: float):
     """``concurrency`` keep-alive clients, each sending the next request as soon as its answer
     arrives, for ``seconds``; every answer is checked against the in-process prediction."""
-    if host not in LOOPBACK:
-        raise SystemExit(f"refusing to load {host}: this benchmark only targets loopback")
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    wrong = 0
-    deadline = time.perf_counter() + seconds
+    def right(index: int, status: int, body: bytes) -> bool:
+        return status == 200 and json.loads(body)["rows"][0]["outputs"]["answer"][
+            "prediction"] == expected[index]
 
-    async def client(k: int) -> None:
-        nonlocal wrong
-        reader, writer = await asyncio.open_connection(host, port)
-        i = k
-        try:
-            while time.perf_counter() < deadline:
-                started = time.perf_counter()
-                writer.write(wire[i % len(wire)])
-                await writer.drain()
-                status, body = await read_response(reader)
-                latencies.append(time.perf_counter() - started)
-                statuses[status] = statuses.get(status, 0) + 1
-                if status != 200 or json.loads(body)["rows"][0]["outputs"]["answer"][
-                        "prediction"] != expected[i % len(wire)]:
-                    wrong += 1
-                i += concurrency
-        finally:
-            writer.close()
-
-    began = time.perf_counter()
-    await asyncio.gather(*(client(k) for k in range(concurrency)))
-    elapsed = time.perf_counter() - began
-    return {"concurrency": concurrency, "requests": len(latencies), "seconds": elapsed,
-            "throughput": len(latencies) / elapsed, "wrong": wrong,
-            "statuses": dict(sorted(statuses.items())),
-            **percentiles(np.array(latencies) * 1000)}
+    return load(host, port, wire, concurrency, seconds, cycle=True, check=right)
 
 
 def run_loop(coroutine):
@@ -148,6 +118,7 @@ def measure_setup(served: Path, args: list[str], rows: list[dict], expected: lis
         levels = []
         for concurrency in LEVELS:
             result = run_loop(closed_loop(host, port, wire, expected, concurrency, seconds))
+            result.pop("latencies_ms")
             print(args, result, flush=True)
             levels.append(result)
     finally:
