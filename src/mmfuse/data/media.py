@@ -22,6 +22,7 @@ import binascii
 import hashlib
 import os
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any
 
 
@@ -86,6 +87,12 @@ def cell_media(value: Any) -> str | Embedded | None:
         return value if value.strip() else None
     raise ValueError(f"expected a file path, the file's bytes, a {{bytes, path}} struct or a "
                      f"data: URL, got {type(value).__name__}")
+
+
+def cell_key(cell: str | PathLike | Embedded | None) -> str | PathLike | None:
+    """What names a cell's file among the others: its path or URL, or an embedded file's
+    content key."""
+    return cell.key if isinstance(cell, Embedded) else cell
 
 
 def _feature_struct(value: dict) -> str | Embedded | None:

@@ -5,7 +5,7 @@
 A URL may name a table, WebDataset shards, or a file in a table's cell. Each file is copied
 once into a local cache folder (``remote/`` in the preprocessing cache, ``data/cache.py``) the
 first time it is read, and read from there afterwards; shards are fetched one at a time as they
-are read, never all before training starts.
+are read (all of them before training starts, since tables are still read whole).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ mp4/webm video are recognised by their content when decoded, like every file). E
 gets ``__key__`` and ``__shard__``, which name it in error messages.
 
 This is a small reader of that layout rather than the ``webdataset`` library: it needs only
-``tarfile`` (in streaming mode, so a shard is read front to back, also over HTTP), it yields
+``tarfile`` (in streaming mode: a shard is read front to back, never seeked), it yields
 plain rows that the rest of mmfuse reads as any table, and it reports a truncated or corrupt
 shard by name and key. The tests check it against shards written by ``webdataset``'s own
 ``ShardWriter`` and against what ``webdataset.WebDataset`` reads from them.
@@ -23,7 +23,7 @@ import itertools
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import IO, Any
 
 from ..errors import DataError
@@ -96,16 +96,9 @@ def sample_row(fields: dict[str, bytes], key: str, shard: str) -> dict[str, Any]
     return row
 
 
-def read_shard(stream: IO[bytes], shard: str,
-               skipped: Callable[[str, str], None] | None = None) -> Iterator[dict[str, Any]]:
-    """The rows of one shard, read front to back.
-
-    Args:
-        stream: the shard's bytes (a file or a remote file object).
-        shard: its name, for error messages.
-        skipped: called with (key, why) for a sample lost to a truncated or corrupt shard;
-            without it that raises a DataError naming the shard and key.
-    """
+def read_shard(stream: IO[bytes], shard: str) -> Iterator[dict[str, Any]]:
+    """The rows of one shard (``stream``: its bytes), read front to back; a truncated or
+    corrupt shard is a DataError naming ``shard`` and the sample."""
     key, fields = None, {}
     try:
         with tarfile.open(fileobj=stream, mode="r|*") as tar:
@@ -120,11 +113,7 @@ def read_shard(stream: IO[bytes], shard: str,
                 if field:
                     fields[field] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError) as exc:
-        why = f"the shard is truncated or corrupt ({exc})"
-        if skipped is None:
-            raise DataError(f"{shard}: {why}, at sample {key!r}; rewrite the shard or leave it "
-                            "out") from None
-        skipped(str(key), why)
-        return
+        raise DataError(f"{shard}: the shard is truncated or corrupt ({exc}), at sample "
+                        f"{key!r}; rewrite the shard or leave it out") from None
     if fields:
         yield sample_row(fields, key, shard)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..data.cache import Allocate, cache_key, cached_arrays
-from ..data.media import Embedded, cell_media
+from ..data.media import Embedded, cell_key, cell_media
 from ..data.remote import fetch_bytes, is_url
 from ..data.table import Table, resolve_file
 from ..errors import DataError
@@ -109,8 +109,7 @@ class FilePreprocessor(Preprocessor):
 
     def encode(self, table: Table) -> Column:
         cells = self._cells(table)
-        keys = [c.key if isinstance(c, Embedded) else c for c in cells]
-        unique, index = unique_values(keys)
+        unique, index = unique_values([cell_key(c) for c in cells])
         if not unique:
             raise DataError(f"{table.source}: column {self.column!r} is empty in every row; "
                             f"give at least one {self.kind} file or remove this input")
@@ -128,10 +127,10 @@ class FilePreprocessor(Preprocessor):
             self._raise_unreadable(table, missing)
         names = [s.describe() if isinstance(s, Embedded) else v
                  for v, s in zip(unique, sources, strict=True)]
-        key = cache_key(self.kind, self.settings(),
-                        [s.key if isinstance(s, Embedded) else s for s in sources])
+        key = cache_key(self.kind, self.settings(), [cell_key(s) for s in sources])
+        rows = [first_row[v] for v in unique]
         arrays = cached_arrays(
-            key, lambda allocate: self._decode_all(table, names, sources, first_row, allocate),
+            key, lambda allocate: self._decode_all(table, names, sources, rows, allocate),
             self.use_cache)
         return Column(self.unpack(arrays), index, is_file=True, key=key)
 
@@ -176,11 +175,10 @@ class FilePreprocessor(Preprocessor):
         items = self.unpack(self.stack(present)) if present else None
         return Column(items, index, is_file=True)
 
-    def _decode_all(self, table: Table, names: list[str], paths: list[Path | Embedded],
-                    first_row: dict[str, int], allocate: Allocate) -> tuple[np.ndarray, ...]:
+    def _decode_all(self, table: Table, names: list[str], paths: list[Path | Embedded | str],
+                    rows: list[int], allocate: Allocate) -> tuple[np.ndarray, ...]:
         """Decode every file into arrays from ``allocate`` (see the module's docstring);
-        ``names`` are how errors name them, in the order of ``first_row``'s keys."""
-        values = list(first_row)
+        ``names`` are how errors name them, ``rows`` the first row that holds each."""
         items = allocate((len(paths), *self.item_shape()), self.dtype)
         lengths = None if self.pad_axis is None else allocate((len(paths),), np.int64)
         errors: list[tuple[int, str, str]] = []
@@ -189,7 +187,7 @@ class FilePreprocessor(Preprocessor):
             try:
                 item = self.decode_source(paths[i])
             except UnreadableFile as exc:
-                errors.append((first_row[values[i]], names[i], str(exc).split("\n")[0]))
+                errors.append((rows[i], names[i], str(exc).split("\n")[0]))
                 return
             if lengths is None:
                 items[i] = item

@@ -23,8 +23,9 @@ import torch
 from ..atomic import write_text
 from ..config import Config, TrainingConfig
 from ..data.features import cache_frozen_features, check_cache_settings
-from ..data.media import Embedded, cell_media
+from ..data.media import cell_key, cell_media
 from ..data.remote import is_url
+from ..data.shards import is_shards
 from ..data.table import Table, as_table
 from ..device import resolve_device, resolve_precision
 from ..errors import DataError
@@ -158,10 +159,9 @@ def hold_out(table: Table, config: Config) -> tuple[Table, Table, list[int]]:
 def _file_key(value: Any) -> str:
     """A file cell as the split groups it: its path, or an embedded file's content hash."""
     try:
-        cell = cell_media(value)
+        return str(cell_key(cell_media(value)))
     except ValueError:
         return str(value)  # reported, with its row, when the column is read
-    return cell.key if isinstance(cell, Embedded) else str(cell)
 
 
 def preprocess(model: Model, run: Run) -> None:
@@ -209,7 +209,7 @@ def _path_of(table: Any) -> str | None:
     (None for rows)."""
     if not isinstance(table, str | Path):
         return None
-    if isinstance(table, str) and (is_url(table) or "{" in table):
+    if isinstance(table, str) and (is_url(table) or is_shards(table)):
         return table
     return str(Path(table).resolve())
 

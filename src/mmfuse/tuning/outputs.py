@@ -24,7 +24,6 @@ from rich.table import Table
 from ..atomic import replace_folder, write_text
 from ..config import load_config
 from ..errors import MmfuseError
-from .shared import best_location
 from .space import ChoiceSpace, TuneConfig, apply_params
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
@@ -129,14 +128,28 @@ def keep_best_run(out: Path, number: int, params: dict) -> Path:
     """
     best, source = out / "best", out / "trials" / f"{number:04d}"
     if source.is_dir():
-        (source / "trial.json").write_text(json.dumps({"trial": number, "params": params},
-                                                      indent=1, default=str))
-        replace_folder(source, best)  # a crash before it leaves trials/NNNN for the next run
+        make_best(out, number, params)
     elif best_trial_number(best) != number:
         raise MmfuseError(f"the run of the best trial ({number}) is missing: neither "
                           f"{source} nor {best} holds it; tune into a new --out folder")
     shutil.rmtree(out / "trials", ignore_errors=True)
     return best
+
+
+def make_best(out: Path, number: int, params: dict) -> None:
+    """Move trial ``number``'s run folder to ``out/best``, with ``trial.json`` saying which
+    trial it holds (a crash before the move leaves ``trials/NNNN`` for the next run)."""
+    source = out / "trials" / f"{number:04d}"
+    (source / "trial.json").write_text(json.dumps({"trial": number, "params": params},
+                                                  indent=1, default=str))
+    replace_folder(source, out / "best")
+
+
+def best_location(study: Any, number: int) -> str:
+    """Where the run of trial ``number`` of a shared study is: ``host:folder/best``."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    host, out = trial.user_attrs.get("host"), trial.user_attrs.get("out")
+    return f"{host}:{Path(out) / 'best'}" if host and out else "unknown"
 
 
 def best_trial_number(best: Path) -> int | None:

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..atomic import replace_folder
 from ..errors import MmfuseError
+from .outputs import make_best
 
 MAX_RETRY = 2  # copies of a dead worker's trial queued before it counts as failed for good
 STUDY_NAME = "mmfuse-tune"
@@ -108,8 +108,6 @@ def where(out: Path) -> dict[str, str]:
 def keep_if_best(study: Any, trial: Any, out: Path, params: dict) -> None:
     """After a trial of this worker ends: make its run ``out/best`` if it is the study's best
     so far, else delete its run folder."""
-    import json
-
     import optuna
 
     run = out / "trials" / f"{trial.number:04d}"
@@ -120,15 +118,6 @@ def keep_if_best(study: Any, trial: Any, out: Path, params: dict) -> None:
     except ValueError:  # no complete trial yet
         best = None
     if trial.state == optuna.trial.TrialState.COMPLETE and best == trial.number:
-        (run / "trial.json").write_text(json.dumps({"trial": trial.number, "params": params},
-                                                   indent=1, default=str))
-        replace_folder(run, out / "best")
+        make_best(out, trial.number, params)
     else:
         shutil.rmtree(run, ignore_errors=True)
-
-
-def best_location(study: Any, number: int) -> str:
-    """Where the run of trial ``number`` is: ``host:folder/best``."""
-    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
-    host, out = trial.user_attrs.get("host"), trial.user_attrs.get("out")
-    return f"{host}:{Path(out) / 'best'}" if host and out else "unknown"

@@ -18,6 +18,7 @@ from typing import Any
 
 from ..config import load_config
 from ..errors import MmfuseError
+from .outputs import decode
 from .shared import SharedStudy, keep_if_best, settle, where
 from .space import ChoiceSpace, IntSpace, LogUniformSpace, TuneConfig, apply_params
 
@@ -52,7 +53,7 @@ def run_share(study: Any, search: Search, count: int, worker: int,
     callbacks = [lambda _study, _trial: on_trial()] if on_trial else []
     if search.shared:  # keep the best's run, delete the others'
         callbacks.append(lambda study, trial: keep_if_best(study, trial, search.out,
-                                                           trial_params(search.tune, trial)))
+                                                           params_of(search.tune, trial)))
 
     def run(n: int, stop_at_total: bool) -> None:
         import optuna
@@ -69,11 +70,10 @@ def run_share(study: Any, search: Search, count: int, worker: int,
         settle(study, search.shared.heartbeat, lambda n: run(n, stop_at_total=False))
 
 
-def trial_params(tune: TuneConfig, trial: Any) -> dict[str, Any]:
+def params_of(tune: TuneConfig, trial: Any) -> dict[str, Any]:
     """A trial's values as the config takes them (a choice may be stored as JSON text)."""
-    return {name: space.value(trial.params[name]) if isinstance(space, ChoiceSpace)
-            else trial.params[name]
-            for name, space in tune.parameters.items() if name in trial.params}
+    return {name: decode(tune, name, trial.params[name])
+            for name in tune.parameters if name in trial.params}
 
 
 def objective(trial: Any, search: Search, worker: int) -> float:
