@@ -83,7 +83,12 @@ def serve(source: str | Path, host: str = HOST, port: int = PORT, runtime: str =
         serve_processes(load, host, port, settings, log_level)
         return
     app = create_app(load, settings)
-    # connections beyond the queue's room get uvicorn's 503 before their bodies are read, which
-    # bounds the memory that request bodies can take
-    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False,
-                limit_concurrency=settings.max_queue + 64)
+    uvicorn.run(app, host=host, port=port, **uvicorn_options(settings, log_level))
+
+
+def uvicorn_options(settings: ServeSettings, log_level: str) -> dict:
+    """How every server process runs uvicorn: no access log, and connections beyond the
+    queue's room get uvicorn's 503 before their bodies are read, which bounds the memory that
+    request bodies can take."""
+    return {"log_level": log_level, "access_log": False,
+            "limit_concurrency": settings.max_queue + 64}

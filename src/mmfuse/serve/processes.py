@@ -198,6 +198,7 @@ def _child(k: int, service: Service, host: str, port: int, settings: ServeSettin
     import torch
     import uvicorn
 
+    from . import uvicorn_options
     from .app import create_app
 
     for s in (signal.SIGTERM, signal.SIGINT):
@@ -216,8 +217,7 @@ def _child(k: int, service: Service, host: str, port: int, settings: ServeSettin
                                                                 cpus_here) if cpus_here > 1 else 0,
                                    workers=min(settings.workers, cpus_here))
     app = create_app(service, settings)
-    config = uvicorn.Config(app, log_level=log_level, access_log=False,
-                            limit_concurrency=settings.max_queue + 64)
+    config = uvicorn.Config(app, **uvicorn_options(settings, log_level))
     log.info("server process %d (pid %d) on CPUs %s", k, os.getpid(),
              cpus if cpus is not None else f"any ({share} threads)")
     uvicorn.Server(config).run(sockets=[sock])
