@@ -41,8 +41,10 @@ def test_every_format_holds_the_same_rows(tmp_path, name, media, args):
                                  "--shard-size", "64", "--json").stdout)
         tables[form] = summary["tables"]
     assert tables["parquet"] == ["test.parquet", "train.parquet"]
-    assert {p.name for p in (tmp_path / "parquet").iterdir()} == set(tables["parquet"])
-    assert all(p.suffix == ".tar" for p in (tmp_path / "webdataset").iterdir())
+    assert {p.name for p in (tmp_path / "parquet").iterdir()} - {"README.txt"} \
+        == set(tables["parquet"])
+    assert all(p.suffix == ".tar" for p in (tmp_path / "webdataset").iterdir()
+               if p.name != "README.txt")
     for split in ("train", "test"):
         expected = as_bytes(read_table(tmp_path / "csv" / f"{split}.csv"), media)
         parquet = as_bytes(read_table(tmp_path / "parquet" / f"{split}.parquet"), media)
@@ -51,6 +53,13 @@ def test_every_format_holds_the_same_rows(tmp_path, name, media, args):
         assert parquet == expected
         assert shards == [{k: v for k, v in r.items() if v is not None or k not in media}
                           for r in expected]
+
+
+def test_a_readme_says_which_tables_it_describes(tmp_path):
+    run("datasets", "products", tmp_path, "--train", "20", "--test", "10", "--format",
+        "webdataset")
+    assert "Written with --format webdataset: the tables are test-{000000..000000}.tar, " \
+        "train-{000000..000000}.tar" in (tmp_path / "README.txt").read_text()
 
 
 def test_the_parquet_form_is_a_hugging_face_dataset(tmp_path):

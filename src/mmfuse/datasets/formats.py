@@ -63,6 +63,12 @@ def convert(folder: Path, form: str, shard_size: int = 1000) -> list[str]:
         table.with_suffix(".jsonl").unlink(missing_ok=True)  # the same table again
     for path in media:
         path.unlink(missing_ok=True)
+    readme = folder / "README.txt"
+    if readme.is_file():  # it describes the CSV tables of paths, which are gone
+        readme.write_text(readme.read_text(encoding="utf-8") + (
+            f"\nWritten with --format {form}: the tables are {', '.join(written)}, with the "
+            "files inside (file columns keep their names); the columns are as described "
+            "above.\n"), encoding="utf-8")
     for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
         if not any(sub.iterdir()):
             shutil.rmtree(sub)
