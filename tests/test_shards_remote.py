@@ -189,6 +189,35 @@ def test_urls_without_a_backend_or_a_file_say_what_to_do(tmp_path, monkeypatch):
             read_table("s3://bucket/table.parquet")
 
 
+def test_concurrent_fetches_keep_every_copy_whole(tmp_path, monkeypatch):
+    """Many threads fetching many files, some the same one, leave exactly one whole copy of
+    each and no partial files; a second round reads the copies with the server gone (a cache
+    that loses an entry under concurrent writers fails the second round)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mmfuse.data.remote import local_copy, remote_cache
+
+    monkeypatch.setenv("MMFUSE_CACHE_DIR", str(tmp_path / "cache"))
+    site = tmp_path / "site"
+    site.mkdir()
+    payloads = {f"f{i:03d}.bin": bytes([i]) * (1000 + 997 * i) for i in range(40)}
+    for name, data in payloads.items():
+        (site / name).write_bytes(data)
+    server = Server(site)
+    urls = [f"{server.url}/{name}" for name in payloads] * 3
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            first = list(pool.map(local_copy, urls))
+    finally:
+        server.stop()
+    with ThreadPoolExecutor(8) as pool:
+        second = list(pool.map(local_copy, urls))
+    assert first == second
+    assert [p.read_bytes() for p in first] == [payloads[u.rsplit("/", 1)[1]] for u in urls]
+    files = [p for p in remote_cache().rglob("*") if p.is_file()]
+    assert len(files) == len(payloads), "one copy per URL, no partial files left"
+
+
 def test_file_cells_may_be_urls(served_run, tmp_path, monkeypatch):
     """A CSV whose image cells are http URLs evaluates as the CSV of paths; the images are
     fetched once, so a second evaluation works with the server gone; a missing one is named

@@ -10,7 +10,10 @@ are read (all of them before training starts, since tables are still read whole)
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
+import threading
 from pathlib import Path
 from typing import IO
 
@@ -42,13 +45,27 @@ def _fsspec():
 
 
 def local_copy(url: str) -> Path:
-    """A local copy of the file at ``url``, fetched on first use."""
+    """A local copy of the file at ``url``, fetched on first use.
+
+    The copy is named by a digest of the URL and lands by an atomic rename, so threads and
+    processes fetching at once never see a partial file or lose each other's copies (fsspec's
+    ``filecache`` keeps one metadata file that concurrent writers overwrite)."""
+    digest = hashlib.sha256(url.encode()).hexdigest()
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", url.rsplit("/", 1)[-1])[-60:]
+    path = remote_cache() / digest[:2] / f"{digest[2:]}-{name}"
+    if path.exists():
+        return path
     fsspec = _fsspec()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.part")
     try:
-        return Path(fsspec.open_local(f"filecache::{url}",
-                                      filecache={"cache_storage": str(remote_cache())}))
+        fs, remote = fsspec.core.url_to_fs(url)
+        fs.get_file(remote, str(partial))  # one streamed GET over http(s)
+        os.replace(partial, path)
     except Exception as exc:  # fsspec backends raise their own types
+        partial.unlink(missing_ok=True)
         raise _error(url, exc) from None
+    return path
 
 
 def open_url(url: str) -> IO[bytes]:
