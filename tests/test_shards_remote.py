@@ -112,7 +112,8 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     log: list[str] = []
 
     def log_message(self, format: str, *args) -> None:
-        _QuietHandler.log.append(self.path)
+        if self.command == "GET":  # a fetch (HEAD asks only for the size)
+            _QuietHandler.log.append(self.path)
 
 
 def hf_parquet(rows: list[dict], data: Path, path: Path) -> None:

@@ -306,6 +306,11 @@ class TrainingConfig(StrictModel):
         500, ge=1, description="write a checkpoint every N optimizer steps (and at the end of "
         "every epoch) for mmfuse train --resume; null: only at the end of epochs")
     keep_checkpoints: int = Field(2, ge=1, description="checkpoints kept in RUN/checkpoints")
+    workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes that read and decode streamed data "
+        "(data.streaming); 'auto': half the CPUs, at least 1 and at most 8; 0 decodes in the "
+        "training process. Cached (not streamed) tables ignore it: their batches come from "
+        "the decoded arrays in memory")
 
     @field_validator("device")
     @classmethod
@@ -349,6 +354,27 @@ def default_fusion(inputs: list[InputConfig]) -> str:
     return "film" if has_query and has_film_target else "concat"
 
 
+class DataConfig(StrictModel):
+    """How the training data is read: cached whole, or streamed (training/streamed.py)."""
+
+    streaming: bool | None = Field(
+        None, description="stream the training rows through DataLoader workers that decode "
+        "them on the fly, instead of decoding every file into the cache first; None: stream "
+        "WebDataset shards and tables at URLs, cache local tables")
+    shuffle_buffer: int = Field(
+        1000, ge=1, description="rows each worker holds and draws from at random while "
+        "streaming (shards are also read in a new order every epoch)")
+    fit_rows: int = Field(
+        2000, ge=1, description="while streaming, the preprocessing statistics, vocabularies "
+        "and label sets are fitted on the first fit_rows rows (in shard order), and so is "
+        "any classic predictor; a label first seen later is not learned (its rows are "
+        "ignored by the loss), so raise it when rare labels come late")
+    max_bad_rows: int = Field(
+        100, ge=0, description="while streaming, rows with a corrupt or unreadable file (or "
+        "the rest of a truncated shard) are skipped and counted, up to this many per epoch; "
+        "one more is an error that names the shard and the key")
+
+
 class Config(StrictModel):
     """A whole model: inputs -> encoders -> fusion -> heads, plus training settings."""
 
@@ -356,6 +382,7 @@ class Config(StrictModel):
     fusion: Any = None
     outputs: list[OutputConfig] = Field(min_length=1)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
     tune: TuneSection = Field(
         None, description="mmfuse tune's search space, metric, sampler and pruner "
         "(tuning/space.py); other commands ignore it")

@@ -148,7 +148,13 @@ class Pipeline:
 
     def batch(self, data: EncodedTable, rows: np.ndarray, train: bool = False,
               generator: torch.Generator | None = None) -> tuple[dict, dict]:
-        """Model inputs and target tensors for the given rows."""
+        """Model inputs and target tensors for the given rows, on the model's device."""
+        inputs, targets = self.host_batch(data, rows, train, generator)
+        return to_device(inputs, self.device), to_device(targets, self.device)
+
+    def host_batch(self, data: EncodedTable, rows: np.ndarray, train: bool = False,
+                   generator: torch.Generator | None = None) -> tuple[dict, dict]:
+        """:meth:`batch` on the CPU (what a DataLoader worker hands the training process)."""
         generator = generator or torch.Generator().manual_seed(0)
         row_items = {name: column.index[rows] for name, column in data.inputs.items()}
         if train:
@@ -157,7 +163,7 @@ class Pipeline:
                   for name, prep in self.inputs.items()}
         targets = {name: self.outputs[name].target_tensor(t[rows])
                    for name, t in data.targets.items()}
-        return to_device(inputs, self.device), to_device(targets, self.device)
+        return inputs, targets
 
     def _drop_inputs(self, row_items: dict[str, np.ndarray],
                      generator: torch.Generator) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from .distributed import SINGLE, Ranks
 from .metrics import RunningMean
 from .optim import lr_factor, make_optimizer
 from .progress import EpochProgress, StepTimer, append_record
+from .streamed import Stream, stream_epoch
 
 
 @dataclass
@@ -64,6 +65,8 @@ class Training:
     limits: Limits
     checkpoints: checkpoint.Checkpointer
     timer: StepTimer
+    stream: Stream | None = None  # a streamed source (streamed.py), read instead of ``data``
+    extra: dict = field(default_factory=dict)  # the epoch's data figures for its record
 
     @property
     def model(self) -> torch.nn.Module:
@@ -74,7 +77,8 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
           cfg: TrainingConfig, metrics_path: Path | None = None,
           on_best: Callable[[int], None] | None = None, progress: bool = False,
           on_epoch: Callable[[dict], None] | None = None, run: Path | None = None,
-          resume: dict | None = None, ranks: Ranks = SINGLE) -> dict:
+          resume: dict | None = None, ranks: Ranks = SINGLE,
+          stream: Stream | None = None) -> dict:
     """Train ``pipeline.model`` in place (on ``pipeline.device``) and leave it holding the best
     weights.
 
@@ -85,12 +89,14 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
         run: the run folder that gets ``checkpoints/`` (none without it).
         resume: a checkpoint (``checkpoint.load_latest``) to continue from.
         ranks: this process's place under torchrun; only rank 0 writes files and progress.
+        stream: read the training rows from this streamed source (``streamed.py``);
+            ``train_data`` is then the rows the preprocessing was fitted on.
 
     Returns:
         A summary: epochs run, best epoch, best validation metrics, seconds, whether stopped early
         or interrupted, and ``data_share``, the fraction of step time spent preparing batches.
     """
-    t = setup(pipeline, train_data, valid_data, cfg, run, resume, ranks)
+    t = setup(pipeline, train_data, valid_data, cfg, run, resume, ranks, stream)
     if resume is not None and ranks.main and metrics_path is not None:
         checkpoint.cut_metrics(metrics_path, t.state["records"])
     bar = EpochProgress(enabled=progress and ranks.main)
@@ -100,7 +106,8 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
             for epoch in range(t.state["epoch"], t.epochs + 1):
                 if t.state["finished"]:  # a finished run resumed: nothing to train
                     break
-                running, started, out_of_time = train_epoch(t, epoch, bar)
+                running, started, out_of_time = (stream_epoch if stream else train_epoch)(
+                    t, epoch, bar)
                 record = epoch_record(t, epoch, running, started)
                 bar.finish(record)
                 if ranks.main:
@@ -121,7 +128,7 @@ def train(pipeline: Pipeline, train_data: EncodedTable, valid_data: EncodedTable
 
 def setup(pipeline: Pipeline, data: EncodedTable, valid: EncodedTable | None,
           cfg: TrainingConfig, run: Path | None, resume: dict | None,
-          ranks: Ranks) -> Training:
+          ranks: Ranks, stream: Stream | None = None) -> Training:
     """Seeds, optimizer, schedule and the loop state: fresh, or a checkpoint's."""
     model = pipeline.model
     torch.manual_seed(cfg.seed + ranks.rank)  # dropout differs per rank; the batch order not
@@ -130,9 +137,11 @@ def setup(pipeline: Pipeline, data: EncodedTable, valid: EncodedTable | None,
     optimizer = make_optimizer(model, cfg)
     net = distributed.wrap(model, pipeline.device, can_miss_inputs(data, pipeline), ranks)
     scaler = grad_scaler(pipeline.device, cfg.precision)
-    group = data.group_key() if cfg.group_rows_by_file is not False else None
+    group = data.group_key() if cfg.group_rows_by_file is not False and stream is None \
+        else None
     batch_size = max(1, cfg.batch_size // ranks.world)  # the global batch stays batch_size
-    steps_per_epoch = math.ceil(math.ceil(len(data) / batch_size) / ranks.world)
+    rows = stream.rows if stream is not None else len(data)
+    steps_per_epoch = math.ceil(math.ceil(rows / batch_size) / ranks.world)
     pretrained = any(h.traits.pretrained for h in model.heads.values())
     epochs, patience = resolve_epochs(cfg, steps_per_epoch, pretrained)
     total, warmup = steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch)
@@ -148,7 +157,7 @@ def setup(pipeline: Pipeline, data: EncodedTable, valid: EncodedTable | None,
         checkpoints.restore(resume)
     return Training(pipeline, data, valid, cfg, ranks, net, optimizer, scheduler, scaler,
                     generator, order_rng, group, batch_size, epochs, patience, state, limits,
-                    checkpoints, StepTimer())
+                    checkpoints, StepTimer(), stream)
 
 
 def train_epoch(t: Training, epoch: int, bar: EpochProgress) -> tuple[RunningMean, float, bool]:
@@ -215,12 +224,16 @@ def prepare(t: Training, rows: np.ndarray) -> tuple[dict, dict]:
     return batch
 
 
-def step(t: Training, inputs: dict, targets: dict) -> tuple[dict, torch.Tensor]:
-    """One optimizer step on a batch; returns its logits and loss."""
+def step(t: Training, inputs: dict, targets: dict, weight: float = 1.0
+         ) -> tuple[dict, torch.Tensor]:
+    """One optimizer step on a batch; returns its logits and loss. ``weight`` 0 takes part in
+    the ranks' gradient reduction without adding to it (a streamed rank out of rows)."""
     cfg = t.cfg
     with autocast(t.pipeline.device, cfg.precision):
         logits = t.net(inputs, targets)
         loss = batch_loss(t.pipeline, logits, targets, cfg.label_smoothing)
+        if weight != 1.0:
+            loss = loss * weight
     t.optimizer.zero_grad(set_to_none=True)
     if not loss.requires_grad:  # nothing that trains reaches the loss (a frozen LM reading
         t.optimizer.step()      # text alone): the batch is scored, and no weight changes
@@ -247,6 +260,7 @@ def epoch_record(t: Training, epoch: int, running: RunningMean, started: float) 
     valid = validation_metrics(t.pipeline, t.valid, t.cfg, ranks) if t.valid else None
     if valid:
         record.update({f"valid_{k}": v for k, v in valid.items()})
+    record.update(t.extra)
     record["epoch_seconds"] = time.perf_counter() - started  # train + validate
     return record
 
@@ -391,6 +405,7 @@ def mean_accuracy(pipeline: Pipeline, logits: dict, targets: dict) -> float:
 def fresh_state() -> dict:
     """What a checkpoint holds besides module and random states, at the start of a run."""
     return {"epoch": 1, "position": 0, "step": 0, "order_rng": None, "running": None,
+            "stream": None,
             "best": {"loss": math.inf, "accuracy": -math.inf, "epoch": 0, "state": None,
                      "metrics": {}},
             "stalled": 0, "records": 0, "elapsed": 0.0, "epochs_run": 0, "finished": False}
@@ -406,4 +421,4 @@ def resume_state(saved: dict, ranks: Ranks) -> dict:
         raise MmfuseError(f"the checkpoint was written by {saved.get('world', 1)} process(es) "
                           f"and this run has {ranks.world}; resume with --nproc "
                           f"{saved.get('world', 1)}")
-    return {key: saved[key] for key in fresh_state()}
+    return {key: saved.get(key, value) for key, value in fresh_state().items()}

@@ -26,6 +26,17 @@ from ..data.features import cache_frozen_features, check_cache_settings
 from ..data.media import cell_key, cell_media
 from ..data.remote import is_url
 from ..data.shards import is_shards
+from ..data.stream import (
+    Source,
+    estimate_rows,
+    fit_table,
+    hold_out_pieces,
+    known_counts,
+    open_source,
+    read_pieces,
+    streams,
+    table_source,
+)
 from ..data.table import Table, as_table
 from ..device import resolve_device, resolve_precision
 from ..errors import DataError
@@ -36,6 +47,7 @@ from . import checkpoint, distributed
 from .after import check_predictor_targets, finish
 from .distributed import Ranks
 from .loop import train
+from .streamed import Stream, make_stream
 
 if TYPE_CHECKING:
     from ..api import Model
@@ -75,6 +87,10 @@ class Run:
     valid_data: EncodedTable | None = None
     train_cached: EncodedTable | None = None  # the encoded tables with frozen features cached:
     valid_cached: EncodedTable | None = None  # what the epochs read
+    source: Source | None = None  # a streamed source; ``table`` is then its first fit_rows
+    held_out_shards: list[str] = field(default_factory=list)  # held out of a streamed source
+    stream_rows: int = 0  # a streamed epoch's rows, estimated until every piece is counted
+    stream: Stream | None = None
 
     @property
     def folder(self) -> Path | None:
@@ -91,7 +107,9 @@ def fit(model: Model, request: FitRequest) -> dict:
     summary = train_epochs(model, run)
     summary.update(after_training(model, run))
     save(model, run)
-    summary.update(threads=run.threads, train_rows=len(run.table), processes=run.ranks.world,
+    train_rows = run.stream.rows if run.stream is not None else len(run.table)
+    summary.update(threads=run.threads, train_rows=train_rows, processes=run.ranks.world,
+                   streamed=run.stream is not None,
                    device=str(run.device), resumed=run.saved is not None,
                    valid_rows=len(run.valid_table) if run.valid_table is not None else 0)
     return summary
@@ -123,19 +141,47 @@ def read_data(model: Model, run: Run) -> None:
     """Read the tables (without a validation table, hold out ``valid_fraction`` of the
     training files), and check that a resumed run sees the config and data it started with."""
     request = run.request
-    run.table = as_table(request.train, request.data_root)
-    if request.valid is not None:
-        run.valid_table = as_table(request.valid, request.data_root)
-    elif run.cfg.valid_fraction > 0:
-        run.table, run.valid_table, run.held_out = hold_out(run.table, model.config)
+    if streams(request.train, model.config.data.streaming):
+        read_streamed(model, run)
+    else:
+        run.table = as_table(request.train, request.data_root)
+        if request.valid is not None:
+            run.valid_table = as_table(request.valid, request.data_root)
+        elif run.cfg.valid_fraction > 0:
+            run.table, run.valid_table, run.held_out = hold_out(run.table, model.config)
+    train_digest = checkpoint.table_digest(run.table.rows)
+    if run.source is not None:  # the pieces it streams and the rows it was fitted on
+        train_digest = checkpoint.table_digest([{"pieces": "\n".join(run.source.names),
+                                                 "fit": train_digest}])
     run.fingerprint = {"config": model.config.model_dump(mode="json"), "data": {
-        "train": checkpoint.table_digest(run.table.rows),
+        "train": train_digest,
         "valid": checkpoint.table_digest(run.valid_table.rows) if run.valid_table else None}}
     if run.folder is not None and request.resume:
         if (run.folder / "run.json").is_file():
             checkpoint.check_same_run(json.loads((run.folder / "run.json").read_text()),
                                       run.fingerprint, run.folder)
         run.saved = checkpoint.load_latest(run.folder)
+
+
+def read_streamed(model: Model, run: Run) -> None:
+    """A streamed source (``data/stream.py``): its pieces, the validation table (``--valid``;
+    else the rows a table holds out as a cached one would, or a source of shards' last
+    shards), and the first ``data.fit_rows`` rows, which fit the preprocessing."""
+    request, fraction = run.request, run.cfg.valid_fraction
+    source = open_source(request.train, request.data_root)
+    if request.valid is not None:
+        run.valid_table = as_table(request.valid, request.data_root)
+    elif fraction > 0 and source.table is not None:
+        table, run.valid_table, run.held_out = hold_out(source.table, model.config)
+        source = table_source(table)
+    elif fraction > 0:
+        train_source, held = hold_out_pieces(source, fraction)
+        run.valid_table = read_pieces(source, held)
+        run.held_out_shards = [source.names[i] for i in held]
+        source = train_source
+    counts = known_counts(source)
+    run.table, fitted = fit_table(source, model.config.data.fit_rows)
+    run.source, run.stream_rows = source, estimate_rows(source, {**fitted, **counts})
 
 
 def hold_out(table: Table, config: Config) -> tuple[Table, Table, list[int]]:
@@ -175,10 +221,17 @@ def preprocess(model: Model, run: Run) -> None:
             else None
     check_predictor_targets(pipeline, run.train_data)
     pipeline.to(run.device)
+    if run.source is not None:
+        run.stream = make_stream(pipeline, run.source, run.stream_rows, model.config,
+                                 max(1, run.cfg.batch_size // run.ranks.world), run.ranks)
 
 
 def cache_features(model: Model, run: Run) -> None:
-    """Frozen pretrained encoders run once per unique item here, not in every epoch."""
+    """Frozen pretrained encoders run once per unique item here, not in every epoch (a
+    streamed source's rows go through them in every step instead)."""
+    if run.stream is not None:
+        run.train_cached, run.valid_cached = run.train_data, run.valid_data
+        return
     with distributed.main_first(run.ranks):  # built once, by rank 0
         run.train_cached, run.valid_cached = cache_frozen_features(
             model.pipeline, [run.train_data, run.valid_data],
@@ -198,7 +251,7 @@ def open_run_folder(run: Run) -> None:
         (folder / "metrics.jsonl").unlink(missing_ok=True)
     write_text(folder / "run.json", json.dumps({
         "train": _path_of(request.train), "valid": _path_of(request.valid),
-        "held_out_rows": run.held_out,
+        "held_out_rows": run.held_out, "held_out_shards": run.held_out_shards,
         "data_root": str(request.data_root) if request.data_root else None,
         "threads": run.threads, "processes": run.ranks.world, "device": str(run.device),
         **run.fingerprint}, indent=1))
@@ -221,7 +274,7 @@ def train_epochs(model: Model, run: Run) -> dict:
                  metrics_path=folder / "metrics.jsonl" if folder else None,
                  on_best=(lambda epoch: model.save(folder / "model")) if folder else None,
                  progress=run.request.progress, on_epoch=run.request.on_epoch, run=folder,
-                 resume=run.saved, ranks=run.ranks)
+                 resume=run.saved, ranks=run.ranks, stream=run.stream)
 
 
 def after_training(model: Model, run: Run) -> dict:

@@ -1,0 +1,324 @@
+"""Streamed training: the epoch loop over a source read piece by piece (``data/stream.py``)
+instead of over a table decoded into the cache first.
+
+- **Who reads what:** every epoch deals the pieces, in an order drawn from the seed and the
+  epoch, round-robin to the ``world x training.workers`` slots (torchrun rank x DataLoader
+  worker), so each piece is read once per epoch and each row trained on once.
+- **Decoding:** each worker reads its pieces front to back, shuffles their rows through a
+  buffer of ``data.shuffle_buffer`` rows, decodes each batch's files as the server decodes a
+  request's (the preprocessors' ``decode_source``, then :meth:`Pipeline.encode_values`) and
+  hands the training process CPU tensors (:meth:`Pipeline.host_batch`, augmentation included).
+- **Bad rows:** a row whose file does not decode (or the rest of a truncated shard) is skipped
+  and logged; the epoch's count is ``bad_rows`` in ``metrics.jsonl``; more than
+  ``data.max_bad_rows`` in an epoch is an error that names the shard and the key.
+- **Resume:** a checkpoint holds, per piece, the offsets already trained on (a piece trained to
+  its end collapses to its row count), gathered from every rank. A resumed epoch deals the
+  pieces as before and each slot skips those offsets, so no row is lost or repeated, whatever
+  the number of workers (the shuffle of the rest differs from the interrupted run's).
+- **Ranks:** pieces rarely hold equal rows, so ranks run out at different steps. Each step the
+  ranks agree whether any still has a batch; one that has run out steps on its last batch with
+  zero loss weight (DistributedDataParallel needs every rank in every gradient reduction), so
+  no rank stops while another trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from ..config import Config
+from ..data.media import cell_media
+from ..data.remote import is_url
+from ..data.stream import BadRow, Source, assigned, record_counts
+from ..data.table import Table, resolve_file
+from ..device import to_device
+from ..errors import DataError, MmfuseError
+from ..modalities.files import FilePreprocessor, UnreadableFile
+from ..pipeline import EncodedTable, Pipeline
+from ..threads import available_cpus
+from . import distributed
+from .distributed import Ranks
+from .metrics import RunningMean
+
+log = logging.getLogger("mmfuse.training")
+PREFETCH = 4  # batches each worker keeps ready
+
+
+def resolve_workers(setting: int | str) -> int:
+    """``training.workers``: ``auto`` is half the CPUs, at least 1 and at most 8."""
+    if setting == "auto":
+        return max(1, min(8, available_cpus() // 2))
+    return int(setting)
+
+
+@dataclass
+class Stream:
+    """What the streamed epochs read: the source, its rows per epoch (estimated until every
+    piece has been counted) and the dataset the DataLoader iterates."""
+
+    source: Source
+    rows: int
+    workers: int
+    dataset: Rows
+
+
+class Rows(IterableDataset):
+    """One epoch of batches for this slot (see the module's docstring); set :attr:`epoch` and
+    :attr:`skip` before iterating."""
+
+    def __init__(self, pipeline: Pipeline, source: Source, config: Config, batch_size: int,
+                 ranks: Ranks) -> None:
+        self.pipeline, self.source, self.ranks = pipeline, source, ranks
+        self.batch_size = batch_size
+        self.buffer = config.data.shuffle_buffer
+        self.seed = config.training.seed
+        self.epoch = 1
+        self.skip: dict[int, Any] = {}  # piece -> offsets trained, or its size when all were
+        self.resumes = 0  # how often this epoch was resumed: a resumed shuffle is drawn anew
+
+    def __iter__(self):
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        slot, slots = self.ranks.rank * workers + worker, self.ranks.world * workers
+        rng = np.random.default_rng([self.seed, self.epoch, slot, self.resumes])
+        generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
+        buffer: list[tuple[int, int, dict]] = []
+        batch: list[tuple[int, int, dict]] = []
+        report = Report()
+        for piece in assigned(len(self.source), self.epoch, self.seed, slot, slots):
+            skip = self.skip.get(piece, ())
+            if isinstance(skip, int):
+                continue  # trained to its end before the resume
+            size = 0
+            for offset, row in self.source.read(piece):
+                size = offset + 1
+                if offset in skip:
+                    continue
+                if isinstance(row, BadRow):
+                    report.bad.append((piece, offset, row.where, row.why))
+                    continue
+                buffer.append((piece, offset, row))
+                if len(buffer) < self.buffer:
+                    continue
+                pick = int(rng.integers(len(buffer)))
+                buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
+                batch.append(buffer.pop())
+                if len(batch) == self.batch_size:
+                    yield self.assemble(batch, report, generator)
+                    batch, report = [], Report()
+            report.sizes[piece] = size
+        rng.shuffle(buffer)
+        for item in buffer:
+            batch.append(item)
+            if len(batch) == self.batch_size:
+                yield self.assemble(batch, report, generator)
+                batch, report = [], Report()
+        if batch or report.bad or report.sizes:
+            yield self.assemble(batch, report, generator)
+
+    def assemble(self, batch: list[tuple[int, int, dict]], report: Report,
+                 generator: torch.Generator) -> Report:
+        """Decode the batch's rows into CPU tensors; rows whose files do not decode are
+        reported as bad instead."""
+        pipeline, values, rows, kept = self.pipeline, {}, [], []
+        names = list(pipeline.inputs)
+        for piece, offset, row in batch:
+            try:
+                decoded = {name: self._value(pipeline.inputs[name], row) for name in names}
+            except (UnreadableFile, DataError, ValueError) as exc:
+                where = f"{row.get('__shard__', self.source.description)}, sample " \
+                        f"{row.get('__key__', offset + 1)!r}"
+                report.bad.append((piece, offset, where, str(exc).split("\n")[0]))
+                continue
+            for name in names:
+                values.setdefault(name, []).append(decoded[name])
+            rows.append(row)
+            kept.append((piece, offset))
+        report.rows = kept
+        if rows:
+            encoded = pipeline.encode_values(values)
+            table = Table(rows, self.source.root, self.source.description, restrict=False)
+            encoded = EncodedTable(table, encoded.inputs,
+                                   {n: p.targets(table) for n, p in pipeline.outputs.items()})
+            report.inputs, report.targets = pipeline.host_batch(
+                encoded, np.arange(len(rows)), True, generator)
+        return report
+
+    def _value(self, prep: Any, row: dict) -> Any:
+        """A row's value of one input: a file input's decoded file (None when the cell is
+        empty), any other input's cell as it is."""
+        value = row.get(prep.column)
+        if not isinstance(prep, FilePreprocessor):
+            return value
+        media = cell_media(value)
+        if media is None:
+            return None
+        if isinstance(media, str) and not is_url(media):
+            table = Table([row], self.source.root, self.source.description, restrict=False)
+            media = resolve_file(media, table, 0, prep.column)
+        return prep.decode_source(media)
+
+
+@dataclass
+class Report:
+    """What a worker hands on with a batch: its tensors (none when every row was bad), which
+    rows they are, the rows it skipped as bad, and the sizes of pieces it finished."""
+
+    inputs: dict | None = None
+    targets: dict | None = None
+    rows: list[tuple[int, int]] = field(default_factory=list)
+    bad: list[tuple[int, int, str, str]] = field(default_factory=list)
+    sizes: dict[int, int] = field(default_factory=dict)
+
+
+class Progress:
+    """The epoch's rows done so far (trained on, or skipped as bad), per piece, and the bad
+    rows' count; a checkpoint holds :meth:`state`."""
+
+    def __init__(self, saved: dict | None = None) -> None:
+        saved = saved or {}
+        self.seen: dict[int, set[int]] = {int(p): set(o) for p, o in saved.get("seen", {}).items()}
+        self.sizes: dict[int, int] = {int(p): n for p, n in saved.get("sizes", {}).items()}
+        self.done: set[int] = {int(p) for p in saved.get("done", [])}
+        self.bad = int(saved.get("bad", 0))
+        self.trained = int(saved.get("trained", 0))
+
+    def add(self, report: Report) -> None:
+        for piece, offset in report.rows:
+            self.seen.setdefault(piece, set()).add(offset)
+        self.trained += len(report.rows)
+        for piece, offset, _, _ in report.bad:
+            self.seen.setdefault(piece, set()).add(offset)
+        self.bad += len(report.bad)
+        self.sizes.update(report.sizes)
+        touched = {p for p, _ in report.rows} | {p for p, _, _, _ in report.bad} | \
+            set(report.sizes)
+        for piece in touched:
+            if piece in self.sizes and len(self.seen.get(piece, ())) == self.sizes[piece]:
+                self.seen.pop(piece, None)
+                self.done.add(piece)
+
+    def state(self) -> dict:
+        return {"seen": {p: sorted(o) for p, o in self.seen.items()}, "sizes": self.sizes,
+                "done": sorted(self.done), "bad": self.bad, "trained": self.trained}
+
+    def skip(self) -> dict[int, Any]:
+        """Per piece, what a resumed epoch leaves out: its size when all of it is done."""
+        return {**{p: frozenset(o) for p, o in self.seen.items()},
+                **{p: self.sizes[p] for p in self.done}}
+
+    @staticmethod
+    def merged(states: list[dict]) -> dict:
+        """The progress of every rank as one (ranks read disjoint pieces)."""
+        merged = Progress()
+        for state in states:
+            other = Progress(state)
+            merged.seen.update(other.seen)
+            merged.sizes.update(other.sizes)
+            merged.done |= other.done
+            merged.bad += other.bad
+            merged.trained += other.trained
+        return merged.state()
+
+
+def make_stream(pipeline: Pipeline, source: Source, rows: int, config: Config,
+                batch_size: int, ranks: Ranks) -> Stream:
+    """The stream of a run; a source with fewer pieces than processes is refused."""
+    if len(source) < ranks.world:
+        raise DataError(f"{source.description}: {len(source)} shard(s) for {ranks.world} "
+                        "processes; each process reads whole shards, so give at least one "
+                        "shard per process")
+    workers = resolve_workers(config.training.workers)
+    return Stream(source, rows, workers, Rows(pipeline, source, config, batch_size, ranks))
+
+
+def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
+    """``loop.train_epoch`` for a streamed source: the same steps, checkpoints and limits, over
+    the batches the workers decode (see the module's docstring)."""
+    from .loop import mean_accuracy, save_checkpoint, step
+
+    stream, state, ranks = t.stream, t.state, t.ranks
+    t.model.train()
+    resumed = bool(state["position"]) and state.get("stream") is not None
+    progress = Progress(state["stream"] if resumed else None)
+    stream.dataset.epoch, stream.dataset.skip = epoch, progress.skip()
+    stream.dataset.resumes = state["position"] if resumed else 0
+    running, started = RunningMean(), time.perf_counter()
+    if resumed and state["running"]:
+        running.load_state(state["running"])
+    bar.start(epoch, t.epochs, math.ceil(stream.rows / t.batch_size / ranks.world))
+    loader = DataLoader(stream.dataset, batch_size=None, num_workers=stream.workers,
+                        prefetch_factor=PREFETCH if stream.workers else None,
+                        multiprocessing_context="fork" if stream.workers else None,
+                        pin_memory=t.pipeline.device.type == "cuda")
+    max_bad = t.pipeline.config.data.max_bad_rows
+    batches, last, position = iter(loader), None, state["position"]
+
+    def checkpoint() -> None:
+        state["stream"] = Progress.merged(distributed.gather(progress.state(), ranks))
+        save_checkpoint(t, epoch, position, running)
+
+    try:
+        while True:
+            began = time.perf_counter()
+            report = _next_batch(batches, progress, max_bad)
+            if not distributed.any_rank(report is not None, ranks):
+                break  # every rank has read all its pieces
+            if report is not None:
+                last = to_device((report.inputs, report.targets), t.pipeline.device)
+            elif last is None:
+                raise MmfuseError(f"rank {ranks.rank} read no usable row of its shards")
+            t.timer.prepared(began)
+            logits, loss = step(t, *last, weight=1.0 if report is not None else 0.0)
+            t.limits.agree()
+            t.scheduler.step()
+            state["step"] += 1
+            position += 1
+            if report is not None:
+                progress.add(report)
+                running.update(len(report.rows), loss=loss.item(),
+                               accuracy=mean_accuracy(t.pipeline, logits, last[1]))
+            t.timer.stepped(began)
+            bar.advance(running.means(), running.examples_per_second())
+            if t.limits.stopping:
+                checkpoint()
+                raise KeyboardInterrupt
+            if t.cfg.checkpoint_every_steps and state["step"] % t.cfg.checkpoint_every_steps == 0:
+                checkpoint()
+            if t.limits.out_of_time:
+                break
+    finally:
+        del batches  # shuts the workers down
+    final = Progress(Progress.merged(distributed.gather(progress.state(), ranks)))
+    if ranks.main:
+        record_counts(stream.source, final.sizes)
+    if len(final.sizes) == len(stream.source):  # every piece counted: the exact epoch length
+        stream.rows = sum(final.sizes.values())
+    t.extra = {"train_rows": final.trained, "bad_rows": final.bad}
+    state["position"], state["running"], state["stream"] = 0, None, None
+    state["epochs_run"] = epoch
+    return running, started, t.limits.out_of_time
+
+
+def _next_batch(batches, progress: Progress, max_bad: int) -> Report | None:
+    """The next report with rows to train on (None at the end); reports that hold only bad
+    rows or finished pieces are taken into ``progress`` on the way."""
+    for report in batches:
+        for _, _, where, why in report.bad:
+            log.warning("skipped a bad row: %s: %s", where, why)
+        if progress.bad + len(report.bad) > max_bad:
+            _, _, where, why = report.bad[-1]
+            raise DataError(f"{where}: {why}\n{progress.bad + len(report.bad)} bad rows this "
+                            f"epoch, more than data.max_bad_rows ({max_bad}); fix or remove "
+                            "them, or raise data.max_bad_rows")
+        if report.rows:
+            return report
+        progress.add(report)
+    return None
