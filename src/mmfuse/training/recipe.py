@@ -47,7 +47,7 @@ from . import checkpoint, distributed
 from .after import check_predictor_targets, finish
 from .distributed import Ranks
 from .loop import train
-from .streamed import Stream, make_stream
+from .streamed import Stream, make_stream, readable_rows
 
 if TYPE_CHECKING:
     from ..api import Model
@@ -180,7 +180,8 @@ def read_streamed(model: Model, run: Run) -> None:
         run.held_out_shards = [source.names[i] for i in held]
         source = train_source
     counts = known_counts(source)
-    run.table, fitted = fit_table(source, model.config.data.fit_rows)
+    table, fitted = fit_table(source, model.config.data.fit_rows)
+    run.table = readable_rows(model.pipeline, source, table, model.config.data.max_bad_rows)
     run.source, run.stream_rows = source, estimate_rows(source, {**fitted, **counts})
 
 

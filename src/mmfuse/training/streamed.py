@@ -131,11 +131,10 @@ class Rows(IterableDataset):
         names = list(pipeline.inputs)
         for piece, offset, row in batch:
             try:
-                decoded = {name: self._value(pipeline.inputs[name], row) for name in names}
-            except (UnreadableFile, DataError, ValueError) as exc:
-                where = f"{row.get('__shard__', self.source.description)}, sample " \
-                        f"{row.get('__key__', offset + 1)!r}"
-                report.bad.append((piece, offset, where, str(exc).split("\n")[0]))
+                decoded = decode_row(pipeline, self.source, row)
+            except UNREADABLE as exc:
+                report.bad.append((piece, offset, where(row, self.source, offset),
+                                   str(exc).split("\n")[0]))
                 continue
             for name in names:
                 values.setdefault(name, []).append(decoded[name])
@@ -151,19 +150,54 @@ class Rows(IterableDataset):
                 encoded, np.arange(len(rows)), True, generator)
         return report
 
-    def _value(self, prep: Any, row: dict) -> Any:
-        """A row's value of one input: a file input's decoded file (None when the cell is
-        empty), any other input's cell as it is."""
+UNREADABLE = (UnreadableFile, DataError, ValueError)
+
+
+def decode_row(pipeline: Pipeline, source: Source, row: dict) -> dict[str, Any]:
+    """A row's value of each input: a file input's decoded file (None when the cell is
+    empty), any other input's cell as it is.
+
+    Raises:
+        UnreadableFile, DataError, ValueError: a file does not decode (:data:`UNREADABLE`).
+    """
+    values = {}
+    for name, prep in pipeline.inputs.items():
         value = row.get(prep.column)
-        if not isinstance(prep, FilePreprocessor):
-            return value
-        media = cell_media(value)
-        if media is None:
-            return None
-        if isinstance(media, str) and not is_url(media):
-            table = Table([row], self.source.root, self.source.description, restrict=False)
-            media = resolve_file(media, table, 0, prep.column)
-        return prep.decode_source(media)
+        if isinstance(prep, FilePreprocessor):
+            value = cell_media(value)
+            if isinstance(value, str) and not is_url(value):
+                table = Table([row], source.root, source.description, restrict=False)
+                value = resolve_file(value, table, 0, prep.column)
+            value = None if value is None else prep.decode_source(value)
+        values[name] = value
+    return values
+
+
+def where(row: dict, source: Source, offset: int) -> str:
+    """How a bad row is named: its shard and key."""
+    return f"{row.get('__shard__', source.description)}, sample {row.get('__key__', offset)!r}"
+
+
+def readable_rows(pipeline: Pipeline, source: Source, table: Table, max_bad: int) -> Table:
+    """``table`` (the rows the preprocessing is fitted on) without its rows whose files do not
+    decode, each logged; more than ``max_bad`` is an error."""
+    kept, bad = [], 0
+    for i, row in enumerate(table.rows):
+        try:
+            decode_row(pipeline, source, row)
+        except UNREADABLE as exc:
+            bad += 1
+            log.warning("skipped a bad row: %s: %s", where(row, source, i),
+                        str(exc).split("\n")[0])
+            if bad > max_bad:
+                raise DataError(f"{where(row, source, i)}: {exc}\n{bad} bad rows among the "
+                                f"first data.fit_rows, more than data.max_bad_rows ({max_bad}); "
+                                "fix or remove them, or raise data.max_bad_rows") from None
+            continue
+        kept.append(row)
+    if not kept:
+        raise DataError(f"{source.description}: no readable rows to fit the preprocessing on")
+    return Table(kept, table.root, table.source, restrict=False)
 
 
 @dataclass
