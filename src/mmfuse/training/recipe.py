@@ -225,6 +225,12 @@ def preprocess(model: Model, run: Run) -> None:
     if run.source is not None:
         run.stream = make_stream(pipeline, run.source, run.stream_rows, model.config,
                                  max(1, run.cfg.batch_size // run.ranks.world), run.ranks)
+        if run.request.threads is None and run.stream.workers:
+            # the workers decode on their own CPUs: more training threads than the CPUs left
+            # would make both wait (2 CPUs: 1 thread + 1 worker trained at 913 examples/s,
+            # 2 threads + 1 worker at 775; benchmarks/results/streaming.md)
+            run.threads = configure_threads(max(
+                1, available_cpus() // run.ranks.local_world - run.stream.workers))
 
 
 def cache_features(model: Model, run: Run) -> None:

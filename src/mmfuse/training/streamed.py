@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,12 +35,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import Config
-from ..data.media import cell_media
+from ..data.media import cell_key, cell_media
 from ..data.remote import is_url
 from ..data.stream import BadRow, Source, assigned, record_counts
 from ..data.table import Table, resolve_file
 from ..device import to_device
 from ..errors import DataError, MmfuseError
+from ..modalities import MISSING, Column
 from ..modalities.files import FilePreprocessor, UnreadableFile
 from ..pipeline import EncodedTable, Pipeline
 from ..threads import available_cpus
@@ -51,10 +53,11 @@ log = logging.getLogger("mmfuse.training")
 PREFETCH = 4  # batches each worker keeps ready
 
 
-def resolve_workers(setting: int | str) -> int:
-    """``training.workers``: ``auto`` is half the CPUs, at least 1 and at most 8."""
+def resolve_workers(setting: int | str, processes: int = 1) -> int:
+    """``training.workers``: ``auto`` is half of each process's CPUs, at least 1 and at most
+    8 (the training process keeps the other half: ``recipe.preprocess``)."""
     if setting == "auto":
-        return max(1, min(8, available_cpus() // 2))
+        return max(1, min(8, available_cpus() // processes // 2))
     return int(setting)
 
 
@@ -82,6 +85,9 @@ class Rows(IterableDataset):
         self.epoch = 1
         self.skip: dict[int, Any] = {}  # piece -> offsets trained, or its size when all were
         self.resumes = 0  # how often this epoch was resumed: a resumed shuffle is drawn anew
+        files = [p.column for p in pipeline.inputs.values() if isinstance(p, FilePreprocessor)]
+        grouping = config.training.group_rows_by_file is not False
+        self.group_by = files[0] if files and grouping else None
 
     def __iter__(self):
         info = get_worker_info()
@@ -89,9 +95,18 @@ class Rows(IterableDataset):
         slot, slots = self.ranks.rank * workers + worker, self.ranks.world * workers
         rng = np.random.default_rng([self.seed, self.epoch, slot, self.resumes])
         generator = torch.Generator().manual_seed(int(rng.integers(2 ** 62)))
-        buffer: list[tuple[int, int, dict]] = []
+        buffer: list[list[tuple[int, int, dict]]] = []  # groups of rows that share a file
+        buffered, group, key = 0, [], None
         batch: list[tuple[int, int, dict]] = []
         report = Report()
+
+        def take(chosen: list) -> Iterator[Report]:
+            nonlocal batch, report
+            batch.extend(chosen)
+            while len(batch) >= self.batch_size:
+                yield self.assemble(batch[:self.batch_size], report, generator)
+                batch, report = batch[self.batch_size:], Report()
+
         for piece in assigned(len(self.source), self.epoch, self.seed, slot, slots):
             skip = self.skip.get(piece, ())
             if isinstance(skip, int):
@@ -104,24 +119,35 @@ class Rows(IterableDataset):
                 if isinstance(row, BadRow):
                     report.bad.append((piece, offset, row.where, row.why))
                     continue
-                buffer.append((piece, offset, row))
-                if len(buffer) < self.buffer:
-                    continue
-                pick = int(rng.integers(len(buffer)))
-                buffer[pick], buffer[-1] = buffer[-1], buffer[pick]
-                batch.append(buffer.pop())
-                if len(batch) == self.batch_size:
-                    yield self.assemble(batch, report, generator)
-                    batch, report = [], Report()
+                row_key = self._group_key(row)
+                if group and (row_key is None or row_key != key):
+                    buffer.append(group)
+                    group = []
+                group.append((piece, offset, row))
+                key, buffered = row_key, buffered + 1
+                while buffered - len(group) >= self.buffer and buffer:
+                    chosen = buffer.pop(int(rng.integers(len(buffer))))
+                    buffered -= len(chosen)
+                    yield from take(chosen)
             report.sizes[piece] = size
+        if group:
+            buffer.append(group)
         rng.shuffle(buffer)
-        for item in buffer:
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                yield self.assemble(batch, report, generator)
-                batch, report = [], Report()
+        for chosen in buffer:
+            yield from take(chosen)
         if batch or report.bad or report.sizes:
             yield self.assemble(batch, report, generator)
+
+    def _group_key(self, row: dict) -> Any:
+        """The file a row shares with its neighbours (``training.group_rows_by_file``), or
+        None: consecutive rows with one file go into a batch together, as a cached table's
+        rows of one file do, so the file is decoded and encoded once for all of them."""
+        if self.group_by is None:
+            return None
+        try:
+            return cell_key(cell_media(row.get(self.group_by)))
+        except ValueError:
+            return None  # reported when the row is decoded
 
     def assemble(self, batch: list[tuple[int, int, dict]], report: Report,
                  generator: torch.Generator) -> Report:
@@ -129,9 +155,10 @@ class Rows(IterableDataset):
         reported as bad instead."""
         pipeline, values, rows, kept = self.pipeline, {}, [], []
         names = list(pipeline.inputs)
+        memo: dict = {}  # a file that several rows share is decoded and encoded once
         for piece, offset, row in batch:
             try:
-                decoded = decode_row(pipeline, self.source, row)
+                decoded = decode_row(pipeline, self.source, row, memo)
             except UNREADABLE as exc:
                 report.bad.append((piece, offset, where(row, self.source, offset),
                                    str(exc).split("\n")[0]))
@@ -142,9 +169,11 @@ class Rows(IterableDataset):
             kept.append((piece, offset))
         report.rows = kept
         if rows:
-            encoded = pipeline.encode_values(values)
             table = Table(rows, self.source.root, self.source.description, restrict=False)
-            encoded = EncodedTable(table, encoded.inputs,
+            columns = {name: shared_column(prep, values[name])
+                       if isinstance(prep, FilePreprocessor) else prep.column_of(values[name])
+                       for name, prep in pipeline.inputs.items()}
+            encoded = EncodedTable(table, columns,
                                    {n: p.targets(table) for n, p in pipeline.outputs.items()})
             report.inputs, report.targets = pipeline.host_batch(
                 encoded, np.arange(len(rows)), True, generator)
@@ -153,9 +182,11 @@ class Rows(IterableDataset):
 UNREADABLE = (UnreadableFile, DataError, ValueError)
 
 
-def decode_row(pipeline: Pipeline, source: Source, row: dict) -> dict[str, Any]:
+def decode_row(pipeline: Pipeline, source: Source, row: dict, memo: dict | None = None
+               ) -> dict[str, Any]:
     """A row's value of each input: a file input's decoded file (None when the cell is
-    empty), any other input's cell as it is.
+    empty), any other input's cell as it is. ``memo`` keeps decoded files by input and file,
+    so rows that share one get the same array.
 
     Raises:
         UnreadableFile, DataError, ValueError: a file does not decode (:data:`UNREADABLE`).
@@ -165,12 +196,35 @@ def decode_row(pipeline: Pipeline, source: Source, row: dict) -> dict[str, Any]:
         value = row.get(prep.column)
         if isinstance(prep, FilePreprocessor):
             value = cell_media(value)
-            if isinstance(value, str) and not is_url(value):
-                table = Table([row], source.root, source.description, restrict=False)
-                value = resolve_file(value, table, 0, prep.column)
-            value = None if value is None else prep.decode_source(value)
+            key = (name, cell_key(value))
+            if memo is not None and key in memo:
+                value = memo[key]
+            elif value is not None:
+                if isinstance(value, str) and not is_url(value):
+                    table = Table([row], source.root, source.description, restrict=False)
+                    value = resolve_file(value, table, 0, prep.column)
+                value = prep.decode_source(value)
+                if memo is not None:
+                    memo[key] = value
         values[name] = value
     return values
+
+
+def shared_column(prep: FilePreprocessor, values: list) -> Column:
+    """The column of a batch's decoded files, each distinct file once (rows that share a file
+    hold the same array: :func:`decode_row`'s ``memo``), so its encoder runs once per file,
+    as it does for a cached table's batch."""
+    position: dict[int, int] = {}
+    unique, index = [], np.full(len(values), MISSING, dtype=np.int64)
+    for row, value in enumerate(values):
+        if value is None:
+            continue
+        if id(value) not in position:
+            position[id(value)] = len(unique)
+            unique.append(value)
+        index[row] = position[id(value)]
+    items = prep.unpack(prep.stack(unique)) if unique else None
+    return Column(items, index, is_file=True)
 
 
 def where(row: dict, source: Source, offset: int) -> str:
@@ -269,7 +323,7 @@ def make_stream(pipeline: Pipeline, source: Source, rows: int, config: Config,
         raise DataError(f"{source.description}: {len(source)} shard(s) for {ranks.world} "
                         "processes; each process reads whole shards, so give at least one "
                         "shard per process")
-    workers = resolve_workers(config.training.workers)
+    workers = resolve_workers(config.training.workers, ranks.local_world)
     return Stream(source, rows, workers, Rows(pipeline, source, config, batch_size, ranks))
 
 
@@ -291,7 +345,8 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     loader = DataLoader(stream.dataset, batch_size=None, num_workers=stream.workers,
                         prefetch_factor=PREFETCH if stream.workers else None,
                         multiprocessing_context="fork" if stream.workers else None,
-                        pin_memory=t.pipeline.device.type == "cuda")
+                        pin_memory=t.pipeline.device.type == "cuda",
+                        worker_init_fn=_worker_init if stream.workers else None)
     max_bad = t.pipeline.config.data.max_bad_rows
     batches, last, position = iter(loader), None, state["position"]
 
@@ -339,6 +394,11 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     state["position"], state["running"], state["stream"] = 0, None, None
     state["epochs_run"] = epoch
     return running, started, t.limits.out_of_time
+
+
+def _worker_init(worker: int) -> None:
+    import os
+    os.nice(int(os.environ.get("MMFUSE_WORKER_NICE", "0")))
 
 
 def _next_batch(batches, progress: Progress, max_bad: int) -> Report | None:
