@@ -140,12 +140,15 @@ def setup(pipeline: Pipeline, data: EncodedTable, valid: EncodedTable | None,
     group = data.group_key() if cfg.group_rows_by_file is not False and stream is None \
         else None
     batch_size = max(1, cfg.batch_size // ranks.world)  # the global batch stays batch_size
+    if stream is not None and resume is not None and resume.get("stream_rows"):
+        stream.rows = resume["stream_rows"]  # the epoch length the run began with
     rows = stream.rows if stream is not None else len(data)
     steps_per_epoch = math.ceil(math.ceil(rows / batch_size) / ranks.world)
     pretrained = any(h.traits.pretrained for h in model.heads.values())
     epochs, patience = resolve_epochs(cfg, steps_per_epoch, pretrained)
     total, warmup = steps_per_epoch * epochs, int(cfg.warmup_epochs * steps_per_epoch)
     state = fresh_state() if resume is None else resume_state(resume, ranks)
+    state["stream_rows"] = rows if stream is not None else None
     limits = Limits(Clock(cfg.max_minutes, state["elapsed"]), ranks)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
         s, total, warmup, cfg.lr_schedule, limits.schedule_progress(s, total)))
@@ -405,7 +408,7 @@ def mean_accuracy(pipeline: Pipeline, logits: dict, targets: dict) -> float:
 def fresh_state() -> dict:
     """What a checkpoint holds besides module and random states, at the start of a run."""
     return {"epoch": 1, "position": 0, "step": 0, "order_rng": None, "running": None,
-            "stream": None,
+            "stream": None, "stream_rows": None,
             "best": {"loss": math.inf, "accuracy": -math.inf, "epoch": 0, "state": None,
                      "metrics": {}},
             "stalled": 0, "records": 0, "elapsed": 0.0, "epochs_run": 0, "finished": False}

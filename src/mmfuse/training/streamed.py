@@ -43,6 +43,7 @@ from ..device import to_device
 from ..errors import DataError, MmfuseError
 from ..modalities import MISSING, Column
 from ..modalities.files import FilePreprocessor, UnreadableFile
+from ..modalities.tabular import TabularPreprocessor, missing_cell
 from ..pipeline import EncodedTable, Pipeline
 from ..threads import available_cpus
 from . import distributed
@@ -50,7 +51,7 @@ from .distributed import Ranks
 from .metrics import RunningMean
 
 log = logging.getLogger("mmfuse.training")
-PREFETCH = 4  # batches each worker keeps ready
+PREFETCH = 2  # batches each worker keeps ready (each holds a decoded batch in shared memory)
 
 
 def resolve_workers(setting: int | str, processes: int = 1) -> int:
@@ -151,14 +152,17 @@ class Rows(IterableDataset):
 
     def assemble(self, batch: list[tuple[int, int, dict]], report: Report,
                  generator: torch.Generator) -> Report:
-        """Decode the batch's rows into CPU tensors; rows whose files do not decode are
-        reported as bad instead."""
+        """Decode the batch's rows into CPU tensors; rows whose files do not decode, or whose
+        cells or targets do not parse, are reported as bad instead."""
         pipeline, values, rows, kept = self.pipeline, {}, [], []
         names = list(pipeline.inputs)
         memo: dict = {}  # a file that several rows share is decoded and encoded once
         for piece, offset, row in batch:
             try:
                 decoded = decode_row(pipeline, self.source, row, memo)
+                one = Table([row], self.source.root, self.source.description, restrict=False)
+                for prep in pipeline.outputs.values():  # a target that does not parse
+                    prep.targets(one)
             except UNREADABLE as exc:
                 report.bad.append((piece, offset, where(row, self.source, offset),
                                    str(exc).split("\n")[0]))
@@ -185,11 +189,12 @@ UNREADABLE = (UnreadableFile, DataError, ValueError)
 def decode_row(pipeline: Pipeline, source: Source, row: dict, memo: dict | None = None
                ) -> dict[str, Any]:
     """A row's value of each input: a file input's decoded file (None when the cell is
-    empty), any other input's cell as it is. ``memo`` keeps decoded files by input and file,
-    so rows that share one get the same array.
+    empty), a tabular input's parsed cell, a text input's cell as it is. ``memo`` keeps
+    decoded files by input and file, so rows that share one get the same array.
 
     Raises:
-        UnreadableFile, DataError, ValueError: a file does not decode (:data:`UNREADABLE`).
+        UnreadableFile, DataError, ValueError: a file does not decode or a cell does not
+            parse (:data:`UNREADABLE`).
     """
     values = {}
     for name, prep in pipeline.inputs.items():
@@ -206,6 +211,8 @@ def decode_row(pipeline: Pipeline, source: Source, row: dict, memo: dict | None 
                 value = prep.decode_source(value)
                 if memo is not None:
                     memo[key] = value
+        elif isinstance(prep, TabularPreprocessor):  # parsed as a table's cells are
+            value = None if missing_cell(value) else prep.parse(value)
         values[name] = value
     return values
 
@@ -336,6 +343,8 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     t.model.train()
     resumed = bool(state["position"]) and state.get("stream") is not None
     progress = Progress(state["stream"] if resumed else None)
+    if not ranks.main:  # the checkpoint's counts are every rank's: summed again at the end
+        progress.trained = progress.bad = 0
     stream.dataset.epoch, stream.dataset.skip = epoch, progress.skip()
     stream.dataset.resumes = state["position"] if resumed else 0
     running, started = RunningMean(), time.perf_counter()
@@ -345,8 +354,7 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     loader = DataLoader(stream.dataset, batch_size=None, num_workers=stream.workers,
                         prefetch_factor=PREFETCH if stream.workers else None,
                         multiprocessing_context="fork" if stream.workers else None,
-                        pin_memory=t.pipeline.device.type == "cuda",
-                        worker_init_fn=_worker_init if stream.workers else None)
+                        pin_memory=t.pipeline.device.type == "cuda")
     max_bad = t.pipeline.config.data.max_bad_rows
     batches, last, position = iter(loader), None, state["position"]
 
@@ -394,11 +402,6 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     state["position"], state["running"], state["stream"] = 0, None, None
     state["epochs_run"] = epoch
     return running, started, t.limits.out_of_time
-
-
-def _worker_init(worker: int) -> None:
-    import os
-    os.nice(int(os.environ.get("MMFUSE_WORKER_NICE", "0")))
 
 
 def _next_batch(batches, progress: Progress, max_bad: int) -> Report | None:
