@@ -237,3 +237,26 @@ def test_a_source_with_fewer_shards_than_processes_is_refused(shards):
     with pytest.raises(DataError, match="give at least one shard per process"):
         make_stream(model.pipeline, source.subset([0]), 10, model.config, 8,
                     Ranks(rank=0, world=2, local_rank=0, local_world=2))
+
+
+def test_rows_are_decoded_and_parsed_as_a_tables_cells_are(shards):
+    """A streamed row's file decodes, a number parses, and a cell that does not parse is an
+    error the batch turns into a bad row (as a corrupt file is)."""
+    from mmfuse.data.media import Embedded
+    from mmfuse.training.streamed import decode_row
+
+    cfg = {"inputs": [{"name": "image", "type": "image", "preprocess": {"size": 16}},
+                      {"name": "weight", "type": "number"}],
+           "outputs": [{"name": "answer", "type": "category"}]}
+    model = mmfuse.Model.from_config(cfg)
+    source = open_source(shards["pattern"], None)
+    png = (shards["data"] / shards["rows"][0]["image"]).read_bytes()
+    memo: dict = {}
+    first = decode_row(model.pipeline, source, {"image": Embedded.of(png, "a.png"),
+                                                "weight": "2.5"}, memo)
+    again = decode_row(model.pipeline, source, {"image": Embedded.of(png, "b.png"),
+                                                "weight": ""}, memo)
+    assert first["image"].shape == (16, 16, 3) and first["weight"] == 2.5
+    assert again["image"] is first["image"] and again["weight"] is None  # decoded once
+    with pytest.raises(ValueError):
+        decode_row(model.pipeline, source, {"image": None, "weight": "heavy"})

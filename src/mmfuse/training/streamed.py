@@ -23,6 +23,7 @@ instead of over a table decoded into the cache first.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import time
@@ -356,6 +357,9 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
                         multiprocessing_context="fork" if stream.workers else None,
                         pin_memory=t.pipeline.device.type == "cuda")
     max_bad = t.pipeline.config.data.max_bad_rows
+    if stream.workers:
+        gc.freeze()  # the forked workers' collector leaves the parent's objects (and their
+        # pages) alone: fewer copies of shared pages, so less memory per worker
     batches, last, position = iter(loader), None, state["position"]
 
     def checkpoint() -> None:
