@@ -340,27 +340,11 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     the batches the workers decode (see the module's docstring)."""
     from .loop import mean_accuracy, save_checkpoint, step
 
-    stream, state, ranks = t.stream, t.state, t.ranks
-    t.model.train()
-    resumed = bool(state["position"]) and state.get("stream") is not None
-    progress = Progress(state["stream"] if resumed else None)
-    if not ranks.main:  # the checkpoint's counts are every rank's: summed again at the end
-        progress.trained = progress.bad = 0
-    stream.dataset.epoch, stream.dataset.skip = epoch, progress.skip()
-    stream.dataset.resumes = state["position"] if resumed else 0
-    running, started = RunningMean(), time.perf_counter()
-    if resumed and state["running"]:
-        running.load_state(state["running"])
-    bar.start(epoch, t.epochs, math.ceil(stream.rows / t.batch_size / ranks.world))
-    loader = DataLoader(stream.dataset, batch_size=None, num_workers=stream.workers,
-                        prefetch_factor=PREFETCH if stream.workers else None,
-                        multiprocessing_context="fork" if stream.workers else None,
-                        pin_memory=t.pipeline.device.type == "cuda")
+    state, ranks = t.state, t.ranks
+    progress, running, loader = open_epoch(t, epoch, bar)
     max_bad = t.pipeline.config.data.max_bad_rows
-    if stream.workers:
-        gc.freeze()  # the forked workers' collector leaves the parent's objects (and their
-        # pages) alone: fewer copies of shared pages, so less memory per worker
-    batches, last, position = iter(loader), None, state["position"]
+    batches, last, position = start_workers(loader), None, state["position"]
+    started = time.perf_counter()
 
     def checkpoint() -> None:
         state["stream"] = Progress.merged(distributed.gather(progress.state(), ranks))
@@ -397,6 +381,47 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
                 break
     finally:
         del batches  # shuts the workers down
+    close_epoch(t, progress, epoch)
+    return running, started, t.limits.out_of_time
+
+
+def open_epoch(t, epoch: int, bar) -> tuple[Progress, RunningMean, DataLoader]:
+    """The epoch's progress (a resumed epoch's from its checkpoint), running means and
+    DataLoader."""
+    stream, state, ranks = t.stream, t.state, t.ranks
+    t.model.train()
+    resumed = bool(state["position"]) and state.get("stream") is not None
+    progress = Progress(state["stream"] if resumed else None)
+    if not ranks.main:  # the checkpoint's counts are every rank's: summed again at the end
+        progress.trained = progress.bad = 0
+    stream.dataset.epoch, stream.dataset.skip = epoch, progress.skip()
+    stream.dataset.resumes = state["position"] if resumed else 0
+    running = RunningMean()
+    if resumed and state["running"]:
+        running.load_state(state["running"])
+    bar.start(epoch, t.epochs, math.ceil(stream.rows / t.batch_size / ranks.world))
+    loader = DataLoader(stream.dataset, batch_size=None, num_workers=stream.workers,
+                        prefetch_factor=PREFETCH if stream.workers else None,
+                        multiprocessing_context="fork" if stream.workers else None,
+                        pin_memory=t.pipeline.device.type == "cuda")
+    return progress, running, loader
+
+
+def start_workers(loader: DataLoader) -> Iterator[Report]:
+    """The epoch's batches: the workers are forked here with the parent's objects frozen, so
+    their garbage collector leaves those objects' pages alone (fewer copied pages: a worker's
+    memory stays flat; benchmarks/results/streaming.md). The parent's are unfrozen at once."""
+    gc.freeze()
+    try:
+        return iter(loader)
+    finally:
+        gc.unfreeze()
+
+
+def close_epoch(t, progress: Progress, epoch: int) -> None:
+    """Every rank's progress as one: the pieces' row counts kept for later runs, the epoch's
+    ``train_rows`` and ``bad_rows`` for its record, the loop state reset for the next."""
+    stream, state, ranks = t.stream, t.state, t.ranks
     final = Progress(Progress.merged(distributed.gather(progress.state(), ranks)))
     if ranks.main:
         record_counts(stream.source, final.sizes)
@@ -405,7 +430,6 @@ def stream_epoch(t, epoch: int, bar) -> tuple[RunningMean, float, bool]:
     t.extra = {"train_rows": final.trained, "bad_rows": final.bad}
     state["position"], state["running"], state["stream"] = 0, None, None
     state["epochs_run"] = epoch
-    return running, started, t.limits.out_of_time
 
 
 def _next_batch(batches, progress: Progress, max_bad: int) -> Report | None:
