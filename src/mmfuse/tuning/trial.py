@@ -58,8 +58,13 @@ def run_share(study: Any, search: Search, count: int, worker: int,
     def run(n: int, stop_at_total: bool) -> None:
         import optuna
 
-        total = [optuna.study.MaxTrialsCallback(search.total, states=None)] \
-            if stop_at_total else []  # a shared study ends at its total over every worker
+        # a shared study ends at its total over every worker; a failed trial does not count
+        # (a retried one is counted once, as its retry, whether a worker fails it while the
+        # others still run trials or only when they settle)
+        counted = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                   optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
+        total = [optuna.study.MaxTrialsCallback(search.total, states=counted)] \
+            if stop_at_total else []
         # a user error or a combination too large for memory fails its trial, not the study
         study.optimize(lambda trial: objective(trial, search, worker), n_trials=n,
                        timeout=timeout, catch=(MmfuseError, torch.OutOfMemoryError, MemoryError),
