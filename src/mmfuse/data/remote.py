@@ -4,8 +4,9 @@
 
 A URL may name a table, WebDataset shards, or a file in a table's cell. Each file is copied
 once into a local cache folder (``remote/`` in the preprocessing cache, ``data/cache.py``) the
-first time it is read, and read from there afterwards; shards are fetched one at a time as they
-are read (all of them before training starts, since tables are still read whole).
+first time it is read, and read from there afterwards. Streamed training reads a shard as it
+arrives and keeps the copy it made on the way (:func:`stream_url`), so nothing is fetched
+whole before training starts.
 """
 
 from __future__ import annotations

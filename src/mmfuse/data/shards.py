@@ -24,10 +24,12 @@ import json
 import re
 import tarfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 from ..errors import DataError
 from .media import Embedded
+from .remote import is_url, remote_cache
 
 TEXT = {"txt", "text"}
 CATEGORY = {"cls", "cls2", "index", "label"}
@@ -61,6 +63,30 @@ def _alternatives(body: str, pattern: str) -> list[str]:
 def is_shards(source: str) -> bool:
     """Whether a ``--data`` value names WebDataset shards (``.tar``, maybe with braces)."""
     return expand_braces(source)[0].lower().endswith((".tar", ".tar.gz", ".tgz"))
+
+
+def shard_names(pattern: str) -> list[str]:
+    """Every shard a pattern names, checked before any is read (a typo in the pattern should
+    not cost a long read first).
+
+    Raises:
+        DataError: a local shard is missing.
+    """
+    names = expand_braces(pattern)
+    missing = [n for n in names if not is_url(n) and not Path(n).is_file()]
+    if missing:
+        raise DataError(f"{len(missing)} of {len(names)} shards not found (from {pattern!r}), "
+                        f"e.g. {missing[0]!r}; check the pattern, e.g. "
+                        "'shards/train-{000000..000009}.tar'")
+    return names
+
+
+def shards_root(names: list[str], data_root: str | Path | None) -> Path:
+    """Where relative paths in shards start: ``data_root``, else the shards' folder (the
+    fetched copies' folder for shards at URLs)."""
+    if data_root is not None:
+        return Path(data_root).resolve()
+    return (remote_cache() if is_url(names[0]) else Path(names[0]).parent).resolve()
 
 
 def split_member(name: str) -> tuple[str, str]:

@@ -32,7 +32,7 @@ from ..atomic import write_text
 from ..errors import DataError
 from .cache import cache_dir
 from .remote import is_url, stream_url
-from .shards import expand_braces, is_shards, read_shard
+from .shards import is_shards, read_shard, shard_names, shards_root
 from .table import Table, read_table
 
 PIECE_ROWS = 1000  # rows per piece of a streamed table (its unit of order, split and resume)
@@ -96,8 +96,8 @@ class Source:
 
 
 def _open(name: str) -> IO[bytes]:
-    """A shard's bytes: a local file, or the URL read front to back (not copied into the
-    cache: a streamed corpus may be larger than the disk)."""
+    """A shard's bytes: a local file, or the URL read front to back as it arrives (and copied
+    into the cache on the way: ``remote.stream_url``)."""
     return stream_url(name) if is_url(name) else Path(name).open("rb")
 
 
@@ -115,19 +115,12 @@ def open_source(data: str | Path, data_root: str | Path | None) -> Source:
     """The pieces of ``data``: its shards, or slices of its table (:func:`table_source`).
 
     Raises:
-        DataError: a local shard is missing (before any is read).
+        DataError: a local shard is missing (before any is read: ``shards.shard_names``).
     """
     text = str(data)
     if is_shards(text):
-        names = expand_braces(text)
-        missing = [n for n in names if not is_url(n) and not Path(n).is_file()]
-        if missing:
-            raise DataError(f"{len(missing)} of {len(names)} shards not found (from {text!r}), "
-                            f"e.g. {missing[0]!r}; check the pattern, e.g. "
-                            "'shards/train-{000000..000009}.tar'")
-        local = Path(names[0]).parent if not is_url(names[0]) else cache_dir() / "remote"
-        root = Path(data_root) if data_root is not None else local
-        return Source(text, root.resolve(), names)
+        names = shard_names(text)
+        return Source(text, shards_root(names, data_root), names)
     return table_source(read_table(data, data_root))
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import DataError
 from .remote import is_url, local_copy, open_url, remote_cache
-from .shards import expand_braces, is_shards, read_shard
+from .shards import is_shards, read_shard, shard_names, shards_root
 
 TABLE_FORMATS = (".csv", ".jsonl", ".parquet", ".arrow")
 
@@ -111,21 +111,14 @@ def read_table(path: str | Path, data_root: str | Path | None = None) -> Table:
 
 def _read_shards(pattern: str, data_root: str | Path | None) -> Table:
     """Every sample of WebDataset shards (``data/shards.py``), local or at URLs, in order."""
-    names = expand_braces(pattern)
-    missing = [n for n in names if not is_url(n) and not Path(n).is_file()]
-    if missing:  # before reading any: a typo in the pattern should not cost a long read
-        raise DataError(f"{len(missing)} of {len(names)} shards not found (from {pattern!r}), "
-                        f"e.g. {missing[0]!r}; check the pattern, e.g. "
-                        "'shards/train-{000000..000009}.tar'")
+    names = shard_names(pattern)
     rows: list[dict] = []
     for name in names:
         with open_url(name) if is_url(name) else Path(name).open("rb") as stream:
             rows.extend(read_shard(stream, name))
     if not rows:
         raise DataError(f"{pattern!r}: the shards hold no samples")
-    local = Path(names[0]).parent if not is_url(names[0]) else remote_cache()
-    root = Path(data_root) if data_root is not None else local
-    return Table(rows, root.resolve(), pattern)
+    return Table(rows, shards_root(names, data_root), pattern)
 
 
 def _read_file(path: Path, suffix: str | None = None) -> list[dict]:

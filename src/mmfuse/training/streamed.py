@@ -155,34 +155,47 @@ class Rows(IterableDataset):
                  generator: torch.Generator) -> Report:
         """Decode the batch's rows into CPU tensors; rows whose files do not decode, or whose
         cells or targets do not parse, are reported as bad instead."""
-        pipeline, values, rows, kept = self.pipeline, {}, [], []
-        names = list(pipeline.inputs)
+        pipeline, decoded = self.pipeline, []
         memo: dict = {}  # a file that several rows share is decoded and encoded once
         for piece, offset, row in batch:
             try:
-                decoded = decode_row(pipeline, self.source, row, memo)
-                one = Table([row], self.source.root, self.source.description, restrict=False)
-                for prep in pipeline.outputs.values():  # a target that does not parse
-                    prep.targets(one)
+                decoded.append((piece, offset, row, decode_row(pipeline, self.source, row, memo)))
             except UNREADABLE as exc:
                 report.bad.append((piece, offset, where(row, self.source, offset),
                                    str(exc).split("\n")[0]))
-                continue
-            for name in names:
-                values.setdefault(name, []).append(decoded[name])
-            rows.append(row)
-            kept.append((piece, offset))
-        report.rows = kept
-        if rows:
-            table = Table(rows, self.source.root, self.source.description, restrict=False)
-            columns = {name: shared_column(prep, values[name])
-                       if isinstance(prep, FilePreprocessor) else prep.column_of(values[name])
-                       for name, prep in pipeline.inputs.items()}
-            encoded = EncodedTable(table, columns,
-                                   {n: p.targets(table) for n, p in pipeline.outputs.items()})
+        table, targets = self._targets(decoded, report)
+        report.rows = [(piece, offset) for piece, offset, _, _ in decoded]
+        if decoded:
+            columns = {}
+            for name, prep in pipeline.inputs.items():
+                values = [v[name] for _, _, _, v in decoded]
+                columns[name] = shared_column(prep, values) \
+                    if isinstance(prep, FilePreprocessor) else prep.column_of(values)
             report.inputs, report.targets = pipeline.host_batch(
-                encoded, np.arange(len(rows)), True, generator)
+                EncodedTable(table, columns, targets), np.arange(len(decoded)), True, generator)
         return report
+
+    def _targets(self, decoded: list, report: Report) -> tuple[Table, dict[str, np.ndarray]]:
+        """The batch's table and targets. A target that does not parse fails the batch's
+        targets; only then is each row's tried alone, and the rows that fail are reported
+        as bad (removed from ``decoded``)."""
+        def targets_of(rows: list[dict]) -> tuple[Table, dict[str, np.ndarray]]:
+            table = Table(rows, self.source.root, self.source.description, restrict=False)
+            return table, {n: p.targets(table) for n, p in self.pipeline.outputs.items()}
+
+        try:
+            return targets_of([row for _, _, row, _ in decoded])
+        except UNREADABLE:
+            pass
+        for item in list(decoded):
+            piece, offset, row, _ = item
+            try:
+                targets_of([row])
+            except UNREADABLE as exc:
+                decoded.remove(item)
+                report.bad.append((piece, offset, where(row, self.source, offset),
+                                   str(exc).split("\n")[0]))
+        return targets_of([row for _, _, row, _ in decoded])
 
 UNREADABLE = (UnreadableFile, DataError, ValueError)
 
